@@ -1,0 +1,19 @@
+"""CASS: training-free open-vocabulary semantic segmentation (CVPR 2025), reimplemented.
+
+    import cass
+    model = cass.create_model("openai", "dino_vitb8", preset="default")
+    features = model.encode("photo.jpg")                      # label-free, cacheable
+    seg = model.segment(features, cass.Vocabulary.from_spec("cat,kitten;dog;grass"))
+"""
+from .engine import CASS, create_model, sliding_windows
+from .features import FeaturesFormatError, ImageFeatures, Segmentation
+from .images import ImageError, load_image
+from .presets import ImageParams, Preset, PresetError, TextParams, list_presets, load_preset
+from .vocabulary import Vocabulary, VocabularyClass, VocabularyError
+from .weights import WeightsError
+
+__all__ = [
+    "CASS", "create_model", "sliding_windows", "ImageFeatures", "Segmentation", "FeaturesFormatError",
+    "ImageError", "load_image", "Preset", "ImageParams", "TextParams", "PresetError", "list_presets",
+    "load_preset", "Vocabulary", "VocabularyClass", "VocabularyError", "WeightsError",
+]

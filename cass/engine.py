@@ -1,0 +1,492 @@
+"""The CASS engine: ``encode(image) -> ImageFeatures`` (label-free), ``segment(features, vocabulary)``.
+
+Like segment-anything's ``set_image`` / ``predict``: the expensive, label-independent backbone work
+happens once per image in :meth:`CASS.encode`; :meth:`CASS.segment` only runs the cheap text-side
+head, so vocabularies can change freely on cached features.
+
+Differences from the official implementation that do not change its outputs (all verified by the
+parity tests): the global CLS vector is computed once per image (the official code recomputes it for
+every window), every backbone runs once per window with the windows batched (the official code runs
+an extra, discarded DINO pass per window and all DINO layers' outputs), only the last DINO block's
+keys are computed, and the text tower stops at the last end-of-text token.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import spectral
+from .backbones import HEAD_DIM, DinoViT, build_clip, interpolate_pos_grid
+from .features import ImageFeatures, Segmentation
+from .images import ImageError, load_image, resize_for_inference
+from .presets import Preset, load_preset
+from .text import TextEncoder
+from .vocabulary import Vocabulary, VocabularyError
+from .weights import CLIP_SOURCES, DINO_SOURCES, WeightsError, file_digest, load_state_dict, resolve
+
+log = logging.getLogger("cass")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The official code "un-normalises" the CLIP-normalised crop with ImageNet constants, with a typo in
+# the blue std (0.255): x * (0.229, 0.224, 0.255) + (0.485, 0.456, 0.406).
+_INV_MEAN = (-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.255)
+_INV_STD = (1 / 0.229, 1 / 0.224, 1 / 0.255)
+ENGINE_VERSION = "1"
+
+
+@dataclass
+class Timings:
+    """Cumulative seconds spent per stage (for logs, metrics and the benchmark)."""
+
+    dino_s: float = 0.0
+    clip_s: float = 0.0
+    spectral_s: float = 0.0
+    global_s: float = 0.0
+    text_s: float = 0.0
+    head_s: float = 0.0
+    encode_calls: int = 0
+    segment_calls: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Official ``forward_slide`` layout: ``(y1, y2, x1, x2)`` row-major; ``crop == 0`` -> whole image."""
+    if crop <= 0:
+        return [(0, height, 0, width)]
+    nh = max(height - crop + stride - 1, 0) // stride + 1
+    nw = max(width - crop + stride - 1, 0) // stride + 1
+    out = []
+    for a in range(nh):
+        for b in range(nw):
+            y2 = min(a * stride + crop, height)
+            x2 = min(b * stride + crop, width)
+            out.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    return out
+
+
+class CASS:
+    """CASS with loaded CLIP and DINO backbones and a preset.
+
+    Build it with :func:`create_model`. Thread-safe for concurrent ``segment`` calls; ``encode`` calls
+    may run concurrently too (the backbones are read-only), though on a CPU they compete for cores.
+    """
+
+    def __init__(self, clip: torch.nn.Module, dino: DinoViT, preset: Preset, *,
+                 clip_digest: str = "", dino_digest: str = "", device: str | torch.device = "cpu",
+                 text_cache=None):
+        self.device = torch.device(device)
+        self.clip = clip.to(self.device)
+        self.dino = dino.to(self.device)
+        self.preset = preset
+        visual = clip.visual
+        self.patch_size = int(visual.conv1.weight.shape[-1])
+        self.width = int(visual.conv1.weight.shape[0])
+        self.heads = self.width // HEAD_DIM
+        if dino.cfg.heads != self.heads or dino.cfg.embed_dim != self.width:
+            raise WeightsError(
+                f"CLIP vision ({self.heads} heads x {HEAD_DIM}) and DINO ({dino.cfg.heads} heads x "
+                f"{dino.cfg.embed_dim // dino.cfg.heads}) must have the same heads and head size")
+        self.embed_dim = int(visual.proj.shape[1])
+        self.clip_digest, self.dino_digest = clip_digest, dino_digest
+        self.text = TextEncoder(clip, fingerprint=f"clip-{clip_digest}", device=self.device,
+                                external=text_cache)
+        self.timings = Timings()
+        self._gaussian: dict[tuple[int, int, float], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """Identifies everything the image features depend on (weights, architecture, image params)."""
+        blob = json.dumps({"engine": ENGINE_VERSION, "clip": self.clip_digest, "dino": self.dino_digest,
+                           "arch": [self.width, self.patch_size, self.dino.cfg.patch_size, self.embed_dim],
+                           "image": asdict(self.preset.image)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    @property
+    def model_version(self) -> str:
+        """Human-readable version: preset + weight digests."""
+        return f"cass-{self.preset.name}-clip.{self.clip_digest[:8]}-dino.{self.dino_digest[:8]}"
+
+    def with_preset(self, preset: Preset | str) -> "CASS":
+        """A view sharing the backbones and text cache with another preset."""
+        clone = object.__new__(CASS)
+        clone.__dict__.update(self.__dict__)
+        clone.preset = load_preset(preset)
+        return clone
+
+    # ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, image: Image.Image | np.ndarray | str | os.PathLike | bytes, *,
+               resize: bool = True, head_pairing: np.ndarray | torch.Tensor | None = None,
+               seed: int = 0, trace: dict | None = None) -> ImageFeatures:
+        """Everything that depends only on the image.
+
+        Args:
+            image: PIL image, ``(H, W, 3)`` uint8 RGB array, path or encoded bytes.
+            resize: rescale to the preset's inference size (``False``: the image already is).
+            head_pairing: ``(n_windows, heads)`` Hungarian columns to use instead of computing them
+                (parity testing: the official matching is a float-rounding tie-break).
+            seed: seed of the randomized low-rank SVD (the official protocol seeds 0 per image).
+            trace: optional dict that receives intermediates (``window0_dino_input``).
+        """
+        t_start = time.perf_counter()
+        rgb = load_image(image)
+        original_size = (rgb.shape[0], rgb.shape[1])
+        if resize:
+            rgb = resize_for_inference(rgb, self.preset.image.short_side, self.preset.image.long_side)
+        p = self.preset.image
+        height, width = rgb.shape[:2]
+        if min(height, width) < self.patch_size:
+            raise ImageError(f"image is {original_size[1]}x{original_size[0]} pixels; at inference size "
+                             f"{width}x{height} a side is under one {self.patch_size}-pixel patch "
+                             f"(aspect ratio too extreme)")
+        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+        mean = torch.tensor(p.pixel_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(p.pixel_std, dtype=torch.float32).view(3, 1, 1)
+        x = ((img - mean) / std).unsqueeze(0)
+
+        windows = sliding_windows(height, width, p.slide_crop, p.slide_stride)
+        crops = torch.cat([x[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in windows])
+        ch, cw = crops.shape[-2:]
+        gh, gw = ch // self.patch_size, cw // self.patch_size
+        n = gh * gw
+
+        # --- DINO keys per window ------------------------------------------------------------
+        t0 = time.perf_counter()
+        dino_in = self._dino_input(x, windows, trace)
+        dkeys = self.dino.last_keys(dino_in.to(self.device)).float()  # (B, H, g*g, d)
+        g = int(round(dkeys.shape[2] ** 0.5))
+        dkeys = spectral._fp16(dkeys)
+        grid = dkeys.transpose(2, 3).reshape(len(windows) * self.heads, HEAD_DIM, g, g)
+        grid = spectral._fp16(F.interpolate(grid, size=(gh, gw), mode="bilinear", align_corners=False))
+        dkeys = grid.reshape(len(windows), self.heads, HEAD_DIM, n).transpose(2, 3)
+        self.timings.dino_s += time.perf_counter() - t0
+
+        # --- CLIP trunk per window -----------------------------------------------------------
+        t0 = time.perf_counter()
+        visual = self.clip.visual
+        tokens = self._clip_trunk(crops.to(self.device))
+        last = visual.transformer.resblocks[-1]
+        need_window_cls = p.global_prior == "window" or p.slide_crop <= 0
+        window_cls = self._cls_head(last(tokens)) if need_window_cls else None
+        xin = last.ln_1(tokens)
+        qkv = F.linear(xin, last.attn.in_proj_weight, last.attn.in_proj_bias)
+        _, k, v = qkv[:, 1:].chunk(3, dim=-1)
+        bsz = len(windows)
+        k = k.reshape(bsz, n, self.heads, HEAD_DIM).transpose(1, 2)
+        v = v.reshape(bsz, n, self.heads, HEAD_DIM).transpose(1, 2)
+        self.timings.clip_s += time.perf_counter() - t0
+
+        # --- spectral distillation -----------------------------------------------------------
+        t0 = time.perf_counter()
+        scale = HEAD_DIM ** -0.5
+        k = k.float()
+        clip_gram = (k @ k.transpose(-1, -2)) * scale
+        dino_d = spectral.match_key_range_fp16(dkeys, k)
+        dino_gram = spectral.gram_fp16(dino_d, scale)
+        kk = min(p.k_eigen, n)
+        cost = spectral.wasserstein_cost(spectral.top_spectra(dino_gram, kk),
+                                         spectral.top_spectra(clip_gram, kk))
+        if head_pairing is not None:
+            col = torch.as_tensor(np.asarray(head_pairing), dtype=torch.int64).reshape(bsz, self.heads)
+        else:
+            col = torch.stack([spectral.match_heads(c) for c in cost])
+        rank = min(p.lowrank_rank, n)
+        gen = torch.Generator().manual_seed(seed)
+        draws = [torch.randn(n, rank, dtype=torch.float64, generator=gen) for _ in range(bsz * self.heads)]
+        fused = spectral.fuse_heads(clip_gram.cpu(), dino_gram.cpu(), cost.cpu(), col, draws, rank,
+                                    p.eigenvalue_scaling, p.scale_factor).to(self.device)
+        attn = torch.softmax(fused + self._gaussian_prior(gh, gw, p.gaussian_std), dim=-1)
+        out = (attn @ v.float()).transpose(1, 2).reshape(bsz, n, self.width)
+        out = last.attn.out_proj(out)
+        patch = F.normalize(visual.ln_post(out) @ visual.proj, dim=-1)
+        self.timings.spectral_s += time.perf_counter() - t0
+
+        # --- global prior ----------------------------------------------------------------------
+        t0 = time.perf_counter()
+        if need_window_cls:
+            global_vectors = F.normalize(window_cls, dim=-1)
+        else:
+            whole = self._cls_head(visual.transformer.resblocks[-1](self._clip_trunk(x.to(self.device))))
+            global_vectors = F.normalize(whole, dim=-1).expand(bsz, -1)
+        self.timings.global_s += time.perf_counter() - t0
+        self.timings.encode_calls += 1
+        log.debug("encoded %dx%d image: %d windows in %.2fs", width, height, bsz, time.perf_counter() - t_start)
+        return ImageFeatures(
+            patch_features=patch.float().cpu().contiguous(),
+            global_vectors=global_vectors.float().cpu().contiguous(),
+            windows=torch.tensor(windows, dtype=torch.int64),
+            grid=(gh, gw), input_size=(height, width), original_size=original_size,
+            head_pairing=col.cpu(), matching_cost=cost.float().cpu(), fingerprint=self.fingerprint)
+
+    def _dino_input(self, x: torch.Tensor, windows, trace: dict | None) -> torch.Tensor:
+        """ImageNet-normalised DINO input ``(B, 3, S, S)``, derived from the CLIP-normalised image.
+
+        Official step 9-10: inverse-normalise with the (typo'd) ImageNet constants, x255, truncate to
+        uint8, resize each window to ``S x S`` (``S = min(h, w)``, PIL bicubic), /255, normalise.
+        """
+        a = torch.tensor(_INV_MEAN, dtype=torch.float32).view(3, 1, 1)
+        b = torch.tensor(_INV_STD, dtype=torch.float32).view(3, 1, 1)
+        inv = (x[0] - a) / b
+        u8 = (inv.permute(1, 2, 0) * 255).clamp_(0, 255).to(torch.uint8).numpy()
+        outs = []
+        for i, (y1, y2, x1, x2) in enumerate(windows):
+            crop = u8[y1:y2, x1:x2]
+            side = min(crop.shape[0], crop.shape[1])
+            if crop.shape[0] != crop.shape[1]:
+                crop = np.asarray(Image.fromarray(crop).resize((side, side), Image.BICUBIC))
+            if i == 0 and trace is not None:
+                trace["window0_dino_input"] = crop.copy()
+            outs.append(torch.from_numpy(np.ascontiguousarray(crop)))
+        t = torch.stack(outs).permute(0, 3, 1, 2).float().div(255)
+        m = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        s = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+        return (t - m) / s
+
+    def _clip_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, h, w)`` normalised -> ``(B, 1 + gh*gw, width)`` input of CLIP's last block."""
+        visual = self.clip.visual
+        ps = self.patch_size
+        gh, gw = x.shape[2] // ps, x.shape[3] // ps
+        t = visual.conv1(x[:, :, : gh * ps, : gw * ps]).flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.view(1, 1, -1).expand(t.shape[0], 1, -1)
+        t = torch.cat([cls, t], dim=1)
+        pos = visual.positional_embedding
+        if t.shape[1] != pos.shape[0]:
+            pos = torch.cat([pos[:1], interpolate_pos_grid(pos[1:], gh, gw)], dim=0)
+        t = visual.ln_pre(t + pos)
+        for blk in visual.transformer.resblocks[:-1]:
+            t = blk(t)
+        return t
+
+    def _cls_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        visual = self.clip.visual
+        return visual.ln_post(tokens[:, 0]) @ visual.proj
+
+    def _gaussian_prior(self, gh: int, gw: int, std: float) -> torch.Tensor:
+        key = (gh, gw, std)
+        if key not in self._gaussian:
+            self._gaussian[key] = spectral.gaussian_prior(gh, gw, std).to(self.device)
+        return self._gaussian[key]
+
+    # ------------------------------------------------------------------------------------------
+    def text_features(self, vocabulary: Vocabulary) -> torch.Tensor:
+        """``(Q, embed_dim)`` float32 normalised query embeddings (cached per prompt)."""
+        t0 = time.perf_counter()
+        out = self.text(vocabulary.queries)
+        self.timings.text_s += time.perf_counter() - t0
+        return out
+
+    @torch.inference_mode()
+    def segment(self, features: ImageFeatures, vocabulary: Vocabulary, *,
+                output_size: tuple[int, int] | None = None, return_probs: bool = False,
+                params: Any = None, trace: dict | None = None) -> Segmentation:
+        """Label-dependent head: text embeddings, object-guided adjustment, stitching, softmax.
+
+        Args:
+            features: from :meth:`encode` (with the same weights and image parameters).
+            vocabulary: classes and their prompts.
+            output_size: ``(H, W)`` of the returned maps; default the image's original size.
+            return_probs: also return ``(C, H, W)`` float32 probabilities (memory: 4*C*H*W bytes).
+            params: :class:`~cass.presets.TextParams` overriding the preset's text side.
+            trace: optional dict receiving window-0 intermediates (parity tests).
+        """
+        if not isinstance(vocabulary, Vocabulary):
+            raise VocabularyError(f"expected a Vocabulary, got {type(vocabulary).__name__}")
+        tp = params or self.preset.text
+        t0 = time.perf_counter()
+        text = self.text_features(vocabulary)
+        t1 = time.perf_counter()
+        clusters = cluster_queries(text, tp.h_threshold)
+        logits = stitch_logits(features, text, clusters, tp.global_semantics_weight,
+                               tp.mean_vector_weight, tp.topk, trace)
+        out_h, out_w = output_size or features.original_size
+        seg = postprocess(logits, vocabulary, (out_h, out_w), tp.logit_scale, tp.prob_thd, return_probs)
+        if trace is not None:
+            trace["cluster_info"] = clusters
+            trace["text_features"] = text
+        self.timings.head_s += time.perf_counter() - t1
+        self.timings.segment_calls += 1
+        log.debug("segmented %d classes in %.3fs (text %.3fs)", len(vocabulary), time.perf_counter() - t0,
+                  t1 - t0)
+        return seg
+
+    def predict(self, image, vocabulary: Vocabulary, **kwargs) -> Segmentation:
+        """``segment(encode(image), vocabulary)``."""
+        return self.segment(self.encode(image), vocabulary, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# text-side head (pure functions)
+# ---------------------------------------------------------------------------------------------
+def cluster_queries(text: torch.Tensor, threshold: float) -> np.ndarray:
+    """Ward clustering of the query embeddings on their cosine distances (official step 5).
+
+    Returns ``(Q,)`` int64 cluster ids ``0..k-1`` (scipy ``fcluster`` labels minus 1).
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    q = text.shape[0]
+    if q < 2:
+        return np.zeros(q, dtype=np.int64)
+    emb = F.normalize(text.float(), dim=-1).numpy()
+    dist = 1.0 - emb @ emb.T
+    dist = np.clip((dist + dist.T) / 2, 0.0, 2.0)
+    np.fill_diagonal(dist, 0.0)
+    z = linkage(squareform(dist, checks=False), method="ward")
+    return (fcluster(z, t=threshold, criterion="distance") - 1).astype(np.int64)
+
+
+def adjust_text(text: torch.Tensor, patch: torch.Tensor, global_sim: torch.Tensor, clusters: np.ndarray,
+                alpha: float, topk: int) -> torch.Tensor:
+    """Object-presence-guided text adjustment for one window (official step 29).
+
+    Args:
+        text: ``(Q, D)`` normalised query embeddings; patch: ``(n, D)`` normalised patch features;
+        global_sim: ``(Q,)``; clusters: ``(Q,)`` cluster ids.
+    Returns:
+        ``(Q, D)``: in each cluster, the query with the highest global similarity moves towards the
+        normalised mean of its ``topk`` most similar patches.
+    """
+    adjusted = text.clone()
+    sims = global_sim.numpy()
+    for cid in range(int(clusters.max()) + 1 if len(clusters) else 0):
+        members = np.flatnonzero(clusters == cid)
+        if len(members) == 0:
+            continue
+        best = int(members[np.argmax(sims[members])])
+        t = F.normalize(text[best], dim=0)
+        top = torch.topk(patch @ t, min(topk, patch.shape[0])).indices
+        m = F.normalize(patch[top].mean(dim=0), dim=0)
+        adjusted[best] = F.normalize((1 - alpha) * t + alpha * m, dim=0)
+    return adjusted
+
+
+def stitch_logits(features: ImageFeatures, text: torch.Tensor, clusters: np.ndarray, gamma: float,
+                  alpha: float, topk: int, trace: dict | None = None) -> torch.Tensor:
+    """Per-window logits, upsampled to each window and averaged over the inference image.
+
+    Returns ``(Q, H, W)`` float32 at the inference size.
+    """
+    gh, gw = features.grid
+    height, width = features.input_size
+    q = text.shape[0]
+    canvas = torch.zeros(q, height, width)
+    count = torch.zeros(1, height, width)
+    windows = features.windows.tolist()
+    sims = features.global_vectors @ text.T  # (n_win, Q)
+    for i, (y1, y2, x1, x2) in enumerate(windows):
+        patch = features.patch_features[i]
+        adjusted = adjust_text(text, patch, sims[i], clusters, alpha, topk)
+        logits = (1 - gamma) * (patch @ adjusted.T) + gamma * sims[i]
+        grid = logits.T.reshape(1, q, gh, gw)
+        if i == 0 and trace is not None:
+            trace["window0_logits"] = grid[0].clone()
+            trace["window0_global_sim"] = sims[0].clone()
+            trace["window0_adjusted_text"] = adjusted.clone()
+        up = F.interpolate(grid, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+        canvas[:, y1:y2, x1:x2] += up
+        count[:, y1:y2, x1:x2] += 1
+    return canvas / count
+
+
+def _resize_matrix(out_len: int, in_len: int) -> torch.Tensor:
+    """``(out_len, in_len)`` matrix of 1-D bilinear (align_corners=False) interpolation weights."""
+    eye = torch.eye(in_len).unsqueeze(0)  # (1, in, in) -> interpolate along last axis
+    return F.interpolate(eye, size=out_len, mode="linear", align_corners=False)[0].T.contiguous()
+
+
+def postprocess(logits: torch.Tensor, vocabulary: Vocabulary, output_size: tuple[int, int],
+                logit_scale: float, prob_thd: float, return_probs: bool,
+                max_chunk_pixels: int = 1 << 21) -> Segmentation:
+    """Upsample logits to ``output_size``, softmax over queries, max over each class's queries,
+    argmax and the probability threshold (official steps 33-35), in row stripes to bound memory.
+
+    Args:
+        logits: ``(Q, h, w)`` float32 at the inference size.
+    """
+    q, h, w = logits.shape
+    out_h, out_w = output_size
+    n_cls = len(vocabulary)
+    query_class = torch.tensor(vocabulary.query_class)
+    multi = n_cls != q
+    labels = np.empty((out_h, out_w), dtype=np.int32)
+    probs_out = np.empty((n_cls, out_h, out_w), dtype=np.float32) if return_probs else None
+    score_sum = torch.zeros(n_cls, dtype=torch.float64)
+    counts = torch.zeros(n_cls, dtype=torch.int64)
+    same = (out_h, out_w) == (h, w)
+    ry = None if same else _resize_matrix(out_h, h)
+    rx = None if same else _resize_matrix(out_w, w)
+    rows = max(1, max_chunk_pixels // max(out_w * max(q, 1), 1) * 16)
+    below = -1 if vocabulary.background is None else vocabulary.background
+    for r0 in range(0, out_h, rows):
+        r1 = min(out_h, r0 + rows)
+        if same:
+            chunk = logits[:, r0:r1]
+        else:
+            chunk = torch.einsum("yh,qhw,xw->qyx", ry[r0:r1], logits, rx)
+        prob = torch.softmax(chunk * logit_scale, dim=0)
+        if multi:
+            cls_prob = torch.full((n_cls,) + prob.shape[1:], -1.0)
+            cls_prob.index_reduce_(0, query_class, prob, "amax", include_self=True)
+        else:
+            cls_prob = prob
+        best, arg = cls_prob.max(dim=0)
+        arg = arg.to(torch.int32)
+        arg[best < prob_thd] = below
+        labels[r0:r1] = arg.numpy()
+        valid = arg >= 0
+        flat = arg[valid].long()
+        counts += torch.bincount(flat, minlength=n_cls)
+        picked = cls_prob.permute(1, 2, 0)[valid].gather(1, flat.unsqueeze(1)).squeeze(1)
+        score_sum.index_add_(0, flat, picked.double())
+        if probs_out is not None:
+            probs_out[:, r0:r1] = cls_prob.numpy()
+    scores = torch.where(counts > 0, score_sum / counts.clamp(min=1), torch.zeros_like(score_sum))
+    return Segmentation(labels=labels, scores=scores.float().numpy(), pixel_counts=counts.numpy(),
+                        class_names=vocabulary.names, probs=probs_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# factory
+# ---------------------------------------------------------------------------------------------
+def create_model(clip_weights: str | os.PathLike = "openai", dino_weights: str | os.PathLike = "dino_vitb8",
+                 preset: str | Preset = "default", *, device: str | torch.device | None = None,
+                 threads: int | None = None, text_cache=None) -> CASS:
+    """Load CLIP and DINO and return a :class:`CASS` engine.
+
+    Args:
+        clip_weights: ``"openai"`` or a path to an OpenAI-format CLIP state dict.
+        dino_weights: ``"dino_vitb8"`` or a path to an official DINO ViT state dict.
+        preset: a preset name (:func:`cass.presets.list_presets`) or :class:`Preset`.
+        device: ``"cpu"`` (default) or ``"cuda"``.
+        threads: torch intra-op threads (default: leave torch's setting).
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    preset = load_preset(preset)
+    clip_file = resolve(clip_weights, CLIP_SOURCES, "CLIP")
+    dino_file = resolve(dino_weights, DINO_SOURCES, "DINO")
+    clip = build_clip(load_state_dict(clip_file.path, "CLIP"))
+    dino = DinoViT.from_state_dict(load_state_dict(dino_file.path, "DINO"))
+    for module in (clip, dino):
+        for param in module.parameters():
+            param.requires_grad_(False)
+    return CASS(clip, dino, preset, clip_digest=file_digest(clip_file.path),
+                dino_digest=file_digest(dino_file.path), device=device, text_cache=text_cache)

@@ -1,0 +1,158 @@
+"""The label-free image representation (``encode`` output) and the ``segment`` result.
+
+:class:`ImageFeatures` holds everything of CASS that depends only on the image, so it can be cached
+and reused for any vocabulary. It serialises to a self-describing byte string (a JSON header with
+format version, dtypes and shapes, followed by the raw little-endian arrays).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+FEATURES_FORMAT_VERSION = 1
+_MAGIC = b"CASSFEAT"
+
+
+class FeaturesFormatError(ValueError):
+    """Bytes that are not a compatible serialised :class:`ImageFeatures`."""
+
+
+@dataclass
+class ImageFeatures:
+    """Everything CASS computes from an image alone.
+
+    Attributes:
+        patch_features: ``(n_windows, gh * gw, embed_dim)`` float32, L2-normalised rows: the output of
+            CLIP's spectrally distilled last block, ``ln_post`` and ``proj``, per sliding window
+            (row-major patch order).
+        global_vectors: ``(n_windows, embed_dim)`` float32, L2-normalised: the global prior vector
+            each window uses (whole-image CLS, or the window's own CLS, as the preset says).
+        windows: ``(n_windows, 4)`` int64 ``(y1, y2, x1, x2)`` in inference-image pixels.
+        grid: ``(gh, gw)`` CLIP patch grid of every window (all windows have the same size).
+        input_size: ``(H, W)`` of the inference image (after the preset's resize).
+        original_size: ``(H, W)`` of the image the caller passed; masks come back at this size.
+        head_pairing: ``(n_windows, heads)`` int64, the Hungarian column per output head.
+        matching_cost: ``(n_windows, heads, heads)`` float32, the cost given to the matching.
+        fingerprint: identifies the weights and image-side parameters that produced the features.
+    """
+
+    patch_features: torch.Tensor
+    global_vectors: torch.Tensor
+    windows: torch.Tensor
+    grid: tuple[int, int]
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+    head_pairing: torch.Tensor
+    matching_cost: torch.Tensor
+    fingerprint: str = ""
+    extras: dict = field(default_factory=dict, repr=False, compare=False)
+
+    _ARRAYS = ("patch_features", "global_vectors", "windows", "head_pairing", "matching_cost")
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.windows.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).numel() * getattr(self, name).element_size() for name in self._ARRAYS)
+
+    def to_bytes(self) -> bytes:
+        """Serialise (``extras`` are not stored). Round trip is exact."""
+        arrays = {}
+        blobs = []
+        offset = 0
+        for name in self._ARRAYS:
+            arr = getattr(self, name).detach().cpu().contiguous().numpy()
+            arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+            raw = arr.tobytes()
+            arrays[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset,
+                            "nbytes": len(raw)}
+            blobs.append(raw)
+            offset += len(raw)
+        header = json.dumps({
+            "version": FEATURES_FORMAT_VERSION,
+            "grid": list(self.grid),
+            "input_size": list(self.input_size),
+            "original_size": list(self.original_size),
+            "fingerprint": self.fingerprint,
+            "arrays": arrays,
+        }).encode()
+        return _MAGIC + struct.pack("<I", len(header)) + header + b"".join(blobs)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, expected_fingerprint: str | None = None) -> "ImageFeatures":
+        """Inverse of :meth:`to_bytes`; raises :class:`FeaturesFormatError` on anything unexpected."""
+        try:
+            if not data.startswith(_MAGIC):
+                raise FeaturesFormatError("not a CASS features blob (bad magic)")
+            (hlen,) = struct.unpack_from("<I", data, len(_MAGIC))
+            start = len(_MAGIC) + 4
+            header = json.loads(data[start:start + hlen].decode())
+            if header.get("version") != FEATURES_FORMAT_VERSION:
+                raise FeaturesFormatError(
+                    f"features format version {header.get('version')} != {FEATURES_FORMAT_VERSION}")
+            if expected_fingerprint is not None and header["fingerprint"] != expected_fingerprint:
+                raise FeaturesFormatError("features were computed with other weights or parameters")
+            body = memoryview(data)[start + hlen:]
+            tensors = {}
+            for name in cls._ARRAYS:
+                spec = header["arrays"][name]
+                chunk = body[spec["offset"]:spec["offset"] + spec["nbytes"]]
+                if len(chunk) != spec["nbytes"]:
+                    raise FeaturesFormatError(f"truncated features blob (array {name})")
+                arr = np.frombuffer(chunk, dtype=np.dtype(spec["dtype"])).reshape(spec["shape"])
+                tensors[name] = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True))
+            features = cls(grid=tuple(header["grid"]), input_size=tuple(header["input_size"]),
+                           original_size=tuple(header["original_size"]),
+                           fingerprint=header["fingerprint"], **tensors)
+        except FeaturesFormatError:
+            raise
+        except Exception as exc:  # any malformed content: one clear error type
+            raise FeaturesFormatError(f"unreadable features blob: {exc}") from exc
+        features.validate()
+        return features
+
+    def validate(self) -> None:
+        """Check shape consistency; raises :class:`FeaturesFormatError`."""
+        n = self.num_windows
+        gh, gw = self.grid
+        pf = self.patch_features
+        if pf.ndim != 3 or pf.shape[0] != n or pf.shape[1] != gh * gw:
+            raise FeaturesFormatError(f"patch_features shape {tuple(pf.shape)} does not match "
+                                      f"{n} windows of grid {gh}x{gw}")
+        if self.global_vectors.shape != (n, pf.shape[2]):
+            raise FeaturesFormatError(f"global_vectors shape {tuple(self.global_vectors.shape)} invalid")
+        if self.windows.shape != (n, 4):
+            raise FeaturesFormatError(f"windows shape {tuple(self.windows.shape)} invalid")
+
+
+@dataclass
+class Segmentation:
+    """Result of ``segment``.
+
+    Attributes:
+        labels: ``(H, W)`` int32 class index per pixel at the output size; ``-1`` = no label (below
+            the probability threshold and the vocabulary has no background class).
+        scores: ``(C,)`` float32 mean probability of class ``c`` over the pixels labelled ``c``
+            (0 where it has none).
+        pixel_counts: ``(C,)`` int64 number of pixels labelled ``c``.
+        class_names: the vocabulary's class names, index-aligned with ``scores``.
+        probs: ``(C, H, W)`` float32 per-class probabilities (softmax over prompts, then max over
+            each class's prompts), or ``None`` when not requested.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    pixel_counts: np.ndarray
+    class_names: list[str]
+    probs: np.ndarray | None = None
+
+    def shares(self) -> dict[str, float]:
+        """Fraction of pixels per class name."""
+        total = max(int(self.labels.size), 1)
+        return {name: float(self.pixel_counts[i]) / total for i, name in enumerate(self.class_names)}

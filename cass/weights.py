@@ -1,0 +1,134 @@
+"""Weight sources: the official checkpoints by name, or local files.
+
+Sources (like open_clip's pretrained registry):
+
+* CLIP: ``"openai"`` = OpenAI CLIP ViT-B/16 (the TorchScript archive the official CASS code loads,
+  downloaded through open_clip's mechanism into the model dir); or a local file with an
+  OpenAI-format CLIP state dict (``.pt`` TorchScript archive or plain state dict, ``.pth``,
+  ``.safetensors``).
+* DINO: ``"dino_vitb8"`` = the official DINO ViT-B/8 checkpoint (``torch.hub`` download into the
+  model dir); or a local file with an official DINO ``VisionTransformer`` state dict
+  (``.pth``/``.pt``/``.safetensors``; a full training checkpoint's ``teacher`` entry works too).
+
+``local-file:PATH`` and a bare path are the same. The model dir is ``$CASS_MODEL_DIR`` or
+``~/.cache/cass``; a named checkpoint already there is used without any network access.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+CLIP_SOURCES = {
+    "openai": {
+        "url": "https://openaipublic.azureedge.net/clip/models/"
+               "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+        "filename": "ViT-B-16.pt",
+        "description": "OpenAI CLIP ViT-B/16",
+    },
+}
+DINO_SOURCES = {
+    "dino_vitb8": {
+        "url": "https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+        "filename": "dino_vitbase8_pretrain.pth",
+        "description": "DINO ViT-B/8 (official checkpoint)",
+    },
+}
+
+
+class WeightsError(RuntimeError):
+    """A weight source that cannot be found, downloaded or understood."""
+
+
+def model_dir() -> Path:
+    return Path(os.environ.get("CASS_MODEL_DIR") or Path.home() / ".cache" / "cass")
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    path: Path
+    source: str
+
+
+def resolve(source: str | os.PathLike, registry: dict, kind: str,
+            download: Callable[[str, Path], None] | None = None) -> ResolvedWeights:
+    """Turn a source name or path into a local file, downloading a named checkpoint if needed."""
+    text = os.fspath(source)
+    if text.startswith("local-file:"):
+        text = text[len("local-file:"):]
+    if text in registry:
+        entry = registry[text]
+        target = model_dir() / entry["filename"]
+        if target.is_file():
+            return ResolvedWeights(target, text)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (download or _download)(entry["url"], target)
+        except Exception as exc:
+            raise WeightsError(
+                f"could not get the {entry['description']} weights ({kind} source {text!r}): {exc}. "
+                f"Looked for {target} and tried {entry['url']}. Offline: download that file on a "
+                f"machine with internet, copy it to {target} (or set CASS_MODEL_DIR), or pass its "
+                f"path as the {kind} weights.") from exc
+        return ResolvedWeights(target, text)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        known = ", ".join(sorted(registry))
+        raise WeightsError(f"{kind} weights {text!r}: no such file, and not a known source name "
+                           f"(known: {known})")
+    return ResolvedWeights(path, str(path))
+
+
+def _download(url: str, target: Path) -> None:
+    tmp = target.with_suffix(target.suffix + ".part")
+    torch.hub.download_url_to_file(url, str(tmp), progress=False)
+    tmp.replace(target)
+
+
+def load_state_dict(path: str | os.PathLike, kind: str = "weights") -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors``, a pickled ``.pt``/``.pth`` or a TorchScript archive.
+
+    Unwraps ``teacher`` / ``state_dict`` / ``model`` entries and ``module.`` / ``backbone.`` prefixes
+    (DINO training checkpoints). All tensors are returned as stored (no dtype change).
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            try:
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+            except Exception:
+                # OpenAI's CLIP checkpoints are TorchScript archives.
+                state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except Exception as exc:
+        raise WeightsError(f"{kind} file {path} is not a readable checkpoint "
+                           f"(.safetensors, .pt/.pth state dict or TorchScript): {exc}") from exc
+    if isinstance(state, dict):
+        for key in ("teacher", "state_dict", "model"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{kind} file {path} does not contain a tensor state dict")
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in ("module.", "backbone."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        cleaned[key] = value
+    return cleaned
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file (hex, first 16 chars), for cache fingerprints."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
