@@ -1,0 +1,94 @@
+"""End-to-end parity with the official CASS implementation (tiny random weights, ../shared/parity).
+
+One test per case directory (``CASS_PARITY_CASES`` or every shared case); the bars come from the
+parity README section 4 and ``tolerance.json``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from tests.parity import case_dirs, load_case, same_partition, tiny_model, tolerance
+
+CASES = case_dirs()
+if not CASES:
+    pytest.skip("no parity cases found (../shared/parity/cases or CASS_PARITY_CASES)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[p.name for p in CASES])
+def run(request):
+    case = load_case(request.param)
+    base = tiny_model(*case.weights())
+    model = base.with_preset(case.preset(base.preset))
+    enc_trace: dict = {}
+    seg_trace: dict = {}
+    features = model.encode(case.image, resize=False, head_pairing=case.expected["hungarian_col_ind"],
+                            seed=0, trace=enc_trace)
+    seg = model.segment(features, case.vocabulary(), return_probs=True, trace=seg_trace)
+    return case, features, seg, enc_trace, seg_trace
+
+
+def test_end_to_end_within_tolerance(run):
+    case, _, seg, _, _ = run
+    tol = tolerance(case.name)
+    exp = case.expected
+    assert seg.labels.shape == exp["pred"].shape
+    diff = np.abs(seg.probs.astype(np.float16).astype(np.float32) - exp["probs"].astype(np.float32))
+    agreement = float((seg.labels == exp["pred"]).mean())
+    assert diff.max() <= tol["max_abs_prob_diff"], f"max |dprobs| {diff.max():.3g}"
+    assert diff.mean() <= tol["mean_abs_prob_diff"], f"mean |dprobs| {diff.mean():.3g}"
+    assert agreement >= tol["min_pixel_agreement"], f"pixel agreement {agreement:.5f}"
+
+
+def test_text_features(run):
+    case, _, _, _, tr = run
+    bar = tolerance(case.name)["_all"]["text_features_max_abs_diff"]
+    assert (tr["text_features"] - torch.from_numpy(case.expected["text_features"])).abs().max() <= bar
+
+
+def test_query_order_and_clusters(run):
+    case, _, _, _, tr = run
+    assert list(case.vocabulary().query_class) == case.expected["query_idx"].tolist()
+    assert same_partition(tr["cluster_info"], case.expected["cluster_info"])
+
+
+def test_window_layout(run):
+    case, features, _, _, _ = run
+    np.testing.assert_array_equal(features.windows.numpy(), case.expected["windows"])
+
+
+def test_cost_matrix_and_pairing_optimality(run):
+    case, features, _, _, _ = run
+    all_tol = tolerance(case.name)["_all"]
+    ref_cost = torch.from_numpy(case.expected["hungarian_cost"])
+    assert (features.matching_cost - ref_cost).abs().max() <= all_tol["hungarian_cost_max_abs_diff"]
+    for w, cost in enumerate(features.matching_cost.numpy().astype(np.float64)):
+        rows, cols = linear_sum_assignment(cost)
+        optimum = cost[rows, cols].sum()
+        ref = case.expected["hungarian_col_ind"][w].astype(int)
+        gap = cost[np.arange(len(ref)), ref].sum() - optimum
+        assert gap <= all_tol["reference_pairing_suboptimality_under_your_cost_max"], (w, gap)
+
+
+def test_fusion_weights(run):
+    case, features, _, _, _ = run
+    cost = features.matching_cost
+    col = features.head_pairing
+    w = 1 - torch.gather(cost, 2, col.unsqueeze(-1)).squeeze(-1)
+    ref = torch.from_numpy(case.expected["fusion_weight_w_d"])
+    assert (w - ref).abs().max() <= tolerance(case.name)["_all"]["hungarian_cost_max_abs_diff"]
+
+
+def test_window0_intermediates(run):
+    case, _, _, enc, seg = run
+    tol = tolerance(case.name)["_all"]
+    exp = case.expected
+    np.testing.assert_array_equal(enc["window0_dino_input"], exp["window0_dino_input"])
+    assert (seg["window0_global_sim"] - torch.from_numpy(exp["window0_global_sim"])).abs().max() \
+        <= tol["window0_global_sim_max_abs_diff"]
+    assert (seg["window0_adjusted_text"] - torch.from_numpy(exp["window0_adjusted_text"])).abs().max() \
+        <= tol["window0_adjusted_text_max_abs_diff"]
+    assert (seg["window0_logits"] - torch.from_numpy(exp["window0_logits"])).abs().max() \
+        <= tol["window0_logits_max_abs_diff"]
