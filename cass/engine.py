@@ -424,6 +424,7 @@ def postprocess(logits: torch.Tensor, vocabulary: Vocabulary, output_size: tuple
     out_h, out_w = output_size
     n_cls = len(vocabulary)
     query_class = torch.tensor(vocabulary.query_class)
+    groups = [torch.nonzero(query_class == c).flatten() for c in range(n_cls)]
     multi = n_cls != q
     labels = np.empty((out_h, out_w), dtype=np.int32)
     probs_out = np.empty((n_cls, out_h, out_w), dtype=np.float32) if return_probs else None
@@ -442,8 +443,7 @@ def postprocess(logits: torch.Tensor, vocabulary: Vocabulary, output_size: tuple
             chunk = torch.einsum("yh,qhw,xw->qyx", ry[r0:r1], logits, rx)
         prob = torch.softmax(chunk * logit_scale, dim=0)
         if multi:
-            cls_prob = torch.full((n_cls,) + prob.shape[1:], -1.0)
-            cls_prob.index_reduce_(0, query_class, prob, "amax", include_self=True)
+            cls_prob = torch.stack([prob[members].amax(dim=0) for members in groups])
         else:
             cls_prob = prob
         best, arg = cls_prob.max(dim=0)

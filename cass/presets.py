@@ -101,6 +101,7 @@ class Preset:
     image: ImageParams
     text: TextParams
     description: str = ""
+    dataset: dict | None = None  # benchmark layout for ``python -m cass eval`` (see cass/evaluate.py)
 
     def replace(self, **overrides: Any) -> "Preset":
         """Copy with overrides, by field name of either half (``prob_thd=0.2``, ``slide_crop=0``)."""
@@ -111,13 +112,14 @@ class Preset:
             raise PresetError(f"unknown preset parameters: {sorted(unknown)}")
         image = dataclasses.replace(self.image, **{k: v for k, v in overrides.items() if k in image_fields})
         text = dataclasses.replace(self.text, **{k: v for k, v in overrides.items() if k in text_fields})
-        return Preset(self.name, image, text, self.description)
+        return Preset(self.name, image, text, self.description, self.dataset)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preset":
         try:
             return cls(name=data["name"], image=ImageParams(**data.get("image", {})),
-                       text=TextParams(**data.get("text", {})), description=data.get("description", ""))
+                       text=TextParams(**data.get("text", {})), description=data.get("description", ""),
+                       dataset=data.get("dataset"))
         except (KeyError, TypeError) as exc:
             raise PresetError(f"invalid preset: {exc}") from exc
 

@@ -1,0 +1,121 @@
+"""``python -m cass segment`` and ``python -m cass eval`` on the tiny weights."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cass import cli
+from cass.evaluate import DatasetError, dataset_pairs, load_annotation
+from cass.presets import load_preset
+from tests.parity import REPO
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, "-m", "cass", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def _image(path, w=96, h=64, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def test_segment_writes_pngs_and_prints_shares(tiny_weights, tmp_path):
+    clip, dino = tiny_weights
+    _image(tmp_path / "a.jpg")
+    (tmp_path / "sub").mkdir()
+    _image(tmp_path / "sub" / "a.jpg", 50, 80, seed=1)
+    res = _run(["segment", str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "a.jpg"), "--labels", "cat,kitten;dog;grass",
+                "--clip-weights", str(clip), "--dino-weights", str(dino), "--out", str(tmp_path / "out")])
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "out"
+    labels = np.asarray(Image.open(out / "a_labels.png"))
+    assert labels.shape == (64, 96) and set(np.unique(labels)) <= {0, 1, 2}
+    assert np.asarray(Image.open(out / "sub_a_labels.png")).shape == (80, 50)
+    assert Image.open(out / "a_overlay.png").size == (96, 64)
+    shares = [float(line.split()[1]) for line in res.stdout.splitlines()
+              if line.startswith("  ") and line.split()[0] in ("cat", "dog", "grass")]
+    assert len(shares) == 6 and sum(shares) == pytest.approx(200.0, abs=0.05)
+
+
+def test_segment_bad_inputs_exit_nonzero_with_message(tiny_weights, tmp_path):
+    clip, dino = tiny_weights
+    res = _run(["segment", "x.jpg", "--labels", "cat;cat"])
+    assert res.returncode == 2 and "duplicate class names" in res.stderr
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    _image(tmp_path / "good.png")
+    res = _run(["segment", str(tmp_path / "bad.jpg"), str(tmp_path / "good.png"), "--labels", "a;b",
+                "--clip-weights", str(clip), "--dino-weights", str(dino), "--out", str(tmp_path / "o")])
+    assert res.returncode == 1 and "bad.jpg: ERROR" in res.stderr
+    assert (tmp_path / "o" / "good_labels.png").is_file()  # the good image was still processed
+    res = _run(["segment", str(tmp_path / "good.png"), "--labels", "a", "--clip-weights", str(tmp_path / "none.pt")])
+    assert res.returncode == 2 and "no such file" in res.stderr
+
+
+def _make_voc(root, n=3):
+    """A tiny dataset in the PASCAL VOC layout (palette PNG annotations, split file)."""
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    names = []
+    for i in range(n):
+        name = f"2007_{i:06d}"
+        names.append(name)
+        _image(root / "JPEGImages" / f"{name}.jpg", 80, 60, seed=i)
+        ann = np.zeros((60, 80), dtype=np.uint8)
+        ann[10:40, 20:60] = 1 + i % 2
+        ann[0:3] = 255
+        png = Image.fromarray(ann, mode="P")
+        png.putpalette(cli.palette(256).reshape(-1).tolist())
+        png.save(root / "SegmentationClass" / f"{name}.png")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names) + "\n")
+
+
+def test_eval_computes_miou_on_voc_layout(tiny_weights, tmp_path):
+    clip, dino = tiny_weights
+    _make_voc(tmp_path / "voc")
+    classes = tmp_path / "cls.txt"
+    classes.write_text("background\ncat\ndog\n")
+    res = _run(["eval", "--dataset-root", str(tmp_path / "voc"), "--preset", "voc21", "--classes", str(classes),
+                "--clip-weights", str(clip), "--dino-weights", str(dino), "--json", "--no-progress"])
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["images"] == 3 and report["preset"] == "voc21" and report["paper_mIoU"] == 65.8
+    assert 0.0 <= report["mIoU"] <= 100.0
+    assert set(report["per_class_IoU"]) == {"background", "cat", "dog"}
+
+
+def test_miou_is_100_for_perfect_predictions(tmp_path, monkeypatch):
+    """The metric itself, with a fake model that returns the ground truth."""
+    from cass import evaluate as ev
+    from cass.features import Segmentation
+    from cass.vocabulary import Vocabulary
+
+    _make_voc(tmp_path / "voc")
+    layout = load_preset("voc21").dataset
+
+    class Oracle:
+        preset = load_preset("voc21")
+
+        def predict(self, img_path, vocab, output_size):
+            ann = tmp_path / "voc" / "SegmentationClass" / (img_path.stem + ".png")
+            gt = load_annotation(ann, False)
+            labels = np.where(gt == 255, 0, gt).astype(np.int32)
+            return Segmentation(labels, np.zeros(3), np.zeros(3), vocab.names)
+
+    result = ev.evaluate(Oracle(), tmp_path / "voc", Vocabulary.from_names(["bg", "cat", "dog"]), layout,
+                         progress=False)
+    assert result.miou == pytest.approx(1.0)
+
+
+def test_reduce_zero_label_and_missing_layout(tmp_path):
+    ann = np.array([[0, 1, 2, 255]], dtype=np.uint8)
+    Image.fromarray(ann).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(load_annotation(tmp_path / "a.png", True), [[255, 0, 1, 255]])
+    with pytest.raises(DatasetError, match="JPEGImages"):
+        dataset_pairs(tmp_path, load_preset("voc21").dataset)
