@@ -87,8 +87,13 @@ class CASS:
 
     def __init__(self, clip: torch.nn.Module, dino: DinoViT, preset: Preset, *,
                  clip_digest: str = "", dino_digest: str = "", device: str | torch.device = "cpu",
-                 text_cache=None):
+                 text_cache=None, precision: str = "fp32"):
         self.device = torch.device(device)
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision 'fp16' (half-precision backbones) needs a CUDA device")
+        self.precision = precision
         self.clip = clip.to(self.device)
         self.dino = dino.to(self.device)
         self.preset = preset
@@ -113,7 +118,7 @@ class CASS:
         """Identifies everything the image features depend on (weights, architecture, image params)."""
         blob = json.dumps({"engine": ENGINE_VERSION, "clip": self.clip_digest, "dino": self.dino_digest,
                            "arch": [self.width, self.patch_size, self.dino.cfg.patch_size, self.embed_dim],
-                           "image": asdict(self.preset.image)}, sort_keys=True)
+                           "precision": self.precision, "image": asdict(self.preset.image)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     @property
@@ -168,7 +173,8 @@ class CASS:
         # --- DINO keys per window ------------------------------------------------------------
         t0 = time.perf_counter()
         dino_in = self._dino_input(x, windows, trace)
-        dkeys = self.dino.last_keys(dino_in.to(self.device)).float()  # (B, H, g*g, d)
+        with self._autocast():
+            dkeys = self.dino.last_keys(dino_in.to(self.device)).float()  # (B, H, g*g, d)
         g = int(round(dkeys.shape[2] ** 0.5))
         dkeys = spectral._fp16(dkeys)
         grid = dkeys.transpose(2, 3).reshape(len(windows) * self.heads, HEAD_DIM, g, g)
@@ -179,12 +185,13 @@ class CASS:
         # --- CLIP trunk per window -----------------------------------------------------------
         t0 = time.perf_counter()
         visual = self.clip.visual
-        tokens = self._clip_trunk(crops.to(self.device))
         last = visual.transformer.resblocks[-1]
         need_window_cls = p.global_prior == "window" or p.slide_crop <= 0
-        window_cls = self._cls_head(last(tokens)) if need_window_cls else None
-        xin = last.ln_1(tokens)
-        qkv = F.linear(xin, last.attn.in_proj_weight, last.attn.in_proj_bias)
+        with self._autocast():
+            tokens = self._clip_trunk(crops.to(self.device))
+            window_cls = self._cls_head(last(tokens)).float() if need_window_cls else None
+            xin = last.ln_1(tokens)
+            qkv = F.linear(xin, last.attn.in_proj_weight, last.attn.in_proj_bias).float()
         _, k, v = qkv[:, 1:].chunk(3, dim=-1)
         bsz = len(windows)
         k = k.reshape(bsz, n, self.heads, HEAD_DIM).transpose(1, 2)
@@ -211,7 +218,7 @@ class CASS:
         fused = spectral.fuse_heads(clip_gram.cpu(), dino_gram.cpu(), cost.cpu(), col, draws, rank,
                                     p.eigenvalue_scaling, p.scale_factor).to(self.device)
         attn = torch.softmax(fused + self._gaussian_prior(gh, gw, p.gaussian_std), dim=-1)
-        out = (attn @ v.float()).transpose(1, 2).reshape(bsz, n, self.width)
+        out = (attn @ v).transpose(1, 2).reshape(bsz, n, self.width)
         out = last.attn.out_proj(out)
         patch = F.normalize(visual.ln_post(out) @ visual.proj, dim=-1)
         self.timings.spectral_s += time.perf_counter() - t0
@@ -221,7 +228,8 @@ class CASS:
         if need_window_cls:
             global_vectors = F.normalize(window_cls, dim=-1)
         else:
-            whole = self._cls_head(visual.transformer.resblocks[-1](self._clip_trunk(x.to(self.device))))
+            with self._autocast():
+                whole = self._cls_head(last(self._clip_trunk(x.to(self.device)))).float()
             global_vectors = F.normalize(whole, dim=-1).expand(bsz, -1)
         self.timings.global_s += time.perf_counter() - t0
         self.timings.encode_calls += 1
@@ -256,6 +264,10 @@ class CASS:
         m = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
         s = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
         return (t - m) / s
+
+    def _autocast(self):
+        """Half-precision backbones on CUDA when ``precision == "fp16"`` (spectral head stays fp32/64)."""
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16")
 
     def _clip_trunk(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, h, w)`` normalised -> ``(B, 1 + gh*gw, width)`` input of CLIP's last block."""
@@ -467,7 +479,7 @@ def postprocess(logits: torch.Tensor, vocabulary: Vocabulary, output_size: tuple
 # ---------------------------------------------------------------------------------------------
 def create_model(clip_weights: str | os.PathLike = "openai", dino_weights: str | os.PathLike = "dino_vitb8",
                  preset: str | Preset = "default", *, device: str | torch.device | None = None,
-                 threads: int | None = None, text_cache=None) -> CASS:
+                 threads: int | None = None, text_cache=None, precision: str = "fp32") -> CASS:
     """Load CLIP and DINO and return a :class:`CASS` engine.
 
     Args:
@@ -476,6 +488,8 @@ def create_model(clip_weights: str | os.PathLike = "openai", dino_weights: str |
         preset: a preset name (:func:`cass.presets.list_presets`) or :class:`Preset`.
         device: ``"cpu"`` (default) or ``"cuda"``.
         threads: torch intra-op threads (default: leave torch's setting).
+        precision: ``"fp32"`` (default, the parity-checked path) or ``"fp16"`` (CUDA only:
+            half-precision backbone forwards; the spectral head stays in float32/float64).
     """
     if threads:
         torch.set_num_threads(int(threads))
@@ -489,4 +503,5 @@ def create_model(clip_weights: str | os.PathLike = "openai", dino_weights: str |
         for param in module.parameters():
             param.requires_grad_(False)
     return CASS(clip, dino, preset, clip_digest=file_digest(clip_file.path),
-                dino_digest=file_digest(dino_file.path), device=device, text_cache=text_cache)
+                dino_digest=file_digest(dino_file.path), device=device, text_cache=text_cache,
+                precision=precision)
