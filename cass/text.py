@@ -67,9 +67,17 @@ class TextEncoder:
 
     @torch.inference_mode()
     def encode_uncached(self, query: str) -> torch.Tensor:
-        """``(embed_dim,)`` float32: normalise each template embedding, average, normalise."""
+        """``(embed_dim,)`` float32: normalise each template embedding, average, normalise.
+
+        Prompts are run in two length buckets (shorter / longer half) so little padding is computed.
+        """
         tokens = tokenize(prompt_texts(query), self.context_length).to(self.device)
-        emb = encode_tokens(self.clip, tokens).float()
+        order = torch.argsort(tokens.argmax(dim=-1), stable=True)
+        half = (len(order) + 1) // 2
+        emb = torch.empty(len(order), int(self.clip.text_projection.shape[1]), device=self.device)
+        for part in (order[:half], order[half:]):
+            if len(part):
+                emb[part] = encode_tokens(self.clip, tokens[part]).float()
         emb = emb / emb.norm(dim=-1, keepdim=True)
         mean = emb.mean(dim=0)
         return (mean / mean.norm()).cpu()
