@@ -254,3 +254,15 @@ def test_pth_and_training_checkpoint_formats_load(tiny_weights, tmp_path):
     torch.save(load_file(str(clip)), tmp_path / "clip.pt")
     m = cass.create_model(tmp_path / "clip.pt", tmp_path / "ckpt.pth")
     assert m.heads == 6 and m.dino.cfg.patch_size == 8 and m.patch_size == 16
+
+
+def test_architecture_mismatch_is_a_clear_error(tiny_weights, tmp_path):
+    from safetensors.torch import save_file
+
+    from cass.backbones import DinoConfig, DinoViT
+
+    clip, _ = tiny_weights
+    small = DinoViT(DinoConfig(embed_dim=128, depth=1, heads=2, patch_size=8, grid=4, mlp_hidden=256))
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(tmp_path / "dino_small.safetensors"))
+    with pytest.raises(cass.WeightsError, match="same heads"):
+        cass.create_model(clip, tmp_path / "dino_small.safetensors")
