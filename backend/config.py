@@ -1,0 +1,105 @@
+"""Every setting of the backend, read from the environment in one place.
+
+``Settings.from_env()`` validates eagerly: a bad value stops the server at start with a message that
+names the variable, instead of failing on the first prediction.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from .labels import LabelConfigError, NothingRule, parse_threshold, split_prompts
+
+MiB = 1 << 20
+
+
+class ConfigError(ValueError):
+    """An environment variable with a value the backend cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    clip_weights: str = "openai"                 # CASS_CLIP_WEIGHTS: "openai" or a file path
+    dino_weights: str = "dino_vitb8"             # CASS_DINO_WEIGHTS: "dino_vitb8" or a file path
+    preset: str = "default"                      # CASS_PRESET: a preset name or a .json path
+    device: str | None = None                    # CASS_DEVICE: cpu / cuda / cuda:1 (default: cuda if any)
+    threads: int | None = None                   # CASS_THREADS: torch intra-op threads
+    redis_url: str | None = None                 # REDIS_URL: feature cache (optional)
+    label_studio_url: str | None = None          # LABEL_STUDIO_URL: where /data/... URLs are fetched
+    label_studio_api_key: str | None = None      # LABEL_STUDIO_API_KEY: legacy token or personal access token
+    nothing: NothingRule = NothingRule()         # CASS_THRESHOLD, CASS_BACKGROUND (per-project overridable)
+    fetch_timeout_s: float = 30.0                # CASS_FETCH_TIMEOUT_S: per image download
+    max_image_bytes: int = 64 * MiB              # CASS_MAX_IMAGE_MB
+    predict_budget_s: float = 80.0               # CASS_PREDICT_BUDGET_S: stop starting tasks after this
+    warmup: bool = True                          # CASS_WARMUP: run one tiny image through at start
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() else None
+
+        url = get("LABEL_STUDIO_URL")
+        key = get("LABEL_STUDIO_API_KEY")
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"LABEL_STUDIO_URL = {url!r} is not an http(s) URL such as "
+                                  f"http://label-studio:8080")
+            url = url.rstrip("/")
+        if key is not None and url is None:
+            raise ConfigError("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key is only "
+                              "ever sent to LABEL_STUDIO_URL, so set it to the address of the Label Studio "
+                              "the key belongs to")
+        threshold = None
+        if get("CASS_THRESHOLD") is not None:
+            try:
+                threshold = parse_threshold(get("CASS_THRESHOLD"), "CASS_THRESHOLD")
+            except LabelConfigError as exc:
+                raise ConfigError(str(exc)) from None
+        return cls(
+            clip_weights=get("CASS_CLIP_WEIGHTS") or cls.clip_weights,
+            dino_weights=get("CASS_DINO_WEIGHTS") or cls.dino_weights,
+            preset=get("CASS_PRESET") or cls.preset,
+            device=get("CASS_DEVICE"),
+            threads=_number(get("CASS_THREADS"), "CASS_THREADS", int, minimum=1),
+            redis_url=get("REDIS_URL"),
+            label_studio_url=url,
+            label_studio_api_key=key,
+            nothing=NothingRule(threshold, split_prompts(get("CASS_BACKGROUND") or "")),
+            fetch_timeout_s=_number(get("CASS_FETCH_TIMEOUT_S"), "CASS_FETCH_TIMEOUT_S", float,
+                                    minimum=0.1) or cls.fetch_timeout_s,
+            max_image_bytes=int((_number(get("CASS_MAX_IMAGE_MB"), "CASS_MAX_IMAGE_MB", float, minimum=0.001)
+                                 or cls.max_image_bytes / MiB) * MiB),
+            predict_budget_s=_number(get("CASS_PREDICT_BUDGET_S"), "CASS_PREDICT_BUDGET_S", float,
+                                     minimum=1.0) or cls.predict_budget_s,
+            warmup=_flag(get("CASS_WARMUP"), "CASS_WARMUP", cls.warmup),
+        )
+
+
+def _number(text: str | None, name: str, kind, minimum: float):
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"{name} = {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name} = {text!r} must be at least {minimum:g}")
+    return value
+
+
+def _flag(text: str | None, name: str, default: bool) -> bool:
+    if text is None:
+        return default
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} = {text!r} is not a boolean (use 1/0, true/false)")

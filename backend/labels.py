@@ -1,0 +1,202 @@
+"""Label Studio label config -> what CASS segments: one :class:`BrushTarget` per ``BrushLabels``.
+
+Parsing goes through label-studio-sdk's :class:`LabelInterface`. Rules:
+
+* every ``<BrushLabels>`` control becomes a vocabulary for the ``<Image>`` its ``toName`` names;
+* every ``<Label>`` inside it is a class named like Label Studio names it in results (``alias`` if
+  set, else ``value``); its prompts are ``value`` plus the comma-separated ``predicted_values``;
+* the optional "nothing" rule: pixels whose best class probability is under ``threshold`` get no
+  region, and ``background`` prompts compete like a class whose pixels get no region. Both come from
+  the environment (``CASS_THRESHOLD``, ``CASS_BACKGROUND``) and can be overridden per project with the
+  control attributes ``cass_threshold="0.3"`` / ``cass_background="sky, wall"`` (an empty
+  ``cass_background=""`` switches the environment's background prompts off).
+
+Anything CASS cannot work with raises :class:`LabelConfigError` naming what is missing.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+from cass.vocabulary import Vocabulary, VocabularyClass, VocabularyError
+
+THRESHOLD_ATTR = "cass_threshold"
+BACKGROUND_ATTR = "cass_background"
+#: Name of the extra class that holds the background prompts (never emitted as a region).
+BACKGROUND_CLASS = "__cass_background__"
+
+
+class LabelConfigError(ValueError):
+    """A label config that CASS cannot produce brush predictions for."""
+
+
+@dataclass(frozen=True)
+class NothingRule:
+    """When a pixel gets no label: below ``threshold`` (None: the preset's), or won by a background prompt."""
+
+    threshold: float | None = None
+    background_prompts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BrushTarget:
+    """One ``BrushLabels`` control and the ``Image`` it labels.
+
+    ``vocabulary`` classes are the control's labels in config order, then (when the rule has
+    background prompts) the background class, which is also ``vocabulary.background``.
+    """
+
+    from_name: str
+    to_name: str
+    image_value: str  # the Image tag's value, e.g. "$image" (a task data key) or a fixed URL
+    vocabulary: Vocabulary
+    rule: NothingRule
+
+    @property
+    def data_key(self) -> str | None:
+        """Task data key of the image (``"image"`` for ``$image``), None for a fixed URL."""
+        return self.image_value[1:] if self.image_value.startswith("$") else None
+
+    @property
+    def label_names(self) -> list[str]:
+        """The Label Studio label of each vocabulary class that can become a region."""
+        return [name for name in self.vocabulary.names if name != BACKGROUND_CLASS]
+
+    def is_background(self, class_index: int) -> bool:
+        return self.vocabulary.classes[class_index].name == BACKGROUND_CLASS
+
+    def image_url(self, task: dict) -> str:
+        """The image reference of ``task`` for this target; :class:`TaskDataError` if absent."""
+        key = self.data_key
+        if key is None:
+            return self.image_value
+        data = task.get("data") if isinstance(task, dict) else None
+        if not isinstance(data, dict):
+            raise TaskDataError(f"task {_task_id(task)} has no 'data' object")
+        value = data.get(key)
+        if value is None or value == "":
+            raise TaskDataError(f"task {_task_id(task)} has no data field {key!r} (needed by "
+                                f"<Image name={self.to_name!r} value={self.image_value!r}>); it has "
+                                f"{sorted(data)}")
+        if not isinstance(value, str):
+            raise TaskDataError(f"task {_task_id(task)}: data field {key!r} must be an image URL "
+                                f"string, got {type(value).__name__}")
+        return value
+
+
+class TaskDataError(ValueError):
+    """A task whose data does not hold what the label config needs."""
+
+
+def _task_id(task) -> str:
+    return str(task.get("id")) if isinstance(task, dict) and task.get("id") is not None else "?"
+
+
+def parse_threshold(text: str, where: str) -> float:
+    """``"0.3"`` -> 0.3; anything that is not a number in [0, 1] -> :class:`LabelConfigError`."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise LabelConfigError(f"{where} = {text!r} is not a number (expected a probability in [0, 1])") \
+            from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise LabelConfigError(f"{where} = {text!r} is outside [0, 1] (it is a probability)")
+    return value
+
+
+def split_prompts(text: str) -> tuple[str, ...]:
+    """``"sky, wall,,floor "`` -> ``("sky", "wall", "floor")`` (order kept, blanks and repeats dropped)."""
+    out: list[str] = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if part and part not in out:
+            out.append(part)
+    return tuple(out)
+
+
+def parse_label_config(config: str, default_rule: NothingRule = NothingRule()) -> tuple[BrushTarget, ...]:
+    """All brush targets of ``config`` (cached: Label Studio sends the same config on every call)."""
+    if not isinstance(config, str) or not config.strip():
+        raise LabelConfigError("the label config is empty: CASS needs a <BrushLabels> control with "
+                               "<Label> children and the <Image> it points to")
+    return _parse_cached(config, default_rule)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_cached(config: str, default_rule: NothingRule) -> tuple[BrushTarget, ...]:
+    from label_studio_sdk.label_interface import LabelInterface
+
+    try:
+        interface = LabelInterface(config)
+    except Exception as exc:  # XML syntax and the SDK's own checks
+        raise LabelConfigError(f"the label config could not be parsed: {exc}") from exc
+
+    controls = list(interface.controls or [])
+    brushes = [c for c in controls if c.tag.lower() == "brushlabels"]
+    if not brushes:
+        found = ", ".join(f"<{c.tag} name={c.name!r}>" for c in controls) or "no control tags"
+        raise LabelConfigError(
+            "the label config has no <BrushLabels> control (found: " + found + "). CASS predicts brush "
+            "masks: add e.g. <BrushLabels name=\"tag\" toName=\"image\"><Label value=\"cat\"/></BrushLabels> "
+            "next to <Image name=\"image\" value=\"$image\"/>")
+    objects = {o.name: o for o in (interface.objects or [])}
+    return tuple(_target(control, objects, default_rule) for control in brushes)
+
+
+def _target(control, objects: dict, default_rule: NothingRule) -> BrushTarget:
+    where = f"<BrushLabels name={control.name!r}>"
+    names = [n for n in control.to_name if n]
+    if len(names) != 1:
+        raise LabelConfigError(f"{where} has toName={','.join(control.to_name)!r}: CASS needs exactly "
+                               f"one <Image> per BrushLabels")
+    to_name = names[0]
+    obj = objects.get(to_name)
+    if obj is None:
+        raise LabelConfigError(f"{where} points to toName={to_name!r}, but the config has no object tag "
+                               f"named {to_name!r} (add <Image name={to_name!r} value=\"$image\"/>)")
+    if obj.tag.lower() != "image":
+        raise LabelConfigError(f"{where} points to <{obj.tag} name={to_name!r}>, which is not an <Image>")
+    if "valueList" in obj.attr:
+        raise LabelConfigError(f"<Image name={to_name!r}> uses valueList (a list of images); CASS "
+                               f"predicts one image per task")
+    image_value = obj.value or ""
+    if image_value.startswith("$") and not obj.value_is_variable:
+        raise LabelConfigError(f"<Image name={to_name!r}> has value={image_value!r}: expected one "
+                               f"task data field such as \"$image\"")
+
+    rule = _rule(control, where, default_rule)
+    attrs = control.labels_attrs or {}
+    if not attrs:
+        raise LabelConfigError(f"{where} has no <Label> children: add at least one "
+                               f"<Label value=\"...\"/>")
+    classes = []
+    for name, label in attrs.items():
+        value = (label.attr.get("value") or "").strip()
+        prompts = split_prompts(",".join([value, label.attr.get("predicted_values", "")]))
+        if not prompts:
+            raise LabelConfigError(f"{where}: <Label alias={name!r}> has no value or predicted_values "
+                                   f"to use as a prompt")
+        if name == BACKGROUND_CLASS:
+            raise LabelConfigError(f"{where}: the label name {BACKGROUND_CLASS!r} is reserved")
+        classes.append(VocabularyClass(name, prompts))
+    background = None
+    if rule.background_prompts:
+        classes.append(VocabularyClass(BACKGROUND_CLASS, rule.background_prompts))
+        background = len(classes) - 1
+    try:
+        vocabulary = Vocabulary(tuple(classes), background=background)
+    except VocabularyError as exc:
+        raise LabelConfigError(f"{where}: {exc}".replace(repr(BACKGROUND_CLASS), "the background prompts")) \
+            from exc
+    return BrushTarget(control.name, to_name, image_value, vocabulary, rule)
+
+
+def _rule(control, where: str, default: NothingRule) -> NothingRule:
+    threshold = default.threshold
+    if THRESHOLD_ATTR in control.attr:
+        threshold = parse_threshold(control.attr[THRESHOLD_ATTR], f"{where} {THRESHOLD_ATTR}")
+    prompts = default.background_prompts
+    if BACKGROUND_ATTR in control.attr:
+        prompts = split_prompts(control.attr[BACKGROUND_ATTR])
+    return NothingRule(threshold, prompts)
