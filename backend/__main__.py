@@ -1,0 +1,51 @@
+"""``python -m backend --host 127.0.0.1 --port 9090``: load the engine, then serve (threaded)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import ConfigError, Settings
+from .logs import setup_logging
+
+log = logging.getLogger("backend")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=9090, help="port (default 9090)")
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default: $LOG_LEVEL or INFO")
+    parser.add_argument("--check", action="store_true", help="load the engine, print its version, exit")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    from cass import PresetError, WeightsError
+
+    from .app import create_app
+
+    try:
+        app = create_app(settings)
+    except (WeightsError, PresetError) as exc:
+        print(f"could not load the model: {exc}", file=sys.stderr)
+        return 1
+    if args.check:
+        from label_studio_ml import api
+
+        print(api._manager.init_kwargs["predictor"].model_version)
+        return 0
+    log.info("serving on http://%s:%d", args.host, args.port)
+    from werkzeug.serving import run_simple
+
+    run_simple(args.host, args.port, app, threaded=True, use_reloader=False, use_debugger=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

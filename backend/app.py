@@ -1,0 +1,51 @@
+"""The WSGI app: label-studio-ml's Flask server with :class:`~backend.model.CASSBackend`.
+
+The engine loads here, once per process and before the app is returned, so a server answers
+``GET /health`` only once it can predict. ``/setup`` (Label Studio allows it about 3 s) never loads
+anything.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask, jsonify, request
+from label_studio_ml import api
+
+from .config import Settings
+from .model import CASSBackend, CASSManager
+from .service import Predictor, build_predictor
+
+log = logging.getLogger("backend.app")
+
+
+def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> Flask:
+    """label-studio-ml's app serving CASS; loads the engine unless ``predictor`` is given.
+
+    label-studio-ml has one Flask app per process, so a second call re-targets that same app.
+    """
+    settings = settings or Settings.from_env()
+    predictor = predictor or build_predictor(settings)
+    api._manager = CASSManager()  # the routes look the manager up at request time
+    app = api.init_app(model_class=CASSBackend, predictor=predictor, settings=settings)
+
+    def health():
+        return jsonify({"status": "UP", "model_dir": None,
+                        "v2": os.getenv("LABEL_STUDIO_ML_BACKEND_V2", "false"), **predictor.health()})
+
+    def metrics():
+        return jsonify(predictor.stats())
+
+    def webhook():
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict) or not isinstance(data.get("action"), str):
+            return jsonify({"status": 400, "detail": "a webhook body is a JSON object with an 'action' "
+                                                     "string (Label Studio's webhook payload)"}), 400
+        event = data.pop("action")
+        return jsonify(api._manager.webhook(event, data)), 201
+
+    # the library's versions of these know nothing of the engine / crash on a body without 'action'
+    app.view_functions["health"] = health
+    app.view_functions["metrics"] = metrics
+    app.view_functions["webhook"] = webhook
+    return app

@@ -1,0 +1,143 @@
+"""The label-studio-ml 1.0.9 glue: a thin :class:`LabelStudioMLBase` and the manager that serves it.
+
+label-studio-ml builds a model object for every ``/setup`` and ``/predict``; :class:`CASSBackend`
+objects are therefore cheap (a cached label-config parse) and share the process's one
+:class:`~backend.service.Predictor`, which the app passes in as an init kwarg.
+
+:class:`CASSManager` changes four things of the library's ``LabelStudioMLManager``:
+
+* ``/setup`` and ``/predict`` report the engine's ``model_version`` (model + preset + weight digests)
+  instead of the library's ``INITIAL`` / training-job ids, and nothing bumps it;
+* ``/predict`` uses the label config and the Label Studio address of *its own* request and project,
+  not whichever project called ``/setup`` last (the library keeps one model for all projects);
+* ``/webhook`` events run ``process_event`` -> ``fit`` (a no-op: CASS is training-free) in-process,
+  instead of spawning a Python process per annotation that writes a job directory;
+* a bad label config or request answers HTTP 400 with the reason.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+from label_studio_ml.exceptions import AnswerException
+from label_studio_ml.model import LabelStudioMLBase, LabelStudioMLManager, ModelWrapper
+
+from .images import FetchPolicy, ImageFetcher, LabelStudioAuth
+from .labels import LabelConfigError, parse_label_config
+
+log = logging.getLogger("backend.model")
+
+
+class CASSBackend(LabelStudioMLBase):
+    """CASS brush pre-annotations for every ``BrushLabels`` control of a project."""
+
+    def __init__(self, label_config=None, train_output=None, *, predictor=None, settings=None, **kwargs):
+        if predictor is None or settings is None:
+            raise TypeError("CASSBackend needs predictor= and settings= (see backend.app.create_app)")
+        self.predictor = predictor
+        self.settings = settings
+        # parse first: a config CASS cannot use raises LabelConfigError, naming what is missing
+        self.targets = parse_label_config(label_config, settings.nothing) if label_config else ()
+        super().__init__(label_config=label_config, train_output=train_output, **kwargs)
+
+    @property
+    def model_version(self) -> str:
+        return self.predictor.model_version
+
+    def predict(self, tasks, **kwargs):
+        if not self.targets:
+            raise LabelConfigError("no label config: /predict needs the project's label_config "
+                                   "(or a /setup with its schema first)")
+        return self.predictor.predict(tasks, self.targets, self.fetcher().fetch)
+
+    def fetcher(self) -> ImageFetcher:
+        """Downloads with the policy of the settings and this project's Label Studio credentials.
+
+        ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` win; without them, the ``hostname`` and
+        ``access_token`` that Label Studio sent with ``/setup`` are used (for that host only).
+        """
+        s = self.settings
+        policy = FetchPolicy(timeout_s=s.fetch_timeout_s, max_bytes=s.max_image_bytes)
+        if s.label_studio_url:
+            auth = LabelStudioAuth(s.label_studio_url, s.label_studio_api_key)
+        elif self.hostname:
+            auth = LabelStudioAuth(self.hostname, self.access_token or None)
+        else:
+            auth = None
+        return ImageFetcher(policy, auth)
+
+    def fit(self, *args, **kwargs):
+        """Training-free: nothing to learn, and returning None keeps ``model_version`` unchanged."""
+        return None
+
+
+class CASSManager(LabelStudioMLManager):
+    """See the module docstring."""
+
+    MAX_PROJECTS = 256
+    _projects: "OrderedDict[str, dict]" = OrderedDict()
+    _projects_lock = threading.Lock()
+
+    @classmethod
+    def _remember(cls, project, params: dict) -> None:
+        with cls._projects_lock:
+            cls._projects[str(project)] = params
+            cls._projects.move_to_end(str(project))
+            while len(cls._projects) > cls.MAX_PROJECTS:
+                cls._projects.popitem(last=False)
+
+    @classmethod
+    def _recall(cls, project) -> dict:
+        with cls._projects_lock:
+            return dict(cls._projects.get(str(project), {}))
+
+    @classmethod
+    def _build(cls, label_config, **kwargs) -> CASSBackend:
+        try:
+            return cls.model_class(label_config=label_config, **kwargs, **cls.init_kwargs)
+        except LabelConfigError as exc:
+            raise AnswerException(400, f"LabelConfigError: {exc}", {}) from exc
+
+    @classmethod
+    def fetch(cls, project=None, label_config=None, force_reload=False, **kwargs):
+        """``/setup``: validate the config, remember the project's Label Studio address."""
+        params = {"hostname": kwargs.get("hostname") or "", "access_token": kwargs.get("access_token") or ""}
+        model = cls._build(label_config, **params)
+        cls._remember(project, {**params, "label_config": label_config})
+        cls._current_model = ModelWrapper(model=model, model_version=model.model_version)
+        log.info("setup project %s: %d brush control(s), model_version %s", project,
+                 len(model.targets), model.model_version)
+        return cls._current_model
+
+    @classmethod
+    def predict(cls, tasks, project=None, label_config=None, force_reload=False, try_fetch=True, **kwargs):
+        if not isinstance(tasks, list):
+            raise AnswerException(400, f"'tasks' must be a list of tasks, got {type(tasks).__name__}", {})
+        remembered = cls._recall(project)
+        label_config = label_config or remembered.pop("label_config", None)
+        remembered.pop("label_config", None)
+        model = cls._build(label_config, **remembered)
+        try:
+            predictions = model.predict(tasks, **kwargs)
+        except LabelConfigError as exc:
+            raise AnswerException(400, f"LabelConfigError: {exc}", {}) from exc
+        return predictions, ModelWrapper(model=model, model_version=model.model_version)
+
+    @classmethod
+    def webhook(cls, event, data):
+        model = cls._build(None)
+        result = model.process_event(event, data, None, {})
+        log.info("webhook %s for project %s: nothing to train", event,
+                 (data.get("project") or {}).get("id") if isinstance(data, dict) else None)
+        return {"event": event, "model_version": model.model_version, "result": result}
+
+    @classmethod
+    def is_training(cls, project):
+        model = cls._build(None)
+        return {"is_training": False, "backend": "none", "model_version": model.model_version}
+
+    @classmethod
+    def _get_models_from_workdir(cls, project):
+        """``/versions``: the one version this process serves."""
+        return [cls._build(None).model_version]

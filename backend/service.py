@@ -1,0 +1,242 @@
+"""Prediction logic, independent of label-studio-ml: tasks + brush targets -> Label Studio predictions.
+
+Per image: fetch bytes -> ``cache.get_or_compute(bytes, engine.fingerprint, encode)`` ->
+``engine.segment(features, vocabulary)`` -> one brush region per label present. A task that fails
+(image not fetchable or not decodable, data field missing, any unexpected error) gets an error entry
+and a log line; the other tasks of the batch are unaffected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import threading
+import time
+from typing import Callable, Protocol
+
+import numpy as np
+from PIL import Image
+
+from cass.features import FeaturesFormatError
+from cass.images import ImageError
+from cass.vocabulary import Vocabulary, VocabularyError
+
+from .images import ImageFetchError
+from .labels import BrushTarget, TaskDataError
+from .regions import brush_regions
+
+log = logging.getLogger("backend.service")
+
+#: Failures of one task that are about its data, not a bug: logged as one line, no traceback.
+TASK_ERRORS = (TaskDataError, ImageFetchError, ImageError, VocabularyError, FeaturesFormatError)
+
+
+class FeatureCache(Protocol):
+    """The feature cache interface (``cass.cache``)."""
+
+    def get_or_compute(self, image_bytes: bytes, fingerprint: str, compute: Callable) -> tuple: ...
+    def get_text(self, key: str) -> bytes | None: ...
+    def set_text(self, key: str, value: bytes) -> None: ...
+    def stats(self) -> dict: ...
+    def health(self) -> dict: ...
+
+
+class NoCache:
+    """A cache that stores nothing (used when ``cass.cache`` is not available)."""
+
+    def __init__(self):
+        self._misses = 0
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, image_bytes: bytes, fingerprint: str, compute: Callable):
+        with self._lock:
+            self._misses += 1
+        return compute(), False
+
+    def get_text(self, key: str) -> bytes | None:
+        return None
+
+    def set_text(self, key: str, value: bytes) -> None:
+        return None
+
+    def stats(self) -> dict:
+        return {"backend": "none", "hits": 0, "misses": self._misses, "bytes": 0, "errors": 0}
+
+    def health(self) -> dict:
+        return {"backend": "none", "reachable": True}
+
+
+def make_feature_cache(redis_url: str | None) -> FeatureCache:
+    """The ``cass.cache`` feature cache (Redis when ``redis_url`` is set, else in-process) when that
+    module exists, else :class:`NoCache`. Its size/TTL settings come from its own ``CASS_CACHE_*``
+    environment variables when it offers ``make_cache_from_env``."""
+    try:
+        from cass import cache as cache_module
+    except ImportError as exc:
+        if getattr(exc, "name", None) not in ("cass.cache", None):
+            raise  # cass.cache exists but one of its own imports failed: that is a real error
+        if redis_url:
+            log.warning("REDIS_URL is set but cass.cache is not available: image features are not cached")
+        return NoCache()
+    from_env = getattr(cache_module, "make_cache_from_env", None)
+    if from_env is not None:
+        return from_env({**os.environ, "REDIS_URL": redis_url or ""})
+    return cache_module.make_cache(redis_url)
+
+
+class Engine(Protocol):
+    """What the predictor needs of :class:`cass.CASS` (a fake in unit tests)."""
+
+    fingerprint: str
+    model_version: str
+    preset: object
+
+    def encode(self, image: bytes): ...
+    def segment(self, features, vocabulary, *, params=None): ...
+
+
+class Predictor:
+    """Turns Label Studio tasks into brush predictions with one loaded engine.
+
+    Thread-safe: the engine work (encode, segment) runs under one lock, downloads outside it.
+    ``predict_budget_s``: tasks not started within this many seconds of the batch's start get an
+    error entry instead of a prediction (Label Studio gives the whole ``/predict`` call
+    ``ML_TIMEOUT_PREDICT``, 100 s by default, and stores nothing when it times out).
+    """
+
+    def __init__(self, engine: Engine, cache: FeatureCache | None = None, *,
+                 predict_budget_s: float = 80.0, clock: Callable[[], float] = time.monotonic):
+        self.engine = engine
+        self.cache = cache if cache is not None else NoCache()
+        self.predict_budget_s = predict_budget_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.counters = {"tasks": 0, "predictions": 0, "failed_tasks": 0, "skipped_tasks": 0,
+                         "regions": 0, "cache_hits": 0}
+
+    @property
+    def model_version(self) -> str:
+        return self.engine.model_version
+
+    # -------------------------------------------------------------------------------------------
+    def predict(self, tasks: list[dict], targets: tuple[BrushTarget, ...],
+                fetch: Callable[[str, object], bytes]) -> list[dict]:
+        """One entry per task, in order: a prediction ``{result, score, model_version}`` or an error
+        entry ``{error, task, model_version}`` (no ``result``: Label Studio skips it, see docs)."""
+        start = self.clock()
+        out = []
+        for task in tasks:
+            task_id = task.get("id") if isinstance(task, dict) else None
+            if self.clock() - start > self.predict_budget_s:
+                out.append(self.error_entry(task_id, f"not predicted: the batch used its time budget of "
+                                                     f"{self.predict_budget_s:g}s (CASS_PREDICT_BUDGET_S); "
+                                                     f"retrieve predictions again for the rest"))
+                self._count("skipped_tasks")
+                continue
+            t0 = self.clock()
+            try:
+                prediction = self.predict_task(task, targets, fetch)
+            except Exception as exc:  # one bad task never loses the others
+                if isinstance(exc, TASK_ERRORS):
+                    log.warning("task %s: no prediction: %s", task_id, exc)
+                else:
+                    log.exception("task %s: no prediction: unexpected %s", task_id, type(exc).__name__)
+                out.append(self.error_entry(task_id, f"{type(exc).__name__}: {exc}"))
+                self._count("failed_tasks")
+                continue
+            log.info("task %s: %d regions, score %.3f, %.2fs", task_id, len(prediction["result"]),
+                     prediction["score"], self.clock() - t0)
+            out.append(prediction)
+            self._count("predictions")
+            self._count("regions", len(prediction["result"]))
+        self._count("tasks", len(tasks))
+        return out
+
+    def predict_task(self, task: dict, targets: tuple[BrushTarget, ...],
+                     fetch: Callable[[str, object], bytes]) -> dict:
+        if not isinstance(task, dict):
+            raise TaskDataError(f"a task must be a JSON object, got {type(task).__name__}")
+        features_by_url: dict[str, object] = {}
+        regions: list[dict] = []
+        score_sum, pixels = 0.0, 0
+        for target in targets:
+            url = target.image_url(task)
+            if url not in features_by_url:
+                features_by_url[url] = self.features(fetch(url, task.get("id")))
+            segmentation = self.segment(features_by_url[url], target)
+            target_regions, target_sum, target_pixels = brush_regions(segmentation, target)
+            regions.extend(target_regions)
+            score_sum += target_sum
+            pixels += target_pixels
+        return {"result": regions, "score": round(score_sum / pixels, 4) if pixels else 0.0,
+                "model_version": self.model_version}
+
+    def error_entry(self, task_id, message: str) -> dict:
+        return {"task": task_id, "error": message, "model_version": self.model_version}
+
+    # -------------------------------------------------------------------------------------------
+    def features(self, image_bytes: bytes):
+        def compute():
+            with self._lock:
+                return self.engine.encode(image_bytes)
+
+        features, hit = self.cache.get_or_compute(image_bytes, self.engine.fingerprint, compute)
+        if hit:
+            self._count("cache_hits")
+        return features
+
+    def segment(self, features, target: BrushTarget):
+        params = None
+        if target.rule.threshold is not None:
+            params = dataclasses.replace(self.engine.preset.text, prob_thd=target.rule.threshold)
+        with self._lock:
+            return self.engine.segment(features, target.vocabulary, params=params)
+
+    def warm_up(self) -> None:
+        """Run a small image through encode and segment once (first calls are several times slower)."""
+        rng = np.random.default_rng(0)
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(buf, "PNG")
+        t0 = time.perf_counter()
+        with self._lock:
+            features = self.engine.encode(buf.getvalue())
+            self.engine.segment(features, Vocabulary.from_names(["object"]))
+        log.info("warm-up done in %.2fs", time.perf_counter() - t0)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.counters[name] += n
+
+    def stats(self) -> dict:
+        with self._stats_lock:
+            counters = dict(self.counters)
+        try:
+            cache = self.cache.stats()
+        except Exception as exc:
+            cache = {"error": f"{type(exc).__name__}: {exc}"}
+        return {"model_version": self.model_version, **counters, "cache": cache}
+
+    def health(self) -> dict:
+        try:
+            cache = self.cache.health()
+        except Exception as exc:
+            cache = {"reachable": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"model_version": self.model_version, "cache": cache}
+
+
+def build_predictor(settings) -> Predictor:
+    """Load the engine (once per process) with the feature cache; :class:`backend.config.Settings`."""
+    import cass
+
+    t0 = time.perf_counter()
+    cache = make_feature_cache(settings.redis_url)
+    engine = cass.create_model(settings.clip_weights, settings.dino_weights, settings.preset,
+                               device=settings.device, threads=settings.threads, text_cache=cache)
+    log.info("loaded %s on %s in %.1fs (cache: %s)", engine.model_version, engine.device,
+             time.perf_counter() - t0, type(cache).__name__)
+    predictor = Predictor(engine, cache, predict_budget_s=settings.predict_budget_s)
+    if settings.warmup:
+        predictor.warm_up()
+    return predictor
