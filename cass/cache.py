@@ -1,0 +1,719 @@
+"""Per-image feature cache: ``encode`` once per image, reuse the features for any vocabulary.
+
+Two implementations of one interface (:class:`FeatureCache`):
+
+* :class:`MemoryCache` - an in-process LRU bounded in bytes (the default when no ``REDIS_URL``);
+* :class:`RedisCache` - Redis shared by every worker and replica, with an in-process fallback LRU
+  that serves while Redis is unreachable.
+
+Keys are ``cass:feat:v<format>:<engine fingerprint>:<sha256 of the image bytes>``: the same
+picture under another URL hits, other weights / image-side parameters miss (the fingerprint covers
+them), text-side parameters are not in the key (changing them still hits). Values are
+:meth:`ImageFeatures.to_bytes` (float32, exact round trip), so a hit segments bit-for-bit like a
+miss. Text embeddings go through :meth:`FeatureCache.get_text` / :meth:`FeatureCache.set_text`
+(the ``external`` store of :class:`cass.text.TextEncoder`).
+
+Concurrent requests for the same uncached image compute it once: threads of one process wait for
+the thread that computes it; processes sharing Redis take a short-lived lock key
+(``SET NX PX``) and the others poll for the value, for a bounded time, and compute themselves when
+the holder went away. Any Redis failure is logged once per outage and the request is served
+without Redis (computing, or from the fallback LRU); Redis is retried after ``retry_interval_s``.
+An unreadable or incompatible entry is ignored, recomputed and overwritten. See docs/cache.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+from .features import FEATURES_FORMAT_VERSION, FeaturesFormatError, ImageFeatures
+
+log = logging.getLogger("cass.cache")
+
+MiB = 1 << 20
+DEFAULT_MAX_BYTES = 512 * MiB
+DEFAULT_TTL_S = 7 * 24 * 3600
+DEFAULT_FALLBACK_MAX_BYTES = 64 * MiB
+DEFAULT_TEXT_MAX_ENTRIES = 16384
+DEFAULT_SOCKET_TIMEOUT_S = 1.0
+DEFAULT_CONNECT_TIMEOUT_S = 0.5
+DEFAULT_RETRY_INTERVAL_S = 5.0
+DEFAULT_LOCK_TTL_S = 60.0
+DEFAULT_LOCK_WAIT_S = 60.0
+KEY_PREFIX = "cass"
+
+
+# ---------------------------------------------------------------------------------------------
+# interface and keys
+# ---------------------------------------------------------------------------------------------
+@runtime_checkable
+class FeatureCache(Protocol):
+    """What the backend uses; :func:`make_cache` returns one."""
+
+    def get_or_compute(self, image_bytes: bytes, fingerprint: str,
+                       compute: Callable[[], ImageFeatures]) -> tuple[ImageFeatures, bool]:
+        """``(features, was_hit)``; ``was_hit`` is False only when this call ran ``compute``."""
+        ...
+
+    def get_text(self, key: str) -> bytes | None: ...
+
+    def set_text(self, key: str, value: bytes) -> None: ...
+
+    def stats(self) -> dict: ...
+
+    def health(self) -> dict: ...
+
+
+def image_digest(image_bytes: bytes) -> str:
+    """sha256 hex digest of the encoded image bytes (the URL is not part of the key)."""
+    return hashlib.sha256(image_bytes).hexdigest()
+
+
+def feature_key(digest: str, fingerprint: str, prefix: str = KEY_PREFIX) -> str:
+    """Cache key of an image's features: format version + engine fingerprint + image digest."""
+    return f"{prefix}:feat:v{FEATURES_FORMAT_VERSION}:{fingerprint}:{digest}"
+
+
+def text_cache_key(key: str, prefix: str = KEY_PREFIX) -> str:
+    """Key of a text embedding; ``key`` is the TextEncoder's ``"<model fingerprint>:<prompt>"``."""
+    return f"{prefix}:text:{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------------
+class ByteLRU:
+    """Thread-safe LRU of ``bytes`` values bounded in total bytes (and optionally entries), with a
+    sliding TTL (a read renews it). A value larger than ``max_bytes`` is not stored."""
+
+    def __init__(self, max_bytes: int, *, max_entries: int | None = None, ttl_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_bytes = int(max_bytes)
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = 0
+        self.evictions = 0
+        self.expirations = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _deadline(self) -> float:
+        return float("inf") if self.ttl_s is None else self.clock() + self.ttl_s
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            value, expires = item
+            if self.clock() >= expires:
+                self._remove(key)
+                self.expirations += 1
+                return None
+            self._data[key] = (value, self._deadline())
+            self._data.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: bytes) -> bool:
+        """Store (most recently used); evicts least recently used entries. False if too large."""
+        value = bytes(value)
+        with self._lock:
+            self._remove(key)
+            if len(value) > self.max_bytes:
+                return False
+            self._data[key] = (value, self._deadline())
+            self.nbytes += len(value)
+            while self._data and (self.nbytes > self.max_bytes or
+                                  (self.max_entries is not None and len(self._data) > self.max_entries)):
+                old, (old_value, _) = self._data.popitem(last=False)
+                self.nbytes -= len(old_value)
+                self.evictions += 1
+            return True
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._remove(key)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._data)
+
+    def _remove(self, key: str) -> None:
+        item = self._data.pop(key, None)
+        if item is not None:
+            self.nbytes -= len(item[0])
+
+
+class _Flight:
+    """One in-process computation that other threads wait for."""
+
+    __slots__ = ("done", "waiters", "ok", "blob", "features")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.waiters = 0
+        self.ok = False
+        self.blob: bytes | None = None
+        self.features: ImageFeatures | None = None
+
+
+_COUNTERS = ("hits", "misses", "errors", "corrupt", "coalesced", "compute_errors", "bytes_stored",
+             "bytes_served", "not_stored", "text_hits", "text_misses", "text_errors", "lock_waits",
+             "lock_hits", "lock_timeouts", "redis_errors", "outages", "reconnects", "fallback_hits")
+
+
+class _BaseCache:
+    """Hit/miss accounting, decoding, in-process single-flight; subclasses provide the store."""
+
+    backend = "base"
+
+    def __init__(self, ttl_s: float, prefix: str = KEY_PREFIX):
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self._counts: dict[str, float] = {name: 0 for name in _COUNTERS}
+        self._counts["compute_seconds"] = 0.0
+        self._stats_lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+
+    # -- store hooks (subclasses) -----------------------------------------------------------
+    def _load(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    def _store(self, key: str, blob: bytes) -> None:
+        raise NotImplementedError
+
+    def _discard(self, key: str) -> None:
+        raise NotImplementedError
+
+    def _load_text(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    def _store_text(self, key: str, value: bytes) -> None:
+        raise NotImplementedError
+
+    # -- accounting --------------------------------------------------------------------------
+    def _count(self, name: str, n: float = 1) -> None:
+        with self._stats_lock:
+            self._counts[name] += n
+
+    def stats(self) -> dict:
+        with self._stats_lock:
+            out: dict[str, Any] = dict(self._counts)
+        with self._flights_lock:
+            out["computing"] = len(self._flights)
+            out["waiting"] = sum(f.waiters for f in self._flights.values())
+        out["backend"] = self.backend
+        out["ttl_s"] = self.ttl_s
+        return out
+
+    def close(self) -> None:
+        pass
+
+    # -- features ----------------------------------------------------------------------------
+    def key_for(self, image_bytes: bytes, fingerprint: str) -> str:
+        return feature_key(image_digest(image_bytes), fingerprint, self.prefix)
+
+    def get_or_compute(self, image_bytes: bytes, fingerprint: str,
+                       compute: Callable[[], ImageFeatures]) -> tuple[ImageFeatures, bool]:
+        """Cached features of ``image_bytes`` for an engine with ``fingerprint``, else ``compute()``.
+
+        Returns ``(features, was_hit)``. ``was_hit`` is False only when this call ran ``compute``
+        (a call that waited for another thread's or process's computation is a hit). Exceptions
+        from ``compute`` propagate and nothing is stored; threads that were waiting retry.
+        """
+        key = self.key_for(image_bytes, fingerprint)
+        found = self._lookup(key, fingerprint)
+        if found is not None:
+            self._count("hits")
+            return found[0], True
+        while True:
+            with self._flights_lock:
+                flight = self._flights.get(key)
+                leader = flight is None
+                if leader:
+                    flight = self._flights[key] = _Flight()
+                else:
+                    flight.waiters += 1
+            if leader:
+                return self._lead(key, fingerprint, compute, flight)
+            flight.done.wait()
+            if flight.ok:
+                self._count("hits")
+                self._count("coalesced")
+                if flight.blob is not None:
+                    return ImageFeatures.from_bytes(flight.blob), True  # a private copy
+                return flight.features, True
+            # the computing thread failed: try again (become the leader or wait for a new one)
+
+    def _lead(self, key: str, fingerprint: str, compute, flight: _Flight) -> tuple[ImageFeatures, bool]:
+        try:
+            found = self._lookup(key, fingerprint)  # stored between our miss and registering?
+            if found is not None:
+                features, blob = found
+                was_hit = True
+                self._count("hits")
+            else:
+                features, blob, was_hit = self._fill(key, fingerprint, compute)
+            flight.features, flight.blob, flight.ok = features, blob, True
+            return features, was_hit
+        finally:
+            with self._flights_lock:
+                self._flights.pop(key, None)
+            flight.done.set()
+
+    def _fill(self, key: str, fingerprint: str, compute) -> tuple[ImageFeatures, bytes | None, bool]:
+        """Compute and store (the Redis cache adds the cross-process lock around this)."""
+        features, blob = self._compute(fingerprint, compute)
+        if blob is not None:
+            self._put(key, blob)
+        return features, blob, False
+
+    def _compute(self, fingerprint: str, compute) -> tuple[ImageFeatures, bytes | None]:
+        self._count("misses")
+        t0 = time.perf_counter()
+        try:
+            features = compute()
+        except BaseException:
+            self._count("compute_errors")
+            raise
+        finally:
+            self._count("compute_seconds", time.perf_counter() - t0)
+        if not isinstance(features, ImageFeatures):
+            raise TypeError(f"compute() returned {type(features).__name__}, expected ImageFeatures")
+        if features.fingerprint != fingerprint:
+            log.warning("features fingerprint %r != cache fingerprint %r: not caching them",
+                        features.fingerprint, fingerprint)
+            self._count("errors")
+            self._count("not_stored")
+            return features, None
+        return features, features.to_bytes()
+
+    def _put(self, key: str, blob: bytes) -> None:
+        self._store(key, blob)
+
+    def _lookup(self, key: str, fingerprint: str) -> tuple[ImageFeatures, bytes] | None:
+        blob = self._load(key)
+        if blob is None:
+            return None
+        try:
+            features = ImageFeatures.from_bytes(blob, expected_fingerprint=fingerprint)
+        except FeaturesFormatError as exc:
+            log.warning("ignoring unreadable cache entry %s (%s); recomputing", key, exc)
+            self._count("corrupt")
+            self._count("errors")
+            self._discard(key)
+            return None
+        self._count("bytes_served", len(blob))
+        return features, blob
+
+    # -- text --------------------------------------------------------------------------------
+    def get_text(self, key: str) -> bytes | None:
+        value = self._load_text(text_cache_key(key, self.prefix))
+        self._count("text_hits" if value is not None else "text_misses")
+        return value
+
+    def set_text(self, key: str, value: bytes) -> None:
+        self._store_text(text_cache_key(key, self.prefix), bytes(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# in-process cache
+# ---------------------------------------------------------------------------------------------
+class MemoryCache(_BaseCache):
+    """In-process LRU bounded in bytes (features) and entries (text embeddings), with a TTL."""
+
+    backend = "memory"
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, ttl_s: float = DEFAULT_TTL_S, *,
+                 text_max_entries: int = DEFAULT_TEXT_MAX_ENTRIES, prefix: str = KEY_PREFIX,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(ttl_s, prefix)
+        self.max_bytes = int(max_bytes)
+        self._lru = ByteLRU(max_bytes, ttl_s=ttl_s, clock=clock)
+        self._text = ByteLRU(max_bytes, max_entries=text_max_entries, ttl_s=ttl_s, clock=clock)
+
+    def _load(self, key: str) -> bytes | None:
+        return self._lru.get(key)
+
+    def _store(self, key: str, blob: bytes) -> None:
+        if self._lru.put(key, blob):
+            self._count("bytes_stored", len(blob))
+        else:
+            self._count("not_stored")
+            log.debug("features of %d bytes exceed the cache size %d: not cached", len(blob), self.max_bytes)
+
+    def _discard(self, key: str) -> None:
+        self._lru.delete(key)
+
+    def _load_text(self, key: str) -> bytes | None:
+        return self._text.get(key)
+
+    def _store_text(self, key: str, value: bytes) -> None:
+        self._text.put(key, value)
+
+    def stats(self) -> dict:
+        out = super().stats()
+        out.update(entries=len(self._lru), bytes=self._lru.nbytes, max_bytes=self.max_bytes,
+                   evictions=self._lru.evictions, expirations=self._lru.expirations,
+                   text_entries=len(self._text), reachable=True)
+        return out
+
+    def health(self) -> dict:
+        return {"backend": "memory", "reachable": True, "entries": len(self._lru),
+                "bytes": self._lru.nbytes, "max_bytes": self.max_bytes}
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis cache
+# ---------------------------------------------------------------------------------------------
+_DOWN = object()   # Redis unreachable (or in back-off): the call was not made or failed to connect
+_FAILED = object()  # Redis answered with an error
+
+_RELEASE_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"""
+
+
+def redact_url(url: str) -> str:
+    """``redis://:secret@host`` -> ``redis://***@host`` (for logs and health)."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+class RedisCache(_BaseCache):
+    """Features and text embeddings in Redis (``SET ... EX ttl``; hits renew the TTL with GETEX,
+    so Redis >= 6.2), with a cross-process single-flight lock and an in-process fallback LRU.
+
+    Args:
+        url: ``redis://[:password@]host:port/db`` (``rediss://`` for TLS).
+        ttl_s: entry lifetime since last use.
+        fallback_max_bytes: in-process LRU used while Redis is unreachable (0 disables it).
+        socket_timeout_s / connect_timeout_s: per operation; a hung Redis costs at most about
+            twice this per request (one retry on a fresh connection), then the back-off applies.
+        retry_interval_s: after a connection failure, Redis is not tried again for this long.
+        lock_ttl_s: lifetime of the compute lock (should exceed one ``encode``); if the holder
+            dies, others take over after at most this long.
+        lock_wait_s: how long a process waits for another one's computation before computing
+            itself.
+        poll_interval_s: first polling interval while waiting (grows to 0.5 s).
+        client: a ready ``redis.Redis`` (tests); ``url`` is then only used for display.
+    """
+
+    backend = "redis"
+
+    def __init__(self, url: str, *, ttl_s: float = DEFAULT_TTL_S,
+                 fallback_max_bytes: int = DEFAULT_FALLBACK_MAX_BYTES,
+                 text_max_entries: int = DEFAULT_TEXT_MAX_ENTRIES,
+                 socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+                 connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+                 retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
+                 lock_ttl_s: float = DEFAULT_LOCK_TTL_S, lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
+                 poll_interval_s: float = 0.05, prefix: str = KEY_PREFIX, client=None,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(ttl_s, prefix)
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._errors_down = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+        self._errors_other = (redis.exceptions.RedisError,)
+        self.url = redact_url(url)
+        self.retry_interval_s = float(retry_interval_s)
+        self.lock_ttl_s = float(lock_ttl_s)
+        self.lock_wait_s = float(lock_wait_s)
+        self.poll_interval_s = float(poll_interval_s)
+        self.clock = clock
+        self.fallback_max_bytes = int(fallback_max_bytes)
+        self._ex = max(1, int(round(ttl_s)))  # Redis expiries are whole seconds here
+        if client is None:
+            client = redis.Redis.from_url(
+                url, socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s,
+                retry=Retry(NoBackoff(), 1), retry_on_timeout=False)
+        self._redis = client
+        self._release = client.register_script(_RELEASE_LOCK)
+        self._fallback = ByteLRU(max(self.fallback_max_bytes, 0), ttl_s=ttl_s, clock=clock)
+        self._text_fallback = ByteLRU(max(self.fallback_max_bytes, 0), max_entries=text_max_entries,
+                                      ttl_s=ttl_s, clock=clock)
+        self._state_lock = threading.Lock()
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._last_error = ""
+        self._warned_other = False
+        self._checked_config = False
+        self.health()  # connect now: an unreachable Redis is reported at start-up (never raises)
+
+    # -- connection state ----------------------------------------------------------------------
+    def _available(self) -> bool:
+        with self._state_lock:
+            return self._down_since is None or self.clock() >= self._retry_at
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._count("errors")
+        self._count("redis_errors")
+        with self._state_lock:
+            now = self.clock()
+            self._retry_at = now + self.retry_interval_s
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            first = self._down_since is None
+            if first:
+                self._down_since = now
+        if first:
+            self._count("outages")
+            log.warning("Redis feature cache at %s unreachable (%s); serving without the shared "
+                        "cache (in-process fallback) and retrying every %gs", self.url,
+                        self._last_error, self.retry_interval_s)
+
+    def _mark_up(self) -> None:
+        with self._state_lock:
+            was_down = self._down_since
+            self._down_since = None
+        if was_down is not None:
+            self._count("reconnects")
+            log.warning("Redis feature cache at %s reachable again after %.1fs", self.url,
+                        self.clock() - was_down)
+
+    @property
+    def reachable(self) -> bool:
+        """Last known state (no I/O)."""
+        with self._state_lock:
+            return self._down_since is None
+
+    def _call(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(client)``, or ``_DOWN`` (unreachable / backing off) or ``_FAILED`` (error reply)."""
+        if not self._available():
+            return _DOWN
+        try:
+            result = fn(self._redis)
+        except self._errors_down as exc:
+            self._mark_down(exc)
+            return _DOWN
+        except self._errors_other as exc:
+            self._count("errors")
+            self._count("redis_errors")
+            with self._state_lock:
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                warn, self._warned_other = not self._warned_other, True
+            (log.warning if warn else log.debug)("Redis feature cache error: %s", exc)
+            return _FAILED
+        self._mark_up()
+        return result
+
+    # -- store hooks ---------------------------------------------------------------------------
+    def _load(self, key: str) -> bytes | None:
+        res = self._call(lambda r: r.getex(key, ex=self._ex))
+        if res is not None and res is not _DOWN and res is not _FAILED:
+            return bytes(res)
+        blob = self._fallback.get(key)
+        if blob is not None:
+            self._count("fallback_hits")
+            if res is None:  # Redis is back and lacks it (computed during an outage): share it
+                self._store(key, blob)
+        return blob
+
+    def _store(self, key: str, blob: bytes) -> None:
+        res = self._call(lambda r: r.set(key, blob, ex=self._ex))
+        if res is _DOWN or res is _FAILED:
+            if self._fallback.put(key, blob):
+                self._count("bytes_stored", len(blob))
+            else:
+                self._count("not_stored")
+        else:
+            self._count("bytes_stored", len(blob))
+            self._fallback.delete(key)
+
+    def _discard(self, key: str) -> None:
+        self._fallback.delete(key)
+        self._call(lambda r: r.delete(key))
+
+    def _load_text(self, key: str) -> bytes | None:
+        res = self._call(lambda r: r.getex(key, ex=self._ex))
+        if res is _DOWN or res is _FAILED:
+            return self._text_fallback.get(key)
+        return bytes(res) if res is not None else self._text_fallback.get(key)
+
+    def _store_text(self, key: str, value: bytes) -> None:
+        res = self._call(lambda r: r.set(key, value, ex=self._ex))
+        if res is _DOWN or res is _FAILED:
+            self._text_fallback.put(key, value)
+
+    # -- cross-process single flight ---------------------------------------------------------
+    def _try_lock(self, lock_key: str, token: str) -> Any:
+        return self._call(lambda r: r.set(lock_key, token, nx=True, px=max(1, int(self.lock_ttl_s * 1000))))
+
+    def _fill(self, key: str, fingerprint: str, compute) -> tuple[ImageFeatures, bytes | None, bool]:
+        lock_key = key + ":lock"
+        token = uuid.uuid4().hex
+        got = self._try_lock(lock_key, token)
+        if got is None:  # another process computes it: poll for its result, for a bounded time
+            self._count("lock_waits")
+            deadline = self.clock() + self.lock_wait_s
+            delay = self.poll_interval_s
+            got = _DOWN
+            while self.clock() < deadline:
+                time.sleep(max(0.0, min(delay, deadline - self.clock())))
+                delay = min(delay * 1.5, 0.5)
+                found = self._lookup(key, fingerprint)
+                if found is not None:
+                    self._count("lock_hits")
+                    self._count("hits")
+                    return found[0], found[1], True
+                got = self._try_lock(lock_key, token)  # succeeds once the holder is gone
+                if got is not None:
+                    break
+            else:
+                self._count("lock_timeouts")
+                log.info("waited %.1fs for another process to compute %s; computing it here",
+                         self.lock_wait_s, key)
+        try:
+            features, blob = self._compute(fingerprint, compute)
+            if blob is not None:
+                self._store(key, blob)
+            return features, blob, False
+        finally:
+            if got is True:
+                self._call(lambda r: self._release(keys=[lock_key], args=[token], client=r))
+
+    # -- reporting ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        out = super().stats()
+        out.update(entries=len(self._fallback), bytes=self._fallback.nbytes,
+                   max_bytes=self.fallback_max_bytes, evictions=self._fallback.evictions,
+                   expirations=self._fallback.expirations, text_entries=len(self._text_fallback),
+                   reachable=self.reachable)
+        return out
+
+    def health(self) -> dict:
+        """Pings Redis (unless backing off after a failure; then reports the last state)."""
+        out: dict[str, Any] = {"backend": "redis", "url": self.url}
+        info = self._call(lambda r: r.info("memory"))
+        reachable = isinstance(info, dict)
+        out["reachable"] = reachable
+        if reachable:
+            out["used_memory"] = info.get("used_memory")
+            out["maxmemory"] = info.get("maxmemory")
+            out["maxmemory_policy"] = info.get("maxmemory_policy")
+            if not self._checked_config:
+                self._checked_config = True
+                if not info.get("maxmemory") or info.get("maxmemory_policy") == "noeviction":
+                    log.warning("Redis at %s has maxmemory=%s, maxmemory-policy=%s: set maxmemory and "
+                                "allkeys-lru so the feature cache cannot fill it (docs/cache.md)",
+                                self.url, info.get("maxmemory"), info.get("maxmemory_policy"))
+        with self._state_lock:
+            if self._down_since is not None:
+                out["down_for_s"] = round(self.clock() - self._down_since, 3)
+                out["retry_in_s"] = round(max(0.0, self._retry_at - self.clock()), 3)
+            out["last_error"] = self._last_error
+        out["fallback_entries"] = len(self._fallback)
+        out["fallback_bytes"] = self._fallback.nbytes
+        return out
+
+    def close(self) -> None:
+        try:
+            self._redis.close()
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# factory, metrics
+# ---------------------------------------------------------------------------------------------
+def make_cache(redis_url: str | None, max_bytes: int = DEFAULT_MAX_BYTES, ttl_s: int = DEFAULT_TTL_S,
+               **redis_options: Any) -> FeatureCache:
+    """:class:`RedisCache` when ``redis_url`` is set, else :class:`MemoryCache` of ``max_bytes``.
+
+    ``redis_options`` go to :class:`RedisCache` (``fallback_max_bytes``, ``socket_timeout_s``,
+    ``retry_interval_s``, ``lock_ttl_s``, ``lock_wait_s`` ...). With Redis, ``max_bytes`` is not
+    used: Redis's own ``maxmemory`` bounds the cache.
+    """
+    if redis_url:
+        return RedisCache(redis_url, ttl_s=ttl_s, **redis_options)
+    return MemoryCache(max_bytes=max_bytes, ttl_s=ttl_s)
+
+
+_SIZE_SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": MiB, "mb": MiB,
+                "mib": MiB, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+
+
+def parse_size(text: str | int) -> int:
+    """``"512MiB"``, ``"2g"``, ``"1048576"`` -> bytes (binary units)."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _SIZE_SUFFIX:
+        raise ValueError(f"invalid size {text!r} (examples: 536870912, 512MiB, 2G)")
+    return int(float(m.group(1)) * _SIZE_SUFFIX[m.group(2).lower()])
+
+
+def make_cache_from_env(environ: Mapping[str, str] | None = None) -> FeatureCache:
+    """:func:`make_cache` configured by environment variables (documented in docs/cache.md)."""
+    env = os.environ if environ is None else environ
+
+    def num(name: str, default: float) -> float:
+        value = env.get(name, "").strip()
+        return float(value) if value else default
+
+    options: dict[str, Any] = {}
+    if env.get("CASS_CACHE_FALLBACK_MAX_BYTES", "").strip():
+        options["fallback_max_bytes"] = parse_size(env["CASS_CACHE_FALLBACK_MAX_BYTES"])
+    for var, opt in (("CASS_REDIS_TIMEOUT_S", "socket_timeout_s"),
+                     ("CASS_REDIS_RETRY_S", "retry_interval_s"),
+                     ("CASS_CACHE_LOCK_TTL_S", "lock_ttl_s"), ("CASS_CACHE_LOCK_WAIT_S", "lock_wait_s")):
+        if env.get(var, "").strip():
+            options[opt] = num(var, 0.0)
+    max_bytes = parse_size(env.get("CASS_CACHE_MAX_BYTES", "").strip() or DEFAULT_MAX_BYTES)
+    ttl_s = int(num("CASS_CACHE_TTL_S", DEFAULT_TTL_S))
+    redis_url = env.get("REDIS_URL", "").strip() or None
+    return make_cache(redis_url, max_bytes=max_bytes, ttl_s=ttl_s, **(options if redis_url else {}))
+
+
+# (stats key, metric name, type, help)
+PROMETHEUS_METRICS = (
+    ("hits", "cass_feature_cache_hits_total", "counter",
+     "Image feature requests served without running the image towers"),
+    ("misses", "cass_feature_cache_misses_total", "counter",
+     "Image feature requests that ran the image towers (encode)"),
+    ("errors", "cass_feature_cache_errors_total", "counter",
+     "Cache failures: Redis unreachable or erroring, unreadable entries, features not cacheable"),
+    ("corrupt", "cass_feature_cache_corrupt_total", "counter",
+     "Unreadable or incompatible entries that were recomputed"),
+    ("coalesced", "cass_feature_cache_coalesced_total", "counter",
+     "Requests that waited for a concurrent computation of the same image (counted in hits)"),
+    ("bytes", "cass_feature_cache_bytes", "gauge",
+     "Bytes of image features held in this process (the LRU, or the Redis fallback LRU)"),
+    ("entries", "cass_feature_cache_entries", "gauge", "Image feature entries held in this process"),
+    ("bytes_stored", "cass_feature_cache_stored_bytes_total", "counter", "Bytes of features written"),
+    ("bytes_served", "cass_feature_cache_served_bytes_total", "counter", "Bytes of features read on hits"),
+    ("compute_seconds", "cass_feature_cache_compute_seconds_total", "counter",
+     "Seconds spent computing features on misses"),
+    ("evictions", "cass_feature_cache_evictions_total", "counter", "In-process LRU evictions"),
+    ("text_hits", "cass_feature_cache_text_hits_total", "counter", "Text embedding cache hits"),
+    ("text_misses", "cass_feature_cache_text_misses_total", "counter", "Text embedding cache misses"),
+    ("reachable", "cass_feature_cache_up", "gauge", "1 if the cache backend is reachable"),
+)
+
+
+def render_prometheus(stats: Mapping[str, Any] | FeatureCache) -> str:
+    """Prometheus text-format lines for :meth:`FeatureCache.stats` (or a cache), for ``/metrics``."""
+    if not isinstance(stats, Mapping):
+        stats = stats.stats()
+    lines = []
+    backend = str(stats.get("backend", "unknown"))
+    lines += ["# HELP cass_feature_cache_info Feature cache backend",
+              "# TYPE cass_feature_cache_info gauge", f'cass_feature_cache_info{{backend="{backend}"}} 1']
+    for key, name, kind, help_text in PROMETHEUS_METRICS:
+        if key not in stats:
+            continue
+        value = stats[key]
+        value = float(value) if isinstance(value, float) else int(value)
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return "\n".join(lines) + "\n"
