@@ -11,6 +11,7 @@ import os
 
 from flask import Flask, jsonify, request
 from label_studio_ml import api
+from label_studio_ml.model import LABEL_STUDIO_ML_BACKEND_V2_DEFAULT
 
 from .config import Settings
 from .model import CASSBackend, CASSManager
@@ -31,7 +32,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
 
     def health():
         return jsonify({"status": "UP", "model_dir": None,
-                        "v2": os.getenv("LABEL_STUDIO_ML_BACKEND_V2", "false"), **predictor.health()})
+                        "v2": os.getenv("LABEL_STUDIO_ML_BACKEND_V2", default=LABEL_STUDIO_ML_BACKEND_V2_DEFAULT),
+                        **predictor.health()})
 
     def metrics():
         return jsonify(predictor.stats())
