@@ -54,13 +54,15 @@ class CASSBackend(LabelStudioMLBase):
     def fetcher(self) -> ImageFetcher:
         """Downloads with the policy of the settings and this project's Label Studio credentials.
 
-        ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` win; without them, the ``hostname`` and
-        ``access_token`` that Label Studio sent with ``/setup`` are used (for that host only).
+        ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` win. Without the key, the ``access_token``
+        that Label Studio sent with ``/setup`` (its project creator's legacy token) is used; without
+        the URL, the ``hostname`` of ``/setup`` too. The environment's key only ever goes to
+        ``LABEL_STUDIO_URL`` (config.py refuses a key without a URL).
         """
         s = self.settings
         policy = FetchPolicy(timeout_s=s.fetch_timeout_s, max_bytes=s.max_image_bytes)
         if s.label_studio_url:
-            auth = LabelStudioAuth(s.label_studio_url, s.label_studio_api_key)
+            auth = LabelStudioAuth(s.label_studio_url, s.label_studio_api_key or self.access_token or None)
         elif self.hostname:
             auth = LabelStudioAuth(self.hostname, self.access_token or None)
         else:

@@ -151,6 +151,16 @@ def test_without_env_credentials_the_setup_hostname_and_token_are_used_for_that_
     assert ls.requests[-1]["headers"]["Authorization"] == f"Token {LEGACY_TOKEN}"
 
 
+def test_env_url_without_key_uses_the_setup_token_with_the_env_url(ls, engine):
+    client = create_app(Settings(label_studio_url=ls.url, warmup=False), Predictor(engine)).test_client()
+    setup = ls_request("setup")
+    setup.update(hostname="http://localhost:8080", access_token=LEGACY_TOKEN)  # LS's idea of its address
+    client.post("/setup", json=setup)
+    results = client.post("/predict", json=ls_request("predict")).get_json()["results"]
+    assert all(len(r["result"]) == 2 for r in results)
+    assert ls.requests[-1]["headers"]["Authorization"] == f"Token {LEGACY_TOKEN}"
+
+
 @pytest.mark.parametrize("name", ["webhook_annotation_created", "webhook_annotation_updated",
                                   "webhook_annotations_deleted", "webhook_tasks_created",
                                   "webhook_project_updated"])

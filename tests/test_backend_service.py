@@ -175,3 +175,13 @@ def test_make_feature_cache_uses_cass_cache_when_present():
         assert isinstance(cache, NoCache)
     else:
         assert not isinstance(cache, NoCache)
+
+
+def test_predictions_pass_label_studios_own_validation(engine):
+    """Label Studio validates stored predictions with the SDK's LabelInterface (behind a feature flag)."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    config = BRUSH_CONFIG.replace('toName="image">', 'toName="image" cass_background="sky">')
+    (pred,) = Predictor(engine).predict([task(1, "bands.png")], parse_label_config(config), fetch)
+    assert [r["value"]["brushlabels"] for r in pred["result"]] == [["red thing"], ["green thing"], ["blue thing"]]
+    assert LabelInterface(config).validate_prediction(pred, return_errors=True) == []

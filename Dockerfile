@@ -1,0 +1,46 @@
+# CASS Label Studio ML backend (label-studio-ml 1.0.9 under gunicorn).
+#
+#   docker build -t cass-backend .                                   # CPU torch wheels
+#   docker build -t cass-backend:gpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+#
+# The official weights (OpenAI CLIP ViT-B/16, DINO ViT-B/8) are downloaded into $CASS_MODEL_DIR on the
+# first start unless they are already there: mount a volume on /models to keep them.
+FROM python:3.11-slim
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends curl libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY requirements.txt ./
+RUN pip install --extra-index-url "${TORCH_INDEX}" -r requirements.txt
+
+COPY cass/ cass/
+COPY backend/ backend/
+
+RUN useradd --create-home --uid 1000 cass && mkdir -p /models && chown cass:cass /models
+USER cass
+
+ENV CASS_MODEL_DIR=/models \
+    CASS_CLIP_WEIGHTS=openai \
+    CASS_DINO_WEIGHTS=dino_vitb8 \
+    CASS_PRESET=default \
+    PORT=9090 \
+    WORKERS=1 \
+    THREADS=4 \
+    LOG_LEVEL=INFO
+VOLUME ["/models"]
+EXPOSE 9090
+
+# /health answers once the engine is loaded (first start: weight download + load can take minutes)
+HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
+    CMD curl -fsS "http://127.0.0.1:${PORT}/health" || exit 1
+
+# one worker holds one copy of the model; threads keep /health and /setup answering during /predict
+CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:${PORT} --workers ${WORKERS} --threads ${THREADS} --timeout 300 --graceful-timeout 30 backend._wsgi:app"]
