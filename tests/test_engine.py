@@ -108,16 +108,53 @@ def test_probabilities_scores_and_threshold(model, features):
     assert (bg.labels == 0).all()
 
 
-def test_chunked_upsampling_matches_single_pass(model, features):
-    voc = cass.Vocabulary.from_names(["a", "b", "c"])
-    full = model.segment(features, voc, return_probs=True)
-    from cass.engine import cluster_queries, postprocess, stitch_logits
+def test_tiled_stitching_equals_official_canvas_then_resize(model, features):
+    """Stitcher (separable, tiled) == per-window upsample, canvas average, bilinear resize."""
+    import torch.nn.functional as F
 
+    from cass.engine import Stitcher, cluster_queries, window_logits
+
+    voc = cass.Vocabulary.from_names(["a", "b", "c"])
     text = model.text_features(voc)
-    logits = stitch_logits(features, text, cluster_queries(text, model.preset.text.h_threshold),
-                           model.preset.text.global_semantics_weight, model.preset.text.mean_vector_weight, 2)
-    small = postprocess(logits, voc, (480, 640), 40.0, 0.0, True, max_chunk_pixels=2000)
-    np.testing.assert_allclose(small.probs, full.probs, atol=1e-6)
+    grids = window_logits(features, text, cluster_queries(text, 0.1), 0.25, 0.03, 2)
+    h, w = features.input_size
+    canvas, count = torch.zeros(3, h, w), torch.zeros(1, h, w)
+    for g, (y1, y2, x1, x2) in zip(grids, features.windows.tolist()):
+        canvas[:, y1:y2, x1:x2] += F.interpolate(g[None], size=(y2 - y1, x2 - x1), mode="bilinear",
+                                                 align_corners=False)[0]
+        count[:, y1:y2, x1:x2] += 1
+    ref = F.interpolate((canvas / count)[None], size=(480, 640), mode="bilinear", align_corners=False)[0]
+    st = Stitcher(features.windows.tolist(), features.grid, features.input_size, (480, 640))
+    torch.testing.assert_close(st.tile(grids, 0, 480, 0, 640), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(st.tile(grids, 100, 131, 300, 377), ref[:, 100:131, 300:377], rtol=1e-5, atol=1e-5)
+    full = model.segment(features, voc, return_probs=True)
+    from cass.engine import postprocess
+
+    tiled = postprocess(grids, st, voc, 40.0, 0.0, True, max_tile_elems=5000)
+    np.testing.assert_allclose(tiled.probs, full.probs, atol=1e-6)
+    np.testing.assert_array_equal(tiled.labels, full.labels)
+
+
+def test_adjust_text_batched_equals_per_cluster_loop(model, features):
+    import torch.nn.functional as F
+
+    from cass.engine import adjust_text
+
+    voc = cass.Vocabulary.from_names(["a", "b", "c", "d", "e"])
+    text = model.text_features(voc)
+    clusters = np.array([0, 1, 0, 2, 1])
+    sims = features.global_vectors @ text.T
+    got = adjust_text(text, features.patch_features, sims, clusters, 0.05, 2)
+    for w in range(features.num_windows):  # the official loop, window by window
+        ref = text.clone()
+        for cid in range(3):
+            members = np.flatnonzero(clusters == cid)
+            best = int(members[np.argmax(sims[w].numpy()[members])])
+            t = F.normalize(text[best], dim=0)
+            top = torch.topk(features.patch_features[w] @ t, 2).indices
+            m = F.normalize(features.patch_features[w][top].mean(0), dim=0)
+            ref[best] = F.normalize(0.95 * t + 0.05 * m, dim=0)
+        torch.testing.assert_close(got[w], ref, rtol=1e-6, atol=1e-6)
 
 
 def test_text_tower_truncation_equals_full_open_clip_encode_text(model):
