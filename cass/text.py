@@ -49,8 +49,8 @@ class TextEncoder:
     """Prompt -> normalised text embedding (mean over the 80 templates), cached per prompt.
 
     The cache is an LRU keyed by prompt; ``external`` (optional) is a second-level store with
-    ``get(key) -> bytes | None`` / ``set(key, bytes)`` (e.g. the Redis feature cache), keyed by
-    ``"{model_fingerprint}:{prompt}"``.
+    ``get_text(key) -> bytes | None`` / ``set_text(key, bytes)`` (e.g. :mod:`cass.cache`), keyed by
+    ``"{model_fingerprint}:{prompt}"``; values are the raw float32 embedding bytes.
     """
 
     def __init__(self, clip: nn.Module, fingerprint: str, device: torch.device | str = "cpu",
