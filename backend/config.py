@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from .images import MiB
 from .labels import LabelConfigError, NothingRule, parse_threshold, split_prompts
-
-MiB = 1 << 20
 
 
 class ConfigError(ValueError):

@@ -58,11 +58,6 @@ class BrushTarget:
         """Task data key of the image (``"image"`` for ``$image``), None for a fixed URL."""
         return self.image_value[1:] if self.image_value.startswith("$") else None
 
-    @property
-    def label_names(self) -> list[str]:
-        """The Label Studio label of each vocabulary class that can become a region."""
-        return [name for name in self.vocabulary.names if name != BACKGROUND_CLASS]
-
     def is_background(self, class_index: int) -> bool:
         return self.vocabulary.classes[class_index].name == BACKGROUND_CLASS
 

@@ -116,10 +116,9 @@ class CASSManager(LabelStudioMLManager):
     def predict(cls, tasks, project=None, label_config=None, force_reload=False, try_fetch=True, **kwargs):
         if not isinstance(tasks, list):
             raise AnswerException(400, f"'tasks' must be a list of tasks, got {type(tasks).__name__}", {})
-        remembered = cls._recall(project)
-        label_config = label_config or remembered.pop("label_config", None)
-        remembered.pop("label_config", None)
-        model = cls._build(label_config, **remembered)
+        remembered = cls._recall(project)  # hostname, access_token, label_config of its /setup
+        setup_config = remembered.pop("label_config", None)
+        model = cls._build(label_config or setup_config, **remembered)
         try:
             predictions = model.predict(tasks, **kwargs)
         except LabelConfigError as exc:

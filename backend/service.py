@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 from PIL import Image
@@ -26,24 +26,18 @@ from .images import ImageFetchError
 from .labels import BrushTarget, TaskDataError
 from .regions import brush_regions
 
+if TYPE_CHECKING:
+    from cass.cache import FeatureCache
+
 log = logging.getLogger("backend.service")
 
 #: Failures of one task that are about its data, not a bug: logged as one line, no traceback.
 TASK_ERRORS = (TaskDataError, ImageFetchError, ImageError, VocabularyError, FeaturesFormatError)
 
 
-class FeatureCache(Protocol):
-    """The feature cache interface (``cass.cache``)."""
-
-    def get_or_compute(self, image_bytes: bytes, fingerprint: str, compute: Callable) -> tuple: ...
-    def get_text(self, key: str) -> bytes | None: ...
-    def set_text(self, key: str, value: bytes) -> None: ...
-    def stats(self) -> dict: ...
-    def health(self) -> dict: ...
-
-
 class NoCache:
-    """A cache that stores nothing (used when ``cass.cache`` is not available)."""
+    """A cache that stores nothing, with ``cass.cache.FeatureCache``'s interface (used when
+    ``cass.cache`` is not available, and by default in tests)."""
 
     def __init__(self):
         self._misses = 0
@@ -67,7 +61,7 @@ class NoCache:
         return {"backend": "none", "reachable": True}
 
 
-def make_feature_cache(redis_url: str | None) -> FeatureCache:
+def make_feature_cache(redis_url: str | None) -> "FeatureCache":
     """The ``cass.cache`` feature cache (Redis when ``redis_url`` is set, else in-process) when that
     module exists, else :class:`NoCache`. Its size/TTL settings come from its own ``CASS_CACHE_*``
     environment variables when it offers ``make_cache_from_env``."""
@@ -105,7 +99,7 @@ class Predictor:
     ``ML_TIMEOUT_PREDICT``, 100 s by default, and stores nothing when it times out).
     """
 
-    def __init__(self, engine: Engine, cache: FeatureCache | None = None, *,
+    def __init__(self, engine: Engine, cache: "FeatureCache | None" = None, *,
                  predict_budget_s: float = 80.0, clock: Callable[[], float] = time.monotonic):
         self.engine = engine
         self.cache = cache if cache is not None else NoCache()

@@ -16,7 +16,6 @@ def test_brush_labels_become_a_vocabulary_with_value_and_predicted_values_as_pro
         ("red thing", "tomato", "fire truck"), ("green thing",), ("blue thing",)]
     assert target.vocabulary.background is None
     assert target.rule == NothingRule()
-    assert target.label_names == ["red thing", "green thing", "blue thing"]
 
 
 def test_alias_names_the_class_but_value_is_the_prompt():
@@ -62,7 +61,6 @@ def test_nothing_rule_from_defaults_and_control_attributes():
     assert target.vocabulary.background == 3
     assert target.vocabulary.classes[3].prompts == ("wall",)
     assert target.is_background(3) and not target.is_background(0)
-    assert target.label_names == ["red thing", "green thing", "blue thing"]
 
     override = BRUSH_CONFIG.replace('toName="image">', 'toName="image" cass_threshold="0.6" cass_background="sky, floor">')
     (target,) = parse_label_config(override, default)
