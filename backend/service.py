@@ -62,21 +62,17 @@ class NoCache:
 
 
 def make_feature_cache(redis_url: str | None) -> "FeatureCache":
-    """The ``cass.cache`` feature cache (Redis when ``redis_url`` is set, else in-process) when that
-    module exists, else :class:`NoCache`. Its size/TTL settings come from its own ``CASS_CACHE_*``
-    environment variables when it offers ``make_cache_from_env``."""
+    """``cass.cache``'s feature cache: Redis when ``redis_url`` is set, else in-process, sized by its
+    ``CASS_CACHE_*`` variables (docs/cache.md); :class:`NoCache` if that module is missing."""
     try:
-        from cass import cache as cache_module
+        from cass.cache import make_cache_from_env
     except ImportError as exc:
         if getattr(exc, "name", None) not in ("cass.cache", None):
             raise  # cass.cache exists but one of its own imports failed: that is a real error
         if redis_url:
             log.warning("REDIS_URL is set but cass.cache is not available: image features are not cached")
         return NoCache()
-    from_env = getattr(cache_module, "make_cache_from_env", None)
-    if from_env is not None:
-        return from_env({**os.environ, "REDIS_URL": redis_url or ""})
-    return cache_module.make_cache(redis_url)
+    return make_cache_from_env({**os.environ, "REDIS_URL": redis_url or ""})
 
 
 class Engine(Protocol):

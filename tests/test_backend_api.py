@@ -15,6 +15,7 @@ from backend.config import Settings
 from backend.images import LabelStudioAuth
 from backend.regions import rle_to_mask
 from backend.service import Predictor
+from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
 from tests.backend_fixtures import (LEGACY_TOKEN, FakeEngine, FakeLabelStudio, ls_request, png_bytes,
                                     three_band_image)
 
@@ -211,3 +212,19 @@ def test_real_tiny_engine_end_to_end_through_the_app(ls, tiny_weights):
         assert region["value"]["brushlabels"][0] in ("cat", "dog")
         assert 0 < region["score"] <= 1
     assert client.get("/health").get_json()["model_version"] == version
+
+
+def test_redis_url_gives_a_shared_feature_cache(ls, tiny_weights, redis_url):  # noqa: F811
+    clip, dino = tiny_weights
+    settings = Settings(clip_weights=str(clip), dino_weights=str(dino), label_studio_url=ls.url,
+                        label_studio_api_key=LEGACY_TOKEN, redis_url=redis_url, warmup=False)
+    client = create_app(settings).test_client()
+    health = client.get("/health").get_json()
+    assert health["cache"]["backend"] == "redis" and health["cache"]["reachable"] is True
+    body = ls_request("predict")
+    body["tasks"] = body["tasks"][:2]  # the same image twice: encoded once
+    first, second = client.post("/predict", json=body).get_json()["results"]
+    assert [r["value"]["rle"] for r in first["result"]] == [r["value"]["rle"] for r in second["result"]]
+    metrics = client.get("/metrics").get_json()
+    assert metrics["cache_hits"] == 1
+    assert metrics["cache"]["misses"] == 1
