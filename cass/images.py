@@ -52,7 +52,9 @@ def _open_and_convert(fh, name: str, max_pixels: int) -> np.ndarray:
             return _pil_to_rgb(img, max_pixels)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name} is not a readable image (unknown or unsupported format)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name} is not a readable image: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name} could not be decoded (truncated or corrupt?): {exc}") from exc
