@@ -14,6 +14,11 @@ text_s_per_label  text embedding of one new label (80 templates), uncached
 rle_s             the 10-label segmentation's masks at 1920x1080 to Label Studio brush RLE
                   (label-studio-sdk's encoder, as the backend does)
 peak_rss_mb, feature_bytes, threads, device
+
+With ``--official``: ``official_pattern_s`` (the backbone work the official code does per image: per
+window, batch 1, two DINO passes, CLIP on the window and on the whole image; spectral work not
+counted, so a lower bound), ``speedup`` = official_pattern_s / cold_s, ``official_text_s_per_label``
+(80 prompts padded to 77 tokens) and ``text_speedup``.
 """
 from __future__ import annotations
 
@@ -113,6 +118,37 @@ def backbone_pass(model, rgb_inference: np.ndarray) -> None:
         visual.transformer.resblocks[-1](t)
 
 
+@torch.inference_mode()
+def official_pattern_pass(model, rgb_inference: np.ndarray) -> None:
+    """The backbone work the official implementation does for one image (slide mode): per window,
+    batch 1, DINO runs twice (its second pass, made while computing the global vector, is discarded)
+    and CLIP runs on the window and again on the whole image. Spectral work is not included, so this
+    is a lower bound of the official cost."""
+    from .engine import sliding_windows
+
+    p = model.preset.image
+    x = torch.from_numpy(rgb_inference).permute(2, 0, 1).float().unsqueeze(0) / 255
+    h, w = rgb_inference.shape[:2]
+    dino = model.dino
+    for a, b, c, d in sliding_windows(h, w, p.slide_crop, p.slide_stride):
+        crop = x[:, :, a:b, c:d].to(model.device)
+        for _ in range(2):
+            tokens = dino.patch_embed.proj(crop).flatten(2).transpose(1, 2)
+            tokens = torch.cat([dino.cls_token, tokens], 1) + dino.pos_embed
+            for blk in dino.blocks:
+                tokens = blk(tokens)
+        for batch in (crop, x.to(model.device)):
+            model.clip.visual.transformer.resblocks[-1](model._clip_trunk(batch))
+
+
+@torch.inference_mode()
+def official_text_pass(model, word: str) -> None:
+    """The official text side for one label: 80 prompts padded to 77 tokens, full text tower."""
+    from .text import prompt_texts, tokenize
+
+    model.clip.encode_text(tokenize(prompt_texts(word)).to(model.device))
+
+
 def run(args) -> dict:
     from label_studio_sdk.converter.brush import mask2rle
 
@@ -156,6 +192,12 @@ def run(args) -> dict:
         "threads": torch.get_num_threads(), "device": str(model.device),
         "weights": "random" if not args.clip_weights else "given", "runs": args.runs,
     }
+    if args.official:
+        official_s, _ = _median_time(lambda: official_pattern_pass(model, rgb_inf), 1)
+        official_text_s, _ = _median_time(lambda: official_text_pass(model, "official label"), 1)
+        result.update({"official_pattern_s": round(official_s, 2), "speedup": round(official_s / cold_s, 1),
+                       "official_text_s_per_label": round(official_text_s, 3),
+                       "text_speedup": round(official_text_s / text_s, 1)})
     if args.profile:
         profile(model, photos[0], voc_a, voc_b, features)
     return result
@@ -187,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-weights", default=None, help="real CLIP weights (default: random full-size)")
     parser.add_argument("--dino-weights", default=None, help="real DINO weights (default: random full-size)")
     parser.add_argument("--profile", action="store_true", help="print where the time goes (stderr)")
+    parser.add_argument("--official", action="store_true",
+                        help="also time the official implementation's backbone work pattern (one run, slow)")
     args = parser.parse_args(argv)
     print(json.dumps(run(args)))
     return 0

@@ -1,0 +1,22 @@
+"""The benchmark runs and prints every documented field (tiny weights here; figures in docs)."""
+from __future__ import annotations
+
+import json
+
+from cass import bench
+
+
+def test_bench_prints_all_fields(tiny_weights, capsys):
+    clip, dino = tiny_weights
+    assert bench.main(["--runs", "1", "--clip-weights", str(clip), "--dino-weights", str(dino), "--official"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("cold_s", "backbone_s", "overhead", "swap_s", "swap_ratio", "text_s_per_label", "rle_s",
+                "peak_rss_mb", "feature_bytes", "threads", "device", "official_pattern_s", "speedup"):
+        assert key in result, key
+    assert result["windows"] == 6 and result["feature_bytes"] > 0
+    assert abs(result["overhead"] - result["cold_s"] / result["backbone_s"]) < 0.01 * result["overhead"] + 2e-3
+
+
+def test_synthetic_photo_is_deterministic():
+    a, b = bench.synthetic_photo(3), bench.synthetic_photo(3)
+    assert a.shape == (480, 640, 3) and (a == b).all() and not (a == bench.synthetic_photo(4)).all()
