@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import os
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from label_studio_ml import api
 from label_studio_ml.model import LABEL_STUDIO_ML_BACKEND_V2_DEFAULT
 
+from . import metrics as prometheus
 from .config import Settings
 from .model import CASSBackend, CASSManager
 from .service import Predictor, build_predictor
+from .warm import make_task_warmer
 
 log = logging.getLogger("backend.app")
 
@@ -27,8 +29,12 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     """
     settings = settings or Settings.from_env()
     predictor = predictor or build_predictor(settings)
+    previous = (getattr(CASSManager, "init_kwargs", None) or {}).get("warmer")
+    if previous is not None:  # a re-targeted app (tests): stop the old warm-up thread
+        previous.close(timeout=0)
+    warmer = make_task_warmer(predictor, settings)  # one per process, with the engine
     api._manager = CASSManager()  # the routes look the manager up at request time
-    app = api.init_app(model_class=CASSBackend, predictor=predictor, settings=settings)
+    app = api.init_app(model_class=CASSBackend, predictor=predictor, settings=settings, warmer=warmer)
 
     def health():
         return jsonify({"status": "UP", "model_dir": None,
@@ -36,7 +42,10 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                         **predictor.health()})
 
     def metrics():
-        return jsonify(predictor.stats())
+        if request.args.get("format") == "json":
+            return jsonify({**predictor.stats(), "warmup": warmer.stats() if warmer is not None else None})
+        return Response(prometheus.render(predictor, warmer), mimetype=None,
+                        content_type=prometheus.CONTENT_TYPE)
 
     def webhook():
         data = request.get_json(silent=True)

@@ -34,6 +34,8 @@ class Settings:
     max_image_bytes: int = 64 * MiB              # CASS_MAX_IMAGE_MB
     predict_budget_s: float = 80.0               # CASS_PREDICT_BUDGET_S: stop starting tasks after this
     warmup: bool = True                          # CASS_WARMUP: run one tiny image through at start
+    warmup_queue: int = 1000                     # CASS_WARMUP_QUEUE: images waiting for cache warm-up on
+                                                 # TASKS_CREATED at most (0 = no warm-up)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -78,6 +80,8 @@ class Settings:
             predict_budget_s=_number(get("CASS_PREDICT_BUDGET_S"), "CASS_PREDICT_BUDGET_S", float,
                                      minimum=1.0) or cls.predict_budget_s,
             warmup=_flag(get("CASS_WARMUP"), "CASS_WARMUP", cls.warmup),
+            warmup_queue=_default(_number(get("CASS_WARMUP_QUEUE"), "CASS_WARMUP_QUEUE", int, minimum=0),
+                                  cls.warmup_queue),
         )
 
 
@@ -91,6 +95,11 @@ def _number(text: str | None, name: str, kind, minimum: float):
     if not math.isfinite(value) or value < minimum:
         raise ConfigError(f"{name} = {text!r} must be at least {minimum:g}")
     return value
+
+
+def _default(value, default):
+    """``value`` unless it is None (unlike ``value or default``, keeps an explicit 0)."""
+    return default if value is None else value
 
 
 def _flag(text: str | None, name: str, default: bool) -> bool:

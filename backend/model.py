@@ -11,7 +11,8 @@ objects are therefore cheap (a cached label-config parse) and share the process'
 * ``/predict`` uses the label config and the Label Studio address of *its own* request and project,
   not whichever project called ``/setup`` last (the library keeps one model for all projects);
 * ``/webhook`` events run ``process_event`` -> ``fit`` (a no-op: CASS is training-free) in-process,
-  instead of spawning a Python process per annotation that writes a job directory;
+  instead of spawning a Python process per annotation that writes a job directory; ``TASKS_CREATED``
+  queues the new tasks' images for feature-cache warm-up (``backend.warm``) without waiting for it;
 * a bad label config or request answers HTTP 400 with the reason.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from datetime import datetime, timezone
 
 from label_studio_ml.exceptions import AnswerException
 from label_studio_ml.model import LabelStudioMLBase, LabelStudioMLManager, ModelWrapper
@@ -32,11 +34,13 @@ log = logging.getLogger("backend.model")
 class CASSBackend(LabelStudioMLBase):
     """CASS brush pre-annotations for every ``BrushLabels`` control of a project."""
 
-    def __init__(self, label_config=None, train_output=None, *, predictor=None, settings=None, **kwargs):
+    def __init__(self, label_config=None, train_output=None, *, predictor=None, settings=None, warmer=None,
+                 **kwargs):
         if predictor is None or settings is None:
             raise TypeError("CASSBackend needs predictor= and settings= (see backend.app.create_app)")
         self.predictor = predictor
         self.settings = settings
+        self.warmer = warmer  # backend.warm.TaskWarmer, or None (CASS_WARMUP_QUEUE=0)
         # parse first: a config CASS cannot use raises LabelConfigError, naming what is missing
         self.targets = parse_label_config(label_config, settings.nothing) if label_config else ()
         super().__init__(label_config=label_config, train_output=train_output, **kwargs)
@@ -69,9 +73,28 @@ class CASSBackend(LabelStudioMLBase):
             auth = None
         return ImageFetcher(policy, auth)
 
+    def warm(self, tasks) -> dict | None:
+        """Queue the images of ``tasks`` for feature-cache warm-up (never blocks); None when off."""
+        if self.warmer is None or not self.targets:
+            return None
+        return self.warmer.submit_tasks(tasks, self.targets, self.fetcher())
+
     def fit(self, *args, **kwargs):
         """Training-free: nothing to learn, and returning None keeps ``model_version`` unchanged."""
         return None
+
+
+def setup_project_key(project: dict) -> str:
+    """The ``project`` string of ``/setup`` and ``/predict`` (``"<id>.<created_at as Unix seconds>"``,
+    Label Studio 1.23.2) for a webhook's project object; ``"<id>"`` if ``created_at`` is unreadable."""
+    key = str(project.get("id"))
+    try:
+        created = datetime.fromisoformat(str(project["created_at"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return key
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=timezone.utc)
+    return f"{key}.{int(created.timestamp())}"
 
 
 class CASSManager(LabelStudioMLManager):
@@ -129,9 +152,38 @@ class CASSManager(LabelStudioMLManager):
     def webhook(cls, event, data):
         model = cls._build(None)
         result = model.process_event(event, data, None, {})
-        log.info("webhook %s for project %s: nothing to train", event,
-                 (data.get("project") or {}).get("id") if isinstance(data, dict) else None)
-        return {"event": event, "model_version": model.model_version, "result": result}
+        project = data.get("project") if isinstance(data, dict) else None
+        project_id = project.get("id") if isinstance(project, dict) else None
+        out = {"event": event, "model_version": model.model_version, "result": result}
+        if event == "TASKS_CREATED":
+            warmup = cls._warm(project, data.get("tasks"))
+            if warmup is not None:
+                out["warmup"] = warmup
+            log.info("webhook %s for project %s: %s", event, project_id,
+                     "no warm-up (off, or no usable label config)" if warmup is None else
+                     "warm-up: {queued} image(s) queued, {rejected} rejected, {skipped} task(s) "
+                     "skipped".format(**warmup))
+        else:
+            log.info("webhook %s for project %s: nothing to train", event, project_id)
+        return out
+
+    @classmethod
+    def _warm(cls, project, tasks) -> dict | None:
+        """Queue ``TASKS_CREATED`` tasks for warm-up with the project's own label config and the
+        Label Studio address/token of its ``/setup`` (as ``/predict`` would fetch them)."""
+        if cls.init_kwargs.get("warmer") is None or not isinstance(project, dict):
+            return None
+        label_config = project.get("label_config")
+        if not isinstance(label_config, str) or not label_config.strip():
+            return None
+        remembered = cls._recall(setup_project_key(project))
+        remembered.pop("label_config", None)
+        try:
+            model = cls._build(label_config, **remembered)
+        except AnswerException as exc:  # a config CASS cannot use: nothing to warm
+            log.info("warm-up of project %s skipped: %s", project.get("id"), exc)
+            return None
+        return model.warm(tasks)
 
     @classmethod
     def is_training(cls, project):

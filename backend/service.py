@@ -75,6 +75,26 @@ def make_feature_cache(redis_url: str | None) -> "FeatureCache":
     return make_cache_from_env({**os.environ, "REDIS_URL": redis_url or ""})
 
 
+@dataclasses.dataclass
+class TaskInfo:
+    """Where one task's time went, for its log line: fetch, encode (cache misses only) and segment
+    seconds, image feature cache hits and misses."""
+
+    fetch_s: float = 0.0
+    encode_s: float = 0.0
+    segment_s: float = 0.0
+    hits: int = 0
+    misses: int = 0
+
+    def describe(self) -> str:
+        if self.hits + self.misses <= 1:
+            cache = "cache hit" if self.hits else "cache miss"
+        else:
+            cache = f"cache {self.hits} hit(s) {self.misses} miss(es)"
+        return (f"{cache}, fetch {self.fetch_s * 1e3:.0f} ms, encode {self.encode_s * 1e3:.0f} ms, "
+                f"segment {self.segment_s * 1e3:.0f} ms")
+
+
 class Engine(Protocol):
     """What the predictor needs of :class:`cass.CASS` (a fake in unit tests)."""
 
@@ -104,7 +124,7 @@ class Predictor:
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.counters = {"tasks": 0, "predictions": 0, "failed_tasks": 0, "skipped_tasks": 0,
-                         "regions": 0, "cache_hits": 0}
+                         "regions": 0, "cache_hits": 0, "requests": 0, "cache_misses": 0}
 
     @property
     def model_version(self) -> str:
@@ -126,8 +146,9 @@ class Predictor:
                 self._count("skipped_tasks")
                 continue
             t0 = self.clock()
+            info = TaskInfo()
             try:
-                prediction = self.predict_task(task, targets, fetch)
+                prediction = self.predict_task(task, targets, fetch, info)
             except Exception as exc:  # one bad task never loses the others
                 if isinstance(exc, TASK_ERRORS):
                     log.warning("task %s: no prediction: %s", task_id, exc)
@@ -136,16 +157,17 @@ class Predictor:
                 out.append(self.error_entry(task_id, f"{type(exc).__name__}: {exc}"))
                 self._count("failed_tasks")
                 continue
-            log.info("task %s: %d regions, score %.3f, %.2fs", task_id, len(prediction["result"]),
-                     prediction["score"], self.clock() - t0)
+            log.info("task %s: %d regions, score %.3f, %s, %.2fs", task_id, len(prediction["result"]),
+                     prediction["score"], info.describe(), self.clock() - t0)
             out.append(prediction)
             self._count("predictions")
             self._count("regions", len(prediction["result"]))
         self._count("tasks", len(tasks))
+        self._count("requests")
         return out
 
     def predict_task(self, task: dict, targets: tuple[BrushTarget, ...],
-                     fetch: Callable[[str, object], bytes]) -> dict:
+                     fetch: Callable[[str, object], bytes], info: "TaskInfo | None" = None) -> dict:
         if not isinstance(task, dict):
             raise TaskDataError(f"a task must be a JSON object, got {type(task).__name__}")
         features_by_url: dict[str, object] = {}
@@ -154,8 +176,12 @@ class Predictor:
         for target in targets:
             url = target.image_url(task)
             if url not in features_by_url:
-                features_by_url[url] = self.features(fetch(url, task.get("id")))
-            segmentation = self.segment(features_by_url[url], target)
+                t0 = time.perf_counter()
+                image_bytes = fetch(url, task.get("id"))
+                if info is not None:
+                    info.fetch_s += time.perf_counter() - t0
+                features_by_url[url] = self.features(image_bytes, info)
+            segmentation = self.segment(features_by_url[url], target, info)
             target_regions, target_sum, target_pixels = brush_regions(segmentation, target)
             regions.extend(target_regions)
             score_sum += target_sum
@@ -167,22 +193,36 @@ class Predictor:
         return {"task": task_id, "error": message, "model_version": self.model_version}
 
     # -------------------------------------------------------------------------------------------
-    def features(self, image_bytes: bytes):
-        def compute():
-            with self._lock:
+    def encode(self, image_bytes: bytes, info: "TaskInfo | None" = None):
+        """``engine.encode`` under the engine lock (also the cache warm-up's encode)."""
+        with self._lock:
+            t0 = time.perf_counter()
+            try:
                 return self.engine.encode(image_bytes)
+            finally:
+                if info is not None:
+                    info.encode_s += time.perf_counter() - t0
 
-        features, hit = self.cache.get_or_compute(image_bytes, self.engine.fingerprint, compute)
-        if hit:
-            self._count("cache_hits")
+    def features(self, image_bytes: bytes, info: "TaskInfo | None" = None):
+        features, hit = self.cache.get_or_compute(image_bytes, self.engine.fingerprint,
+                                                  lambda: self.encode(image_bytes, info))
+        self._count("cache_hits" if hit else "cache_misses")
+        if info is not None:
+            info.hits += bool(hit)
+            info.misses += not hit
         return features
 
-    def segment(self, features, target: BrushTarget):
+    def segment(self, features, target: BrushTarget, info: "TaskInfo | None" = None):
         params = None
         if target.rule.threshold is not None:
             params = dataclasses.replace(self.engine.preset.text, prob_thd=target.rule.threshold)
         with self._lock:
-            return self.engine.segment(features, target.vocabulary, params=params)
+            t0 = time.perf_counter()
+            try:
+                return self.engine.segment(features, target.vocabulary, params=params)
+            finally:
+                if info is not None:
+                    info.segment_s += time.perf_counter() - t0
 
     def warm_up(self) -> None:
         """Run a small image through encode and segment once (first calls are several times slower)."""

@@ -43,7 +43,8 @@ def engine():
 
 @pytest.fixture
 def client(ls, engine):
-    settings = Settings(label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, warmup=False)
+    settings = Settings(label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, warmup=False,
+                        warmup_queue=0)  # the recorded TASKS_CREATED names https://example.com/x.jpg
     app = create_app(settings, Predictor(engine))
     return app.test_client()
 
@@ -186,7 +187,7 @@ def test_metrics_versions_and_is_training(client, engine):
     body = ls_request("predict")
     body["tasks"][0]["data"]["image"] = "/data/upload/1/missing.png"
     client.post("/predict", json=body)
-    metrics = client.get("/metrics").get_json()
+    metrics = client.get("/metrics?format=json").get_json()
     assert (metrics["tasks"], metrics["predictions"], metrics["failed_tasks"]) == (5, 4, 1)
     assert client.post("/versions", json={"project": "1.1"}).get_json()["versions"] == [engine.model_version]
     assert client.get("/is_training?project=1.1").get_json()["is_training"] is False
@@ -225,6 +226,6 @@ def test_redis_url_gives_a_shared_feature_cache(ls, tiny_weights, redis_url):  #
     body["tasks"] = body["tasks"][:2]  # the same image twice: encoded once
     first, second = client.post("/predict", json=body).get_json()["results"]
     assert [r["value"]["rle"] for r in first["result"]] == [r["value"]["rle"] for r in second["result"]]
-    metrics = client.get("/metrics").get_json()
+    metrics = client.get("/metrics?format=json").get_json()
     assert metrics["cache_hits"] == 1
     assert metrics["cache"]["misses"] == 1
