@@ -16,6 +16,7 @@ from label_studio_ml.model import LABEL_STUDIO_ML_BACKEND_V2_DEFAULT
 from . import metrics as prometheus
 from .config import Settings
 from .model import CASSBackend, CASSManager
+from .security import install as install_security
 from .service import Predictor, build_predictor
 from .warm import make_task_warmer
 
@@ -59,4 +60,5 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.view_functions["health"] = health
     app.view_functions["metrics"] = metrics
     app.view_functions["webhook"] = webhook
-    return app
+    # basic auth, body limits, JSON checks, /predict admission (busy -> 503), no debug (backend.security)
+    return install_security(app, settings, predictor)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from .images import MiB
+from .images import MiB, parse_allowed_hosts
 from .labels import LabelConfigError, NothingRule, parse_threshold, split_prompts
 
 
@@ -26,9 +26,10 @@ class Settings:
     preset: str = "default"                      # CASS_PRESET: a preset name or a .json path
     device: str | None = None                    # CASS_DEVICE: cpu / cuda / cuda:1 (default: cuda if any)
     threads: int | None = None                   # CASS_THREADS: torch intra-op threads
-    redis_url: str | None = None                 # REDIS_URL: feature cache (optional)
+    redis_url: str | None = field(default=None, repr=False)  # REDIS_URL: feature cache (optional)
     label_studio_url: str | None = None          # LABEL_STUDIO_URL: where /data/... URLs are fetched
-    label_studio_api_key: str | None = None      # LABEL_STUDIO_API_KEY: legacy token or personal access token
+    label_studio_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY: legacy token or
+                                                 # personal access token
     nothing: NothingRule = NothingRule()         # CASS_THRESHOLD, CASS_BACKGROUND (per-project overridable)
     fetch_timeout_s: float = 30.0                # CASS_FETCH_TIMEOUT_S: per image download
     max_image_bytes: int = 64 * MiB              # CASS_MAX_IMAGE_MB
@@ -36,6 +37,16 @@ class Settings:
     warmup: bool = True                          # CASS_WARMUP: run one tiny image through at start
     warmup_queue: int = 1000                     # CASS_WARMUP_QUEUE: images waiting for cache warm-up on
                                                  # TASKS_CREATED at most (0 = no warm-up)
+    # deployment and security (docs/security.md); secrets are kept out of repr()
+    allowed_hosts: tuple[str, ...] = ()          # CASS_ALLOWED_HOSTS: more image hosts than Label Studio's
+    allow_private_hosts: bool = False            # CASS_ALLOW_PRIVATE_HOSTS: wildcard hosts may be private too
+    local_files_root: str | None = None          # CASS_LOCAL_FILES_ROOT: file:// URLs below this directory
+    basic_auth_user: str | None = None           # BASIC_AUTH_USER: with BASIC_AUTH_PASS, every endpoint but
+    basic_auth_pass: str | None = field(default=None, repr=False)  # /health needs HTTP basic auth
+    max_request_bytes: int = 64 * MiB            # CASS_MAX_REQUEST_MB: request body limit
+    max_image_pixels: int = 40_000_000           # CASS_MAX_IMAGE_MP: declared width x height limit
+    inference_slots: int = 1                     # CASS_INFERENCE_SLOTS: tasks computed at once
+    max_queue: int = 8                           # CASS_MAX_QUEUE: /predict requests waiting beyond the slots
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -64,6 +75,7 @@ class Settings:
             except LabelConfigError as exc:
                 raise ConfigError(str(exc)) from None
         return cls(
+            **_deployment(get),
             clip_weights=get("CASS_CLIP_WEIGHTS") or cls.clip_weights,
             dino_weights=get("CASS_DINO_WEIGHTS") or cls.dino_weights,
             preset=get("CASS_PRESET") or cls.preset,
@@ -111,3 +123,40 @@ def _flag(text: str | None, name: str, default: bool) -> bool:
     if low in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} = {text!r} is not a boolean (use 1/0, true/false)")
+
+
+def _deployment(get) -> dict:
+    """The deployment and security settings (``Settings.from_env`` passes its ``get``)."""
+    try:
+        allowed = parse_allowed_hosts(get("CASS_ALLOWED_HOSTS") or "")
+    except ValueError as exc:
+        raise ConfigError(f"CASS_ALLOWED_HOSTS: {exc} (entries: host, host:port, *.domain, *, comma-separated)") \
+            from None
+    root = get("CASS_LOCAL_FILES_ROOT")
+    if root is not None and not os.path.isdir(root):
+        raise ConfigError(f"CASS_LOCAL_FILES_ROOT = {root!r} is not a directory")
+    user, password = get("BASIC_AUTH_USER"), get("BASIC_AUTH_PASS")
+    if (user is None) != (password is None):
+        raise ConfigError("BASIC_AUTH_USER and BASIC_AUTH_PASS go together: set both (basic auth on every "
+                          "endpoint but /health) or neither")
+    if user is not None and ":" in user:
+        raise ConfigError("BASIC_AUTH_USER must not contain ':' (HTTP basic auth separates user and password "
+                          "with it)")
+    defaults = Settings()
+
+    def number(name: str, kind, minimum: float, default):
+        value = _number(get(name), name, kind, minimum=minimum)
+        return default if value is None else value
+
+    return dict(
+        allowed_hosts=allowed,
+        allow_private_hosts=_flag(get("CASS_ALLOW_PRIVATE_HOSTS"), "CASS_ALLOW_PRIVATE_HOSTS",
+                                  defaults.allow_private_hosts),
+        local_files_root=os.path.realpath(root) if root is not None else None,
+        basic_auth_user=user,
+        basic_auth_pass=password,
+        max_request_bytes=int(number("CASS_MAX_REQUEST_MB", float, 0.001, defaults.max_request_bytes / MiB) * MiB),
+        max_image_pixels=int(number("CASS_MAX_IMAGE_MP", float, 0.001, defaults.max_image_pixels / 1e6) * 1e6),
+        inference_slots=number("CASS_INFERENCE_SLOTS", int, 1, defaults.inference_slots),
+        max_queue=number("CASS_MAX_QUEUE", int, 0, defaults.max_queue),
+    )

@@ -16,10 +16,13 @@ Anything CASS cannot work with raises :class:`LabelConfigError` naming what is m
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass
 
 from cass.vocabulary import Vocabulary, VocabularyClass, VocabularyError
+
+log = logging.getLogger("backend.labels")
 
 THRESHOLD_ATTR = "cass_threshold"
 BACKGROUND_ATTR = "cass_background"
@@ -136,10 +139,30 @@ def _parse_cached(config: str, default_rule: NothingRule) -> tuple[BrushTarget, 
             "masks: add e.g. <BrushLabels name=\"tag\" toName=\"image\"><Label value=\"cat\"/></BrushLabels> "
             "next to <Image name=\"image\" value=\"$image\"/>")
     objects = {o.name: o for o in (interface.objects or [])}
-    return tuple(_target(control, objects, default_rule) for control in brushes)
+    return tuple(_target(control, objects, default_rule, _label_elements(interface, control))
+                 for control in brushes)
 
 
-def _target(control, objects: dict, default_rule: NothingRule) -> BrushTarget:
+def _label_elements(interface, control) -> list[dict] | None:
+    """The attributes of every ``<Label>`` of ``control`` in config order, duplicates included
+    (``labels_attrs`` keeps one per name); None if the SDK's parsed tree is not available."""
+    tree = getattr(interface, "_tree", None)
+    if tree is None or not hasattr(tree, "iter"):
+        return None
+    control_names = {c.name for c in (interface.controls or [])}
+    out = []
+    for element in tree.iter():
+        if not isinstance(element.tag, str) or element.tag.lower() != "label":
+            continue
+        parent = element.getparent()
+        while parent is not None and parent.attrib.get("name") not in control_names:
+            parent = parent.getparent()
+        if parent is not None and parent.attrib.get("name") == control.name:
+            out.append(dict(element.attrib))
+    return out
+
+
+def _target(control, objects: dict, default_rule: NothingRule, labels: list[dict] | None = None) -> BrushTarget:
     where = f"<BrushLabels name={control.name!r}>"
     names = [n for n in control.to_name if n]
     if len(names) != 1:
@@ -161,20 +184,39 @@ def _target(control, objects: dict, default_rule: NothingRule) -> BrushTarget:
                                f"task data field such as \"$image\"")
 
     rule = _rule(control, where, default_rule)
-    attrs = control.labels_attrs or {}
-    if not attrs:
+    if labels is None:
+        labels = [label.attr for label in (control.labels_attrs or {}).values()]
+    if not labels:
         raise LabelConfigError(f"{where} has no <Label> children: add at least one "
                                f"<Label value=\"...\"/>")
-    classes = []
-    for name, label in attrs.items():
-        value = (label.attr.get("value") or "").strip()
-        prompts = split_prompts(",".join([value, label.attr.get("predicted_values", "")]))
+    prompts_of: dict[str, list[str]] = {}  # class name -> prompts, config order
+    count: dict[str, int] = {}
+    ignored = []
+    for position, attr in enumerate(labels, 1):
+        name = attr.get("alias") or attr.get("value")  # how Label Studio names the label in results
+        value = (attr.get("value") or "").strip()
+        prompts = split_prompts(",".join([value, attr.get("predicted_values", "")]))
+        if name is None or not name.strip():
+            ignored.append(f"<Label> #{position} has an empty value")
+            continue
         if not prompts:
-            raise LabelConfigError(f"{where}: <Label alias={name!r}> has no value or predicted_values "
-                                   f"to use as a prompt")
+            ignored.append(f"<Label> #{position} ({name!r}) has no value or predicted_values to prompt with")
+            continue
         if name == BACKGROUND_CLASS:
             raise LabelConfigError(f"{where}: the label name {BACKGROUND_CLASS!r} is reserved")
-        classes.append(VocabularyClass(name, prompts))
+        merged = prompts_of.setdefault(name, [])
+        merged.extend(p for p in prompts if p not in merged)
+        count[name] = count.get(name, 0) + 1
+    for reason in ignored:
+        log.warning("%s: %s: ignored (no prediction for it)", where, reason)
+    for name, n in count.items():
+        if n > 1:
+            log.warning("%s: label %r appears %d times: predicted as one label with the prompts %s", where,
+                        name, n, ", ".join(prompts_of[name]))
+    if not prompts_of:
+        raise LabelConfigError(f"{where} has no usable <Label>: " + "; ".join(ignored) +
+                               " (give each <Label> a value)")
+    classes = [VocabularyClass(name, tuple(prompts)) for name, prompts in prompts_of.items()]
     background = None
     if rule.background_prompts:
         classes.append(VocabularyClass(BACKGROUND_CLASS, rule.background_prompts))

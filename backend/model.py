@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from label_studio_ml.exceptions import AnswerException
 from label_studio_ml.model import LabelStudioMLBase, LabelStudioMLManager, ModelWrapper
 
-from .images import FetchPolicy, ImageFetcher, LabelStudioAuth
+from .images import ImageFetcher, LabelStudioAuth, policy_from_settings
 from .labels import LabelConfigError, parse_label_config
 
 log = logging.getLogger("backend.model")
@@ -64,13 +64,14 @@ class CASSBackend(LabelStudioMLBase):
         ``LABEL_STUDIO_URL`` (config.py refuses a key without a URL).
         """
         s = self.settings
-        policy = FetchPolicy(timeout_s=s.fetch_timeout_s, max_bytes=s.max_image_bytes)
         if s.label_studio_url:
             auth = LabelStudioAuth(s.label_studio_url, s.label_studio_api_key or self.access_token or None)
         elif self.hostname:
             auth = LabelStudioAuth(self.hostname, self.access_token or None)
         else:
             auth = None
+        # hosts: Label Studio's, CASS_ALLOWED_HOSTS; limits (docs/security.md)
+        policy = policy_from_settings(s, auth.base_url if auth is not None else None)
         return ImageFetcher(policy, auth)
 
     def warm(self, tasks) -> dict | None:

@@ -22,9 +22,11 @@ from cass.features import FeaturesFormatError
 from cass.images import ImageError
 from cass.vocabulary import Vocabulary, VocabularyError
 
+from .faults import TaskOutOfMemory, is_out_of_memory, recover_from_oom
 from .images import ImageFetchError
 from .labels import BrushTarget, TaskDataError
 from .regions import brush_regions
+from .slots import InferenceSlots
 
 if TYPE_CHECKING:
     from cass.cache import FeatureCache
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("backend.service")
 
 #: Failures of one task that are about its data, not a bug: logged as one line, no traceback.
-TASK_ERRORS = (TaskDataError, ImageFetchError, ImageError, VocabularyError, FeaturesFormatError)
+TASK_ERRORS = (TaskDataError, ImageFetchError, ImageError, VocabularyError, FeaturesFormatError,
+               TaskOutOfMemory)
 
 
 class NoCache:
@@ -109,19 +112,23 @@ class Engine(Protocol):
 class Predictor:
     """Turns Label Studio tasks into brush predictions with one loaded engine.
 
-    Thread-safe: the engine work (encode, segment) runs under one lock, downloads outside it.
+    Thread-safe: the engine work (encode, segment) and mask encoding run in ``slots``
+    (:class:`~backend.slots.InferenceSlots`: ``slots.slots`` at once, first come first served; one
+    slot by default, i.e. one engine lock), downloads outside them.
     ``predict_budget_s``: tasks not started within this many seconds of the batch's start get an
     error entry instead of a prediction (Label Studio gives the whole ``/predict`` call
     ``ML_TIMEOUT_PREDICT``, 100 s by default, and stores nothing when it times out).
     """
 
     def __init__(self, engine: Engine, cache: "FeatureCache | None" = None, *,
-                 predict_budget_s: float = 80.0, clock: Callable[[], float] = time.monotonic):
+                 predict_budget_s: float = 80.0, clock: Callable[[], float] = time.monotonic,
+                 slots: InferenceSlots | None = None):
         self.engine = engine
         self.cache = cache if cache is not None else NoCache()
         self.predict_budget_s = predict_budget_s
         self.clock = clock
-        self._lock = threading.Lock()
+        self.slots = slots if slots is not None else InferenceSlots()
+        self._lock = self.slots  # the engine lock: one of the inference slots, FIFO
         self._stats_lock = threading.Lock()
         self.counters = {"tasks": 0, "predictions": 0, "failed_tasks": 0, "skipped_tasks": 0,
                          "regions": 0, "cache_hits": 0, "requests": 0, "cache_misses": 0}
@@ -150,6 +157,8 @@ class Predictor:
             try:
                 prediction = self.predict_task(task, targets, fetch, info)
             except Exception as exc:  # one bad task never loses the others
+                if is_out_of_memory(exc):
+                    exc = recover_from_oom(exc)
                 if isinstance(exc, TASK_ERRORS):
                     log.warning("task %s: no prediction: %s", task_id, exc)
                 else:
@@ -182,7 +191,8 @@ class Predictor:
                     info.fetch_s += time.perf_counter() - t0
                 features_by_url[url] = self.features(image_bytes, info)
             segmentation = self.segment(features_by_url[url], target, info)
-            target_regions, target_sum, target_pixels = brush_regions(segmentation, target)
+            with self._lock:  # mask encoding is CPU work at the original size: it takes a slot too
+                target_regions, target_sum, target_pixels = brush_regions(segmentation, target)
             regions.extend(target_regions)
             score_sum += target_sum
             pixels += target_pixels
@@ -249,11 +259,10 @@ class Predictor:
         return {"model_version": self.model_version, **counters, "cache": cache}
 
     def health(self) -> dict:
-        try:
-            cache = self.cache.health()
-        except Exception as exc:
-            cache = {"reachable": False, "error": f"{type(exc).__name__}: {exc}"}
-        return {"model_version": self.model_version, "cache": cache}
+        """Model, cache (probed off this thread), downloads, slots, memory, ``degraded`` (backend.health)."""
+        from .health import report
+
+        return report(self)
 
 
 def build_predictor(settings) -> Predictor:
@@ -266,7 +275,8 @@ def build_predictor(settings) -> Predictor:
                                device=settings.device, threads=settings.threads, text_cache=cache)
     log.info("loaded %s on %s in %.1fs (cache: %s)", engine.model_version, engine.device,
              time.perf_counter() - t0, type(cache).__name__)
-    predictor = Predictor(engine, cache, predict_budget_s=settings.predict_budget_s)
+    predictor = Predictor(engine, cache, predict_budget_s=settings.predict_budget_s,
+                          slots=InferenceSlots(settings.inference_slots, settings.max_queue))
     if settings.warmup:
         predictor.warm_up()
     return predictor

@@ -117,7 +117,7 @@ def test_relative_urls_need_label_studio():
 
 @pytest.mark.parametrize("ref, fragment", [
     ("", "empty image reference"),
-    ("file:///etc/passwd", "unsupported image reference"),
+    ("file:///etc/passwd", "file:// URLs are off"),
     ("photos/cat.png", "unsupported image reference"),
     ("ftp://example.com/a.png", "unsupported image reference"),
 ])

@@ -1,0 +1,164 @@
+"""The HTTP edge of the backend: who may call it, how much they may send, what a bad request gets.
+
+:func:`install` adds to label-studio-ml's Flask app (once per app; re-installing swaps the settings):
+
+* **basic auth** (``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS``) on every endpoint but ``GET /health``,
+  compared in constant time (SHA-256 digests through :func:`hmac.compare_digest`); 401 with
+  ``WWW-Authenticate`` otherwise. Label Studio sends it when the model connection has basic auth set;
+* **request body limit** (``CASS_MAX_REQUEST_MB``): 413 before anything is parsed;
+* **JSON bodies**: ``/predict``, ``/setup``, ``/versions``, ``/train`` need a JSON object, ``/predict``
+  one with ``tasks``; otherwise 400 naming what is wrong (label-studio-ml would answer 500 with a
+  traceback);
+* **admission** of ``/predict`` to the inference slots (:mod:`backend.slots`): 503 with a JSON
+  ``{"error": "busy: ..."}`` and ``Retry-After`` when the queue is full;
+* **no internals in answers**: label-studio-ml puts Python tracebacks in error bodies; they are
+  removed (they stay in the log). Flask debug mode is forced off, and label-studio-ml's DEBUG logs
+  of every request's headers and body (``Authorization``, the ``/setup`` token) are never emitted.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+
+from flask import Flask, jsonify, request
+
+from .slots import Busy
+
+log = logging.getLogger("backend.security")
+
+JSON_ENDPOINTS = ("/predict", "/setup", "/versions", "/train")  # /webhook answers its own 400
+OPEN_PATHS = ("/health",)
+REALM = "CASS ML backend"
+
+
+def install(app: Flask, settings, predictor) -> Flask:
+    """Add the checks above to ``app`` (idempotent: hooks are registered once per app)."""
+    state = app.extensions.setdefault("cass_security", {})
+    state.update(settings=settings, predictor=predictor)
+    if os.environ.get("FLASK_DEBUG", "").strip().lower() in ("1", "true", "yes", "on") or \
+            os.environ.get("FLASK_ENV", "").strip().lower() == "development":
+        log.warning("FLASK_DEBUG/FLASK_ENV ask for debug mode: ignored, the backend never runs in debug mode")
+    app.debug = False
+    app.config["DEBUG"] = False
+    # label-studio-ml logs each request's headers and body at DEBUG: never, whatever LOG_LEVEL says
+    logging.getLogger("label_studio_ml").setLevel(max(logging.INFO, logging.getLogger("label_studio_ml").level))
+    if state.get("installed"):
+        return app
+    state["installed"] = True
+    app.before_request_funcs.setdefault(None, [])[0:0] = [_check_auth, _check_body]
+    app.after_request(_strip_internals)
+    original = app.view_functions["_predict"]
+
+    def predict_with_admission():
+        predictor = state["predictor"]
+        try:
+            with predictor.slots.admit():
+                return original()
+        except Busy as exc:
+            log.warning("POST /predict refused: %s (Retry-After %ds)", exc, exc.retry_after_s)
+            return _answer(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
+
+    app.view_functions["_predict"] = predict_with_admission
+    return app
+
+
+def _settings():
+    from flask import current_app
+
+    return current_app.extensions["cass_security"]["settings"]
+
+
+def _answer(status: int, message: str, headers: dict | None = None):
+    resp = jsonify({"status": status, "error": message, "detail": message})
+    resp.status_code = status
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return resp
+
+
+def _digest(text: str | None) -> bytes:
+    return hashlib.sha256((text or "").encode("utf-8", "surrogatepass")).digest()
+
+
+def credentials_match(auth, user: str, password: str) -> bool:
+    """Constant-time check of a werkzeug ``Authorization`` (or None) against ``user``/``password``."""
+    given_user = auth.username if auth is not None and auth.type == "basic" else None
+    given_pass = auth.password if auth is not None and auth.type == "basic" else None
+    user_ok = hmac.compare_digest(_digest(given_user), _digest(user))
+    pass_ok = hmac.compare_digest(_digest(given_pass), _digest(password))
+    return auth is not None and user_ok & pass_ok
+
+
+def _check_auth():
+    settings = _settings()
+    if not settings.basic_auth_user or request.path in OPEN_PATHS:
+        return None
+    if credentials_match(request.authorization, settings.basic_auth_user, settings.basic_auth_pass):
+        return None
+    log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote_addr,
+                "wrong basic auth credentials" if request.authorization is not None else "no basic auth credentials")
+    return _answer(401, "authentication required: this backend needs HTTP basic auth (set the user and password "
+                        "of BASIC_AUTH_USER / BASIC_AUTH_PASS in Label Studio's model connection)",
+                   {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
+
+
+def _check_body():
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return None
+    limit = _settings().max_request_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        return _too_large(length, limit)
+    environ = request.environ
+    if length is None and (environ.get("wsgi.input_terminated")
+                           or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()):
+        data = environ["wsgi.input"].read(limit + 1)  # a body without Content-Length: read it bounded
+        if len(data) > limit:
+            return _too_large(None, limit)
+        environ["wsgi.input"] = io.BytesIO(data)
+        environ["CONTENT_LENGTH"] = str(len(data))
+        environ.pop("wsgi.input_terminated", None)
+    if request.path not in JSON_ENDPOINTS:
+        return None
+    where = f"{request.method} {request.path}"
+    if not request.is_json:
+        return _answer(400, f"{where} needs a JSON body with Content-Type: application/json (got "
+                            f"{request.mimetype or 'no Content-Type'!s})")
+    data = request.get_json(silent=True)
+    if data is None:
+        raw = request.get_data(cache=True)
+        if not raw.strip():
+            return _answer(400, f"{where} has an empty body: it needs a JSON object")
+        try:
+            json.loads(raw)
+        except ValueError as exc:
+            return _answer(400, f"the body of {where} is not valid JSON: {str(exc)[:200]}")
+    if not isinstance(data, dict):
+        return _answer(400, f"the body of {where} must be a JSON object, got {type(data).__name__}")
+    if request.path == "/predict" and "tasks" not in data:
+        return _answer(400, f"the body of {where} has no 'tasks' (the list of Label Studio tasks to predict)")
+    return None
+
+
+def _too_large(length: int | None, limit: int):
+    size = f"{length / 2**20:.1f} MiB" if length is not None else "more"
+    log.warning("refused %s %s from %s: body of %s over the limit of %.1f MiB", request.method, request.path,
+                request.remote_addr, size, limit / 2**20)
+    return _answer(413, f"the request body ({size}) is over the limit of {limit / 2**20:g} MiB "
+                        f"(CASS_MAX_REQUEST_MB): retrieve predictions for fewer tasks at a time")
+
+
+def _strip_internals(response):
+    """Error answers keep their message but lose label-studio-ml's Python traceback."""
+    if response.status_code >= 400 and response.is_json:
+        data = response.get_json(silent=True)
+        result = data.get("result") if isinstance(data, dict) else None
+        if isinstance(result, dict) and "traceback" in result:
+            result.pop("traceback")
+            response.set_data(json.dumps(data))
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
