@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+from threadpoolctl import threadpool_limits
 
 
 def _fp16(x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +62,11 @@ def top_spectra(adj: torch.Tensor, k: int) -> torch.Tensor:
 
     Returns ``(..., min(k, n))`` float64.
     """
-    vals = torch.linalg.eigvalsh(adj.double())
+    # numpy's LAPACK: torch.linalg.eigvalsh runs ~10x slower when called from a non-main thread
+    # (OpenMP pools of two threads competing), which is where web servers run requests.
+    # Single-threaded BLAS: the matrices are small, and OpenBLAS threads fight torch's OpenMP pool.
+    with threadpool_limits(1, user_api="blas"):
+        vals = torch.from_numpy(np.linalg.eigvalsh(adj.double().cpu().numpy())).to(adj.device)
     vals = vals.flip(-1)[..., :k]
     return F.normalize(vals, p=2, dim=-1)
 
