@@ -71,12 +71,12 @@ def engine_lines(engine) -> list[str]:
     seconds = {stage: float(getattr(timings, f"{stage}_s", 0.0)) for stage in ENCODE_STAGES + SEGMENT_STAGES}
     lines: list[str] = []
     _metric(lines, "cass_encode_seconds_total", "counter",
-            "Seconds in the image towers and spectral fusion (CASS.encode stages; cache misses and warm-up)",
-            sum(seconds[s] for s in ENCODE_STAGES))
+            "Seconds in CASS.encode (decode, resize, image towers, spectral fusion; cache misses and warm-up)",
+            float(getattr(timings, "encode_s", sum(seconds[s] for s in ENCODE_STAGES))))
     _metric(lines, "cass_encode_calls_total", "counter", "CASS.encode calls", int(timings.encode_calls))
     _metric(lines, "cass_segment_seconds_total", "counter",
-            "Seconds in the label-dependent head (CASS.segment: text embeddings and head)",
-            sum(seconds[s] for s in SEGMENT_STAGES))
+            "Seconds in CASS.segment (text embeddings and the label-dependent head)",
+            float(getattr(timings, "segment_s", sum(seconds[s] for s in SEGMENT_STAGES))))
     _metric(lines, "cass_segment_calls_total", "counter", "CASS.segment calls", int(timings.segment_calls))
     lines += ["# HELP cass_engine_stage_seconds_total Seconds per engine stage",
               "# TYPE cass_engine_stage_seconds_total counter"]

@@ -56,6 +56,8 @@ class Timings:
     global_s: float = 0.0
     text_s: float = 0.0
     head_s: float = 0.0
+    encode_s: float = 0.0  # whole encode calls (decode, resize and the stages above)
+    segment_s: float = 0.0  # whole segment calls
     encode_calls: int = 0
     segment_calls: int = 0
 
@@ -232,6 +234,7 @@ class CASS:
                 whole = self._cls_head(last(self._clip_trunk(x.to(self.device)))).float()
             global_vectors = F.normalize(whole, dim=-1).expand(bsz, -1)
         self.timings.global_s += time.perf_counter() - t0
+        self.timings.encode_s += time.perf_counter() - t_start
         self.timings.encode_calls += 1
         log.debug("encoded %dx%d image: %d windows in %.2fs", width, height, bsz, time.perf_counter() - t_start)
         return ImageFeatures(
@@ -333,6 +336,7 @@ class CASS:
             trace["cluster_info"] = clusters
             trace["text_features"] = text
         self.timings.head_s += time.perf_counter() - t1
+        self.timings.segment_s += time.perf_counter() - t0
         self.timings.segment_calls += 1
         log.debug("segmented %d classes in %.3fs (text %.3fs)", len(vocabulary), time.perf_counter() - t0,
                   t1 - t0)
