@@ -340,7 +340,8 @@ def test_metrics_names_and_counts(make_client, cache_url, engine):
     backend = "memory" if cache_url is None else "redis"
     assert metrics[f'cass_feature_cache_info{{backend="{backend}"}}'] == 1
     stage_sum = sum(v for k, v in metrics.items() if k.startswith("cass_engine_stage_seconds_total{stage="))
-    assert stage_sum == pytest.approx(metrics["cass_encode_seconds_total"] + metrics["cass_segment_seconds_total"])
+    # the stages are parts of the whole calls (which also decode and resize the image)
+    assert 0 < stage_sum <= metrics["cass_encode_seconds_total"] + metrics["cass_segment_seconds_total"]
     # well-formed exposition: every sample has HELP and TYPE lines, each metric named once
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     assert len(names) == len(set(names))
