@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 log = logging.getLogger("cass.warmup")
 
@@ -26,14 +26,16 @@ class Warmer:
     Args:
         cache: a :class:`cass.cache.FeatureCache`.
         model: the engine (``fingerprint`` and ``encode(bytes)``, e.g. :class:`cass.CASS`).
-        fetch_bytes: ``url -> encoded image bytes`` (raises on failure); runs in a worker thread.
-        max_queue: URLs waiting at most (beyond those being warmed).
+        fetch_bytes: ``item -> encoded image bytes`` (raises on failure); runs in a worker thread.
+            Items are whatever :meth:`submit` receives: a URL string, or any hashable job object
+            (the backend queues small jobs that carry their project's credentials).
+        max_queue: items waiting at most (beyond those being warmed).
         workers: worker threads.
         encode: optional ``bytes -> ImageFeatures`` used instead of ``model.encode`` (e.g. to take
             the backend's engine lock).
     """
 
-    def __init__(self, cache, model, fetch_bytes: Callable[[str], bytes], max_queue: int = 1000,
+    def __init__(self, cache, model, fetch_bytes: Callable[[Any], bytes], max_queue: int = 1000,
                  workers: int = 1, *, encode: Callable[[bytes], Any] | None = None,
                  name: str = "cass-warmup"):
         if max_queue < 1 or workers < 1:
@@ -47,7 +49,7 @@ class Warmer:
         self._queue: queue.Queue = queue.Queue(maxsize=self.max_queue)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._pending: set[str] = set()  # queued or being warmed
+        self._pending: set = set()  # queued or being warmed
         self._closed = False
         self._counts = {"submitted": 0, "rejected": 0, "duplicates": 0, "done": 0, "hits": 0,
                         "computed": 0, "failed": 0, "in_progress": 0}
@@ -57,8 +59,8 @@ class Warmer:
             thread.start()
 
     # ------------------------------------------------------------------------------------------
-    def submit(self, url: str) -> bool:
-        """Queue ``url`` for warm-up without blocking. True if it is (or already was) queued or being
+    def submit(self, url: Hashable) -> bool:
+        """Queue ``url`` (a URL or any hashable job) for warm-up without blocking. True if it is (or already was) queued or being
         warmed; False if the queue is full or the warmer is closed."""
         with self._lock:
             if self._closed:
