@@ -1,7 +1,7 @@
 # CASS Label Studio ML backend (label-studio-ml 1.0.9 under gunicorn).
 #
 #   docker build -t cass-backend .                                   # CPU torch wheels
-#   docker build -t cass-backend:gpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+#   docker build -t cass-backend:gpu --build-arg TORCH_INDEX=https://pypi.org/simple .   # PyPI torch = CUDA build
 #
 # The official weights (OpenAI CLIP ViT-B/16, DINO ViT-B/8) are downloaded into $CASS_MODEL_DIR on the
 # first start unless they are already there: mount a volume on /models to keep them.
