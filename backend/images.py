@@ -291,9 +291,11 @@ class FetchPolicy:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data)) as img:
                     width, height = img.size
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"the image declares too many pixels ({exc}); the limit is "
-                             f"{self.max_pixels / 1e6:g} MP (CASS_MAX_IMAGE_MP)") from None
+        except Image.DecompressionBombError as exc:  # Pillow refuses to even open it (> 2x its own limit)
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
+            raise ImageError(f"the image declares {size}, over the limit of {self.max_pixels / 1e6:g} MP "
+                             f"(CASS_MAX_IMAGE_MP; decompression-bomb and memory guard)") from None
         except Exception:
             return
         if width * height > self.max_pixels:

@@ -126,22 +126,27 @@ def _check_body():
         return None
     where = f"{request.method} {request.path}"
     if not request.is_json:
-        return _answer(400, f"{where} needs a JSON body with Content-Type: application/json (got "
+        return _bad_request(f"{where} needs a JSON body with Content-Type: application/json (got "
                             f"{request.mimetype or 'no Content-Type'!s})")
     data = request.get_json(silent=True)
     if data is None:
         raw = request.get_data(cache=True)
         if not raw.strip():
-            return _answer(400, f"{where} has an empty body: it needs a JSON object")
+            return _bad_request(f"{where} has an empty body: it needs a JSON object")
         try:
             json.loads(raw)
         except ValueError as exc:
-            return _answer(400, f"the body of {where} is not valid JSON: {str(exc)[:200]}")
+            return _bad_request(f"the body of {where} is not valid JSON: {str(exc)[:200]}")
     if not isinstance(data, dict):
-        return _answer(400, f"the body of {where} must be a JSON object, got {type(data).__name__}")
+        return _bad_request(f"the body of {where} must be a JSON object, got {type(data).__name__}")
     if request.path == "/predict" and "tasks" not in data:
-        return _answer(400, f"the body of {where} has no 'tasks' (the list of Label Studio tasks to predict)")
+        return _bad_request(f"the body of {where} has no 'tasks' (the list of Label Studio tasks to predict)")
     return None
+
+
+def _bad_request(message: str):
+    log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote_addr, message)
+    return _answer(400, message)
 
 
 def _too_large(length: int | None, limit: int):
