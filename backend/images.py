@@ -514,7 +514,10 @@ class ImageFetcher:
                 if remaining <= 0:
                     raise timed_out
                 if sock is not None:
-                    sock.settimeout(remaining)
+                    try:
+                        sock.settimeout(remaining)
+                    except OSError:  # closed: the body is complete (http.client closes at its end)
+                        sock = None
                 chunk = resp.raw.read1(256 * 1024, decode_content=True)
                 if not chunk:
                     break
@@ -542,10 +545,10 @@ class ImageFetcher:
         path = os.path.realpath(unquote(parts.path))
         if os.path.commonpath([base, path]) != base:
             raise ImageFetchError(f"refusing to read {show_url(url)}: it is outside CASS_LOCAL_FILES_ROOT")
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise ImageFetchError(f"{show_url(url)} is not a regular file")
         try:
             with open(path, "rb") as fh:
-                if not os.path.isfile(path):
-                    raise ImageFetchError(f"{show_url(url)} is not a regular file")
                 data = fh.read(self.policy.max_bytes + 1)
         except OSError as exc:
             raise ImageFetchError(f"could not read {show_url(url)}: {exc.strerror or type(exc).__name__}") \
@@ -594,7 +597,11 @@ def urllib3_errors() -> type:
 def _socket(resp: requests.Response):
     """The socket under a streamed response (None if it cannot be reached)."""
     conn = getattr(resp.raw, "connection", None) or getattr(resp.raw, "_connection", None)
-    return getattr(conn, "sock", None)
+    sock = getattr(conn, "sock", None)
+    if sock is None:  # a response that closes its connection owns the socket (http.client hands it over)
+        fp = getattr(getattr(resp.raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock
 
 
 def _peer_address(resp: requests.Response) -> str | None:

@@ -26,6 +26,7 @@ import os
 
 from flask import Flask, jsonify, request
 
+from .images import _size
 from .slots import Busy
 
 log = logging.getLogger("backend.security")
@@ -121,7 +122,7 @@ def _check_body():
             return _too_large(None, limit)
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
-        environ.pop("wsgi.input_terminated", None)
+        environ["wsgi.input_terminated"] = True  # the buffer ends where the body ends
     if request.path not in JSON_ENDPOINTS:
         return None
     where = f"{request.method} {request.path}"
@@ -150,11 +151,11 @@ def _bad_request(message: str):
 
 
 def _too_large(length: int | None, limit: int):
-    size = f"{length / 2**20:.1f} MiB" if length is not None else "more"
-    log.warning("refused %s %s from %s: body of %s over the limit of %.1f MiB", request.method, request.path,
-                request.remote_addr, size, limit / 2**20)
-    return _answer(413, f"the request body ({size}) is over the limit of {limit / 2**20:g} MiB "
-                        f"(CASS_MAX_REQUEST_MB): retrieve predictions for fewer tasks at a time")
+    size = _size(length) if length is not None else f"more than {_size(limit)}"
+    message = (f"the request body ({size}) is over the limit of {_size(limit)} (CASS_MAX_REQUEST_MB): retrieve "
+               f"predictions for fewer tasks at a time")
+    log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote_addr, message)
+    return _answer(413, message)
 
 
 def _strip_internals(response):
