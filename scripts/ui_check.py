@@ -1,0 +1,303 @@
+#!/usr/bin/env python
+"""Does a stored prediction SHOW in Label Studio's labeling page, one brush region per label?
+
+Starts a real Label Studio (``$LS_VENV``, default /opt/ls-venv) and ``python -m backend`` on the tiny
+random weights (``$CASS_SHARED_DIR/parity/weights``) on 127.0.0.1 (fresh data dir, free ports, the
+same settings as tests/e2e/conftest.py), creates a BrushLabels project with three labels, uploads two
+images, connects the backend, retrieves predictions with the Data Manager action
+(*Actions -> Retrieve Predictions*), then does what an annotator does, in headless Chromium:
+
+1. logs in through the login form (/user/login/) as admin@example.com;
+2. opens the project's Data Manager (``/projects/<pid>/data``) and clicks the task's row;
+3. the task has a prediction and no annotation: the editor opens a new draft annotation pre-filled with
+   the prediction's regions (selected), next to the read-only prediction item (model version and
+   score). It waits for the image and the regions panel, reads the panel (one item per region: index,
+   label, score) and takes the screenshot;
+4. clicks the prediction item, reads its regions panel too, screenshot ``<name>_prediction.png``.
+
+Prints one JSON line (the first task at the top level, every checked task under ``tasks``) and exits
+1 when the labels in either regions panel differ from the labels of the stored prediction (as
+multisets), 2 when something failed before that.
+Every process it started is stopped at the end.
+
+Needs Chromium (``/usr/bin/chromium``, Debian package) and the Python package ``playwright`` (only
+for this script; not a requirement of the backend; browsers are NOT downloaded, the system Chromium
+is used).
+
+    python scripts/ui_check.py [/tmp/ui_check.png] [--images 2] [--keep-dir]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.conftest import (  # noqa: E402  (the e2e test's helpers and settings)
+    BACKEND_START_TIMEOUT_S, LEGACY_TOKEN, LS_START_TIMEOUT_S, LS_VENV, TINY_WEIGHTS, free_port, stop, tail,
+    wait_until_healthy,
+)
+from tests.e2e.test_label_studio import LS, encoded  # noqa: E402
+
+USER, PASSWORD = "admin@example.com", "adminpass123"  # as in tests/e2e/conftest.py
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="tag" toName="image">
+    <Label value="cat" background="#ff8800"/>
+    <Label value="dog" background="#0066ff"/>
+    <Label value="grass" background="#00cc44"/>
+  </BrushLabels>
+</View>"""
+
+
+def log(msg: str) -> None:
+    print(f"[ui_check {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def make_images() -> dict[str, bytes]:
+    """Two small pictures with some structure (the tiny weights are random: any labels may come out)."""
+    rng = np.random.default_rng(1)
+    a = Image.new("RGB", (320, 240), (120, 170, 230))
+    d = ImageDraw.Draw(a)
+    d.rectangle((0, 150, 320, 240), fill=(40, 150, 50))
+    d.ellipse((110, 60, 210, 180), fill=(230, 140, 40))
+    b = Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    return {"scene.png": encoded(a, "PNG"), "noise.png": encoded(b, "PNG")}
+
+
+def start_label_studio(root: Path) -> tuple[str, subprocess.Popen, Path]:
+    data, files = root / "data", root / "files"
+    data.mkdir()
+    files.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USERNAME": USER,
+        "LABEL_STUDIO_PASSWORD": PASSWORD, "LABEL_STUDIO_USER_TOKEN": LEGACY_TOKEN,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files), "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false", "LABEL_STUDIO_HOST": url, "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
+        "COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false",
+    }
+    exe = LS_VENV / "bin" / "label-studio"
+    if not exe.exists():
+        raise SystemExit(f"Label Studio is not installed in {LS_VENV} (scripts/install_label_studio.sh)")
+    ls_log = root / "label_studio.log"
+    with open(ls_log, "wb") as out:
+        proc = subprocess.Popen([str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1",
+                                 "--port", str(port), "--data-dir", str(data)],
+                                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return url, proc, ls_log
+
+
+def start_backend(root: Path, ls_url: str, token: str) -> tuple[str, subprocess.Popen, Path]:
+    clip, dino = TINY_WEIGHTS / "clip_tiny.safetensors", TINY_WEIGHTS / "dino_tiny.safetensors"
+    if not clip.is_file() or not dino.is_file():
+        raise SystemExit(f"tiny weights not found under {TINY_WEIGHTS}")
+    port = free_port()
+    env = {
+        **os.environ, "PYTHONPATH": str(REPO), "CASS_CLIP_WEIGHTS": str(clip), "CASS_DINO_WEIGHTS": str(dino),
+        "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": token,
+        "CASS_THREADS": os.environ.get("CASS_THREADS", "2"), "LOG_LEVEL": "INFO",
+    }
+    env.pop("REDIS_URL", None)
+    be_log = root / "backend.log"
+    with open(be_log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return f"http://127.0.0.1:{port}", proc, be_log
+
+
+# The regions panel of Label Studio 1.23.2's editor ("Outliner", bottom right, tab "Regions"): one tree
+# item per region: its index, the label (coloured like the label) and the score. Read with the browser's
+# rendering (innerText), as a person reads it; the hidden measuring node of the tree has no role=treeitem.
+READ_REGIONS_JS = """() => [...document.querySelectorAll('.lsf-outliner-tree [role=treeitem]')].map(n => {
+  const title = n.querySelector('.lsf-outliner-item__title');
+  const score = n.querySelector('.lsf-outliner-item__control_type_score');
+  return {label: title ? title.innerText.trim() : n.innerText.trim(),
+          score: score ? score.innerText.trim() : null};
+})"""
+# The items above the image: annotations (user) and predictions (model version, score); the selected one
+# is what the editor shows.
+READ_TABS_JS = """() => [...document.querySelectorAll('.lsf-annotation-button')].map(n => ({
+  text: n.innerText.replace(/\\s+/g, ' ').trim(),
+  selected: n.classList.contains('lsf-annotation-button_selected'),
+  draft: n.classList.contains('lsf-annotation-button_draft'),
+}))"""
+IMAGE_LOADED_JS = ("() => [...document.querySelectorAll('img')].some("
+                   "i => i.complete && i.naturalWidth > 0 && i.src.includes('/data/upload/'))")
+
+
+def read_editor(page, want: int, what: str) -> tuple[list[dict], list[dict]]:
+    """Wait for the editor to show the image and ``want`` region items (at most 60 s), then read it."""
+    page.wait_for_selector(".lsf-main-view", timeout=120_000)
+    page.wait_for_function(IMAGE_LOADED_JS, timeout=60_000)
+    try:
+        page.wait_for_function(f"() => ({READ_REGIONS_JS})().length >= {max(want, 1)}", timeout=60_000)
+    except Exception:  # noqa: BLE001 - read what is there; the caller reports the mismatch
+        log(f"{what}: the regions panel did not list {want} regions within 60 s")
+    page.wait_for_timeout(1500)  # let the brush layers paint before the screenshot
+    return page.evaluate(READ_REGIONS_JS), page.evaluate(READ_TABS_JS)
+
+
+def check_in_browser(ls_url: str, pid: int, tasks: list[dict], shot: Path, workdir: Path) -> list[dict]:
+    from playwright.sync_api import sync_playwright
+
+    results = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            # loopback only: anything else (fonts, analytics, CDNs) fails at once instead of hanging
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+                (ls_url, "data:", "blob:")) else route.abort())
+            console = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            # 1. log in through the login form
+            page.goto(f"{ls_url}/user/login/", wait_until="domcontentloaded")
+            page.fill("input[name=email]", USER)
+            page.fill("input[name=password]", PASSWORD)
+            with page.expect_navigation(wait_until="domcontentloaded"):
+                page.click("button[type=submit], input[type=submit]")
+            if "/user/login" in page.url:
+                raise RuntimeError(f"login failed, still on {page.url}")
+            page.wait_for_load_state("networkidle")
+            log(f"logged in, at {page.url}")
+            # 2. the project's Data Manager, wait for the task table
+            # (going straight to /projects/<pid>/data?task=<id> right after the login raced here once:
+            # the editor opened an empty draft without the prediction; clicking the row is what a person does)
+            page.goto(f"{ls_url}/projects/{pid}/data", wait_until="domcontentloaded")
+            page.wait_for_selector("[class*=row-wrapper]", timeout=120_000)
+            rows = page.locator("[class*=row-wrapper]")
+            # the full table's first column is the task ID; once the editor is open the table shrinks to a
+            # list without that column, in the same order
+            row_ids = [rows.nth(i).inner_text().split()[0] for i in range(rows.count())]
+            for n, task in enumerate(tasks):
+                path = shot if n == 0 else shot.with_name(f"{shot.stem}_task{n + 1}{shot.suffix}")
+                pred_path = path.with_name(f"{path.stem}_prediction{path.suffix}")
+                # 3. click the task's row: the editor opens beside the table. The task has a prediction
+                # and no annotation, so Label Studio opens a new draft annotation pre-filled with the
+                # prediction's regions (selected), next to the read-only prediction item.
+                rows.nth(row_ids.index(str(task["id"]))).click()
+                page.wait_for_url(f"**task={task['id']}**", timeout=60_000)
+                want = len(task["labels"])
+                regions, tabs = read_editor(page, want, f"task {task['id']} (draft from prediction)")
+                page.screenshot(path=str(path))
+                # 4. click the prediction item (robot icon, model version and score) to see the prediction
+                # itself (read-only, locked regions)
+                pred_regions, pred_tabs = [], tabs
+                pred_tab = page.locator(".lsf-annotation-button").filter(has_text=task["model_version"][:8])
+                if pred_tab.count():
+                    pred_tab.first.click()
+                    page.wait_for_timeout(500)
+                    pred_regions, pred_tabs = read_editor(page, want, f"task {task['id']} (prediction)")
+                    page.mouse.move(5, 880)  # the tab's hover card would cover the image
+                    page.wait_for_timeout(500)
+                    page.screenshot(path=str(pred_path))
+                else:
+                    log(f"task {task['id']}: no prediction item among {tabs}")
+                (workdir / f"task_{task['id']}.html").write_text(page.content())
+                ui_labels = [r["label"] for r in regions]
+                pred_labels = [r["label"] for r in pred_regions]
+                want_labels = Counter(task["labels"])
+                results.append({
+                    "task_id": task["id"], "prediction_labels": sorted(task["labels"]),
+                    "ui_region_labels": sorted(ui_labels), "match": False,
+                    "ui_regions": regions, "ui_prediction_item_regions": pred_regions,
+                    "prediction_scores": task["scores"], "items": tabs,
+                    "screenshot": str(path), "screenshot_prediction_item": str(pred_path) if pred_regions else None,
+                })
+                results[-1]["match"] = Counter(ui_labels) == want_labels and Counter(pred_labels) == want_labels
+            (workdir / "console.log").write_text("\n".join(console))
+        finally:
+            browser.close()
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("screenshot", nargs="?", default="/tmp/ui_check.png")
+    ap.add_argument("--images", type=int, choices=(1, 2), default=2, help="images to import (default 2)")
+    ap.add_argument("--keep-dir", action="store_true", help="keep the work dir (logs, page HTML)")
+    args = ap.parse_args()
+    shot = Path(args.screenshot).resolve()
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="ui_check_"))
+    procs: list[subprocess.Popen] = []
+    ls_log = be_log = None
+    try:
+        ls_url, ls_proc, ls_log = start_label_studio(root)
+        procs.append(ls_proc)
+        log(f"Label Studio starting at {ls_url} (data in {root})")
+        up = wait_until_healthy(f"{ls_url}/health", ls_proc, ls_log, LS_START_TIMEOUT_S, "Label Studio")
+        log(f"Label Studio up in {up:.0f}s")
+        ls = LS(type("S", (), {"url": ls_url, "headers": {"Authorization": f"Token {LEGACY_TOKEN}"}})())
+        token = ls("POST", "/api/token/")["token"]
+        be_url, be_proc, be_log = start_backend(root, ls_url, token)
+        procs.append(be_proc)
+        up = wait_until_healthy(f"{be_url}/health", be_proc, be_log, BACKEND_START_TIMEOUT_S, "the backend")
+        log(f"backend up at {be_url} in {up:.0f}s")
+
+        pid = ls("POST", "/api/projects", json={"title": "CASS UI check", "label_config": CONFIG})["id"]
+        images = dict(list(make_images().items())[: args.images])
+        ls("POST", f"/api/projects/{pid}/import", files={n: (n, b, "image/png") for n, b in images.items()})
+        ids = sorted(t["id"] for t in ls("GET", "/api/tasks", params={"project": pid, "page_size": 100})["tasks"])
+        ml = ls("POST", "/api/ml", json={"url": be_url, "project": pid, "title": "CASS"})
+        if ml.get("readable_state") != "Connected":
+            raise RuntimeError(f"backend not connected: {ml}")
+        action = ls("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
+                    json={"selectedItems": {"all": False, "included": ids}})
+        log(f"project {pid}, tasks {ids}, retrieve action: {action}")
+        tasks = []
+        for tid in ids:
+            preds = ls("GET", "/api/predictions", params={"task": tid})
+            if len(preds) != 1:
+                raise RuntimeError(f"task {tid}: expected one stored prediction, got {len(preds)}")
+            result = preds[0]["result"]
+            labels = [label for r in result for label in r["value"]["brushlabels"]]
+            scores = {"/".join(r["value"]["brushlabels"]): r.get("score") for r in result}
+            tasks.append({"id": tid, "labels": labels, "scores": scores, "model_version": preds[0]["model_version"]})
+        log(f"stored prediction labels: {[(t['id'], t['labels']) for t in tasks]}")
+
+        results = check_in_browser(ls_url, pid, tasks, shot, root)
+        first = results[0]
+        report = {k: first[k] for k in ("task_id", "prediction_labels", "ui_region_labels", "match", "screenshot")}
+        report["match"] = all(r["match"] for r in results)
+        report["tasks"] = results
+        print(json.dumps(report), flush=True)
+        return 0 if report["match"] else 1
+    except Exception as exc:  # noqa: BLE001 - report what failed, with the logs
+        log(f"FAILED: {type(exc).__name__}: {exc}")
+        for name, path in (("Label Studio", ls_log), ("backend", be_log)):
+            if path is not None:
+                log(f"--- {name} log tail ---\n{tail(path, 25)}")
+        print(json.dumps({"match": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        return 2
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        if args.keep_dir:
+            log(f"work dir kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
