@@ -625,7 +625,8 @@ class DownloadHealth:
         self._origins: "OrderedDict[str, dict]" = OrderedDict()
 
     def record(self, base_url: str, error: str | None) -> None:
-        key = show_url(base_url)
+        parts = urlsplit(base_url)
+        key = f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
         with self._lock:
             state = self._origins.pop(key, None) or {"failures_in_a_row": 0}
             state["reachable"] = error is None

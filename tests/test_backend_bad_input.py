@@ -335,7 +335,7 @@ def test_one_pixel_and_extreme_aspect_ratios_on_the_real_engine(ls, tiny_client,
 
 
 def test_hundreds_of_unicode_and_very_long_labels_on_the_real_engine(ls, tiny_client):
-    names = [f"label {i}" for i in range(300)] + ["猫 🐱", "Ünïcödé café", "ا ب ت", "x" * 2000]
+    names = [f"label {i}" for i in range(200)] + ["猫 🐱", "Ünïcödé café", "ا ب ت", "x" * 2000]
     config = brush("".join(f"<Label value='{n}'/>" for n in names))
     body = ls_request("predict")
     body["label_config"] = config
@@ -350,4 +350,4 @@ def test_hundreds_of_unicode_and_very_long_labels_on_the_real_engine(ls, tiny_cl
         mask = rle_to_mask(region["value"]["rle"], 6, 9)
         assert not (mask & union).any()
         union |= mask
-    assert union.all()  # no threshold: every pixel got one of the 304 labels
+    assert union.all()  # no threshold: every pixel got one of the 204 labels

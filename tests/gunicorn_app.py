@@ -1,0 +1,14 @@
+"""A gunicorn entry point with the fake engine (``gunicorn tests.gunicorn_app:app``) for process-level
+fault tests: each worker builds the app like ``backend._wsgi`` does, from the environment."""
+import warnings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from backend.app import create_app
+from backend.config import Settings
+from backend.logs import setup_logging
+from backend.service import Predictor
+from tests.backend_fixtures import FakeEngine
+
+setup_logging()
+app = create_app(Settings.from_env(), Predictor(FakeEngine()))
