@@ -164,16 +164,22 @@ def run(args) -> dict:
     model.text_features(voc_b)
     model.segment(model.encode(photos[-1]), voc_a)  # warm-up
 
-    counter = iter(range(args.runs))
-    cold_s, seg_a = _median_time(lambda: model.segment(model.encode(photos[next(counter)]), voc_a), args.runs)
     features = model.encode(photos[0])
     rgb_inf = resize_for_inference(photos[0], model.preset.image.short_side, model.preset.image.long_side)
     backbone_pass(model, rgb_inf)
-    backbone_s, _ = _median_time(lambda: backbone_pass(model, rgb_inf), args.runs)
-    swap_s, _ = _median_time(lambda: model.segment(features, voc_b), max(args.runs, 5))
-
-    words = iter([f"new label number {i}" for i in range(100)])
-    text_s, _ = _median_time(lambda: model.text.encode_uncached(next(words)), max(args.runs, 3))
+    words = iter([f"new label number {i}" for i in range(1000)])
+    # Interleaved rounds (cold, backbone, swap, text), so that load from other processes on a shared
+    # machine hits all figures alike; medians over the rounds.
+    times: dict[str, list[float]] = {"cold": [], "backbone": [], "swap": [], "text": []}
+    for i in range(args.runs):
+        for name, fn in (("cold", lambda: model.segment(model.encode(photos[i]), voc_a)),
+                         ("backbone", lambda: backbone_pass(model, rgb_inf)),
+                         ("swap", lambda: model.segment(features, voc_b)),
+                         ("text", lambda: model.text.encode_uncached(next(words)))):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    cold_s, backbone_s, swap_s, text_s = (statistics.median(times[k]) for k in ("cold", "backbone", "swap", "text"))
 
     seg_hd = model.segment(features, voc_a, output_size=(1080, 1920))
     present = [c for c in range(len(voc_a)) if seg_hd.pixel_counts[c] > 0]
@@ -224,7 +230,7 @@ def profile(model, photo, voc_a, voc_b, features) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cass.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (median)")
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds (median per figure)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--preset", default="default")
     parser.add_argument("--device", default=None)
