@@ -43,6 +43,9 @@ import requests
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.e2e.conftest import stop  # noqa: E402  (stop a process group: TERM, then KILL)
+
 SHARED = Path(os.environ.get("CASS_SHARED_DIR", REPO.parent / "shared"))
 TINY = SHARED / "parity" / "weights"
 SIZES = [(240, 320), (480, 640), (300, 300), (120, 480), (600, 400)]
@@ -168,20 +171,6 @@ def start_backend(args, images_url: str, log_path: Path) -> tuple[subprocess.Pop
         time.sleep(0.3)
     stop(proc)
     sys.exit(f"loadtest: the backend did not answer /health within {args.start_timeout:g}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from tests.e2e.conftest import (  # noqa: E402  (the e2e test's helpers and sett
     BACKEND_START_TIMEOUT_S, LEGACY_TOKEN, LS_START_TIMEOUT_S, LS_VENV, TINY_WEIGHTS, free_port, stop, tail,
     wait_until_healthy,
 )
+from tests.e2e.conftest import start_backend as e2e_start_backend  # noqa: E402
 from tests.e2e.test_label_studio import LS, encoded  # noqa: E402
 
 USER, PASSWORD = "admin@example.com", "adminpass123"  # as in tests/e2e/conftest.py
@@ -108,21 +109,9 @@ def start_label_studio(root: Path) -> tuple[str, subprocess.Popen, Path]:
 
 
 def start_backend(root: Path, ls_url: str, token: str) -> tuple[str, subprocess.Popen, Path]:
-    clip, dino = TINY_WEIGHTS / "clip_tiny.safetensors", TINY_WEIGHTS / "dino_tiny.safetensors"
-    if not clip.is_file() or not dino.is_file():
+    if not (TINY_WEIGHTS / "clip_tiny.safetensors").is_file():
         raise SystemExit(f"tiny weights not found under {TINY_WEIGHTS}")
-    port = free_port()
-    env = {
-        **os.environ, "PYTHONPATH": str(REPO), "CASS_CLIP_WEIGHTS": str(clip), "CASS_DINO_WEIGHTS": str(dino),
-        "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": token,
-        "CASS_THREADS": os.environ.get("CASS_THREADS", "2"), "LOG_LEVEL": "INFO",
-    }
-    env.pop("REDIS_URL", None)
-    be_log = root / "backend.log"
-    with open(be_log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return f"http://127.0.0.1:{port}", proc, be_log
+    return e2e_start_backend(root, ls_url, token)
 
 
 # The regions panel of Label Studio 1.23.2's editor ("Outliner", bottom right, tab "Regions"): one tree

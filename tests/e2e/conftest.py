@@ -130,17 +130,13 @@ def personal_access_token(label_studio) -> str:
     return resp.json()["token"]
 
 
-@pytest.fixture(scope="session")
-def backend(label_studio, personal_access_token, tmp_path_factory):
-    """``python -m backend`` on the tiny weights, reading images from the Label Studio above."""
+def start_backend(root: Path, ls_url: str, token: str) -> tuple[str, subprocess.Popen, Path]:
+    """Start ``python -m backend`` on the tiny weights (new session, log in ``root``); not yet healthy."""
     clip, dino = TINY_WEIGHTS / "clip_tiny.safetensors", TINY_WEIGHTS / "dino_tiny.safetensors"
-    if not clip.is_file() or not dino.is_file():
-        pytest.skip(f"tiny weights not found under {TINY_WEIGHTS}")
-    root = tmp_path_factory.mktemp("backend")
     port = free_port()
     env = {
         **os.environ, "PYTHONPATH": str(REPO), "CASS_CLIP_WEIGHTS": str(clip), "CASS_DINO_WEIGHTS": str(dino),
-        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": personal_access_token,
+        "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": token,
         "CASS_THREADS": os.environ.get("CASS_THREADS", "2"), "LOG_LEVEL": "INFO",
     }
     env.pop("REDIS_URL", None)
@@ -148,8 +144,17 @@ def backend(label_studio, personal_access_token, tmp_path_factory):
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return f"http://127.0.0.1:{port}", proc, log
+
+
+@pytest.fixture(scope="session")
+def backend(label_studio, personal_access_token, tmp_path_factory):
+    """``python -m backend`` on the tiny weights, reading images from the Label Studio above."""
+    if not (TINY_WEIGHTS / "clip_tiny.safetensors").is_file() or not (TINY_WEIGHTS / "dino_tiny.safetensors").is_file():
+        pytest.skip(f"tiny weights not found under {TINY_WEIGHTS}")
+    root = tmp_path_factory.mktemp("backend")
+    url, proc, log = start_backend(root, label_studio.url, personal_access_token)
     try:
-        url = f"http://127.0.0.1:{port}"
         started = wait_until_healthy(f"{url}/health", proc, log, BACKEND_START_TIMEOUT_S, "the backend")
         yield Service(url, proc, log, started)
     finally:
