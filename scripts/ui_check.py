@@ -40,20 +40,20 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import requests
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.e2e.conftest import (  # noqa: E402  (the e2e test's helpers and settings)
-    BACKEND_START_TIMEOUT_S, LEGACY_TOKEN, LS_START_TIMEOUT_S, LS_VENV, TINY_WEIGHTS, free_port, stop, tail,
+    BACKEND_START_TIMEOUT_S, LEGACY_TOKEN, LS_START_TIMEOUT_S, LS_VENV, TINY_WEIGHTS, stop, tail,
     wait_until_healthy,
 )
+from tests.e2e.conftest import ADMIN_PASSWORD as PASSWORD, ADMIN_USER as USER  # noqa: E402
 from tests.e2e.conftest import start_backend as e2e_start_backend  # noqa: E402
+from tests.e2e.conftest import start_label_studio as e2e_start_label_studio  # noqa: E402
 from tests.e2e.test_label_studio import LS, encoded  # noqa: E402
 
-USER, PASSWORD = "admin@example.com", "adminpass123"  # as in tests/e2e/conftest.py
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -83,29 +83,11 @@ def make_images() -> dict[str, bytes]:
 
 
 def start_label_studio(root: Path) -> tuple[str, subprocess.Popen, Path]:
-    data, files = root / "data", root / "files"
-    data.mkdir()
-    files.mkdir()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USERNAME": USER,
-        "LABEL_STUDIO_PASSWORD": PASSWORD, "LABEL_STUDIO_USER_TOKEN": LEGACY_TOKEN,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files), "ML_BLOCK_LOCAL_IP": "false",
-        "SSRF_PROTECTION_ENABLED": "false", "LABEL_STUDIO_HOST": url, "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
-        "COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false",
-    }
     exe = LS_VENV / "bin" / "label-studio"
     if not exe.exists():
         raise SystemExit(f"Label Studio is not installed in {LS_VENV} (scripts/install_label_studio.sh)")
-    ls_log = root / "label_studio.log"
-    with open(ls_log, "wb") as out:
-        proc = subprocess.Popen([str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1",
-                                 "--port", str(port), "--data-dir", str(data)],
-                                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return url, proc, ls_log
+    url, proc, log, _ = e2e_start_label_studio(exe, root)
+    return url, proc, log
 
 
 def start_backend(root: Path, ls_url: str, token: str) -> tuple[str, subprocess.Popen, Path]:

@@ -92,10 +92,13 @@ def label_studio_bin() -> Path:
     return exe
 
 
-@pytest.fixture(scope="session")
-def label_studio(label_studio_bin, tmp_path_factory):
-    """A fresh Label Studio on 127.0.0.1 (admin user with a legacy token, local files under ``files``)."""
-    root = tmp_path_factory.mktemp("label_studio")
+ADMIN_USER, ADMIN_PASSWORD = "admin@example.com", "adminpass123"
+
+
+def start_label_studio(exe: Path, root: Path) -> tuple[str, subprocess.Popen, Path, Path]:
+    """Start Label Studio ``exe`` on 127.0.0.1 with a fresh data dir under ``root`` (admin user with
+    the legacy token, local files under ``root/files``); not yet healthy. Returns url, process, log,
+    local-files root."""
     data, files = root / "data", root / "files"
     data.mkdir()
     files.mkdir()
@@ -103,8 +106,8 @@ def label_studio(label_studio_bin, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USERNAME": "admin@example.com",
-        "LABEL_STUDIO_PASSWORD": "adminpass123", "LABEL_STUDIO_USER_TOKEN": LEGACY_TOKEN,
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USERNAME": ADMIN_USER,
+        "LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD, "LABEL_STUDIO_USER_TOKEN": LEGACY_TOKEN,
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files), "ML_BLOCK_LOCAL_IP": "false",
         "SSRF_PROTECTION_ENABLED": "false", "LABEL_STUDIO_HOST": url, "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
@@ -112,9 +115,17 @@ def label_studio(label_studio_bin, tmp_path_factory):
     }
     log = root / "label_studio.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(label_studio_bin), "start", "--no-browser", "--internal-host", "127.0.0.1",
+        proc = subprocess.Popen([str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1",
                                  "--port", str(port), "--data-dir", str(data)],
                                 cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return url, proc, log, files
+
+
+@pytest.fixture(scope="session")
+def label_studio(label_studio_bin, tmp_path_factory):
+    """A fresh Label Studio on 127.0.0.1 (admin user with a legacy token, local files under ``files``)."""
+    root = tmp_path_factory.mktemp("label_studio")
+    url, proc, log, files = start_label_studio(label_studio_bin, root)
     try:
         started = wait_until_healthy(f"{url}/health", proc, log, LS_START_TIMEOUT_S, "Label Studio")
         yield Service(url, proc, log, started, files, {"Authorization": f"Token {LEGACY_TOKEN}"})
