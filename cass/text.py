@@ -11,7 +11,6 @@ import threading
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # The 80 OpenAI ImageNet zero-shot templates (as in OpenAI CLIP / open_clip).
@@ -128,7 +127,3 @@ class TextEncoder:
             self.external.set_text(self._key(query), emb.contiguous().numpy().tobytes())
         except Exception:
             pass
-
-
-def normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    return F.normalize(x, dim=dim)
