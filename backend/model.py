@@ -65,9 +65,10 @@ class CASSBackend(LabelStudioMLBase):
         """
         s = self.settings
         if s.label_studio_url:
-            auth = LabelStudioAuth(s.label_studio_url, s.label_studio_api_key or self.access_token or None)
+            auth = LabelStudioAuth(s.label_studio_url, s.label_studio_api_key or self.access_token or None,
+                                   source="LABEL_STUDIO_API_KEY" if s.label_studio_api_key else "/setup")
         elif self.hostname:
-            auth = LabelStudioAuth(self.hostname, self.access_token or None)
+            auth = LabelStudioAuth(self.hostname, self.access_token or None, source="/setup")
         else:
             auth = None
         # hosts: Label Studio's, CASS_ALLOWED_HOSTS; limits (docs/security.md)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 from backend.images import (FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth, show_url)
 from cass.images import ImageError, load_image
-from tests.backend_fixtures import (ACCESS_TOKEN, LEGACY_TOKEN, PERSONAL_TOKEN, FakeLabelStudio, cloud_server,
+from tests.backend_fixtures import (ACCESS_TOKEN, _jwt, LEGACY_TOKEN, PERSONAL_TOKEN, FakeLabelStudio, cloud_server,
                                     png_bytes, three_band_image)
 
 PNG = png_bytes(three_band_image())
@@ -60,20 +61,25 @@ def test_upload_with_personal_access_token_is_exchanged_once(ls):
 
 
 def test_expired_access_token_is_exchanged_again_on_401(ls):
-    LabelStudioAuth._access[LabelStudioAuth(ls.url, PERSONAL_TOKEN)._key] = ("stale", time.time() + 600)
+    """An access token that Label Studio revoked early (401) is exchanged once more."""
+    exchange = ls.routes["/api/token/refresh/"]
+    revoked = _jwt({"token_type": "access", "exp": 4102444800, "jti": "revoked"})
+    answers = iter([(200, {"Content-Type": "application/json"}, json.dumps({"access": revoked}).encode())])
+    ls.routes["/api/token/refresh/"] = lambda req: next(answers, None) or exchange(req)
     assert fetcher(ls, PERSONAL_TOKEN).fetch("/data/upload/3/abc-photo.png") == PNG
-    assert [r["path"] for r in ls.requests] == ["/data/upload/3/abc-photo.png", "/api/token/refresh/",
-                                                "/data/upload/3/abc-photo.png"]
+    assert [(r["path"], r["headers"].get("Authorization")) for r in ls.requests] == [
+        ("/api/token/refresh/", None), ("/data/upload/3/abc-photo.png", f"Bearer {revoked}"),
+        ("/api/token/refresh/", None), ("/data/upload/3/abc-photo.png", f"Bearer {ACCESS_TOKEN}")]
 
 
 def test_refused_credentials_give_clear_errors(ls):
-    with pytest.raises(ImageFetchError, match="answered HTTP 401; Label Studio needs credentials: set "
-                                              "LABEL_STUDIO_API_KEY"):
+    with pytest.raises(ImageFetchError, match=r"answered HTTP 401; Label Studio needs credentials.*Personal "
+                                              r"Access Token.*LABEL_STUDIO_API_KEY"):
         fetcher(ls, None).fetch("/data/upload/3/abc-photo.png")
     ls.legacy_enabled = False
     with pytest.raises(ImageFetchError, match="refused the legacy token.*use a personal access token"):
         fetcher(ls).fetch("/data/upload/3/abc-photo.png")
-    with pytest.raises(ImageFetchError, match="refused the personal access token in LABEL_STUDIO_API_KEY"):
+    with pytest.raises(ImageFetchError, match="refused the personal access token from LABEL_STUDIO_API_KEY"):
         fetcher(ls, PERSONAL_TOKEN[:-3] + "bad").fetch("/data/upload/3/abc-photo.png")
 
 
