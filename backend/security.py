@@ -26,12 +26,15 @@ import os
 
 from flask import Flask, jsonify, request
 
-from .images import _size
+from .download import _size
 from .slots import Busy
 
 log = logging.getLogger("backend.security")
 
-JSON_ENDPOINTS = ("/predict", "/setup", "/versions", "/train")  # /webhook answers its own 400
+JSON_ENDPOINTS = ("/predict", "/setup", "/versions", "/train", "/webhook")
+MAX_JSON_DEPTH = 64  # Label Studio's bodies nest about 8 deep
+#: keyword names of label-studio-ml's manager.predict(): a ``params`` key with one of them is a TypeError
+PREDICT_ARGUMENTS = ("tasks", "project", "label_config", "force_reload", "try_fetch")
 OPEN_PATHS = ("/health",)
 REALM = "CASS ML backend"
 
@@ -129,20 +132,46 @@ def _check_body():
     if not request.is_json:
         return _bad_request(f"{where} needs a JSON body with Content-Type: application/json (got "
                             f"{request.mimetype or 'no Content-Type'!s})")
-    data = request.get_json(silent=True)
-    if data is None:
-        raw = request.get_data(cache=True)
-        if not raw.strip():
-            return _bad_request(f"{where} has an empty body: it needs a JSON object")
-        try:
-            json.loads(raw)
-        except ValueError as exc:
-            return _bad_request(f"the body of {where} is not valid JSON: {str(exc)[:200]}")
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return _bad_request(f"{where} has an empty body: it needs a JSON object")
+    too_deep = False
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        data = too_deep = True
+    except ValueError as exc:
+        return _bad_request(f"the body of {where} is not valid JSON: {str(exc)[:200]}")
+    if too_deep or _too_deep(data):
+        return _bad_request(f"the body of {where} is nested too deeply (more than {MAX_JSON_DEPTH} levels of "
+                            f"arrays/objects)")
     if not isinstance(data, dict):
         return _bad_request(f"the body of {where} must be a JSON object, got {type(data).__name__}")
-    if request.path == "/predict" and "tasks" not in data:
-        return _bad_request(f"the body of {where} has no 'tasks' (the list of Label Studio tasks to predict)")
+    if request.path == "/train":
+        return _bad_request("POST /train: CASS is training-free, and Label Studio (since 1.4.1) sends training "
+                            "events to /webhook; there is nothing to train")
+    if request.path == "/predict":
+        if "tasks" not in data:
+            return _bad_request(f"the body of {where} has no 'tasks' (the list of Label Studio tasks to predict)")
+        params = data.get("params")
+        if params is not None and not isinstance(params, dict):
+            return _bad_request(f"'params' must be a JSON object, got {type(params).__name__}")
+        clash = [key for key in PREDICT_ARGUMENTS if key in (params or {})]
+        if clash:
+            return _bad_request(f"'params' may not contain {clash[0]!r} (it is a top-level field of {where})")
     return None
+
+
+def _too_deep(data, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when parsed JSON nests arrays/objects more than ``limit`` levels (iterative, stops early)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def _bad_request(message: str):

@@ -190,8 +190,8 @@ class DripServer:
 
 
 @pytest.mark.parametrize("send_headers, fragment", [
-    (False, "could not fetch http://127.0.0.1:"),  # ...: timed out
-    (True, "timed out after 1s downloading"),
+    (False, "timed out after 1."),  # one deadline over connect + headers + body (backend.transport)
+    (True, "timed out after 1."),
 ], ids=["hang", "drip"])
 def test_a_host_that_hangs_or_drips_times_out(ls, engine, caplog, send_headers, fragment):
     slow = DripServer(send_headers=send_headers)
@@ -203,7 +203,7 @@ def test_a_host_that_hangs_or_drips_times_out(ls, engine, caplog, send_headers, 
     finally:
         slow.close()
     assert_task_error(entry, 2, fragment, caplog)
-    assert entry["error"].endswith("timed out") or "timed out after 1s" in entry["error"]
+    assert "CASS_FETCH_TIMEOUT_S=1s" in entry["error"]
     assert elapsed < 30  # liveness guard only: without the deadline the drip would run for hours
 
 
