@@ -130,6 +130,9 @@ def _check_body():
         return None
     where = f"{request.method} {request.path}"
     if not request.is_json:
+        if request.path == "/webhook":
+            return _bad_request(f"{where} needs Label Studio's webhook payload: a JSON object with an 'action' "
+                                f"string, with Content-Type: application/json")
         return _bad_request(f"{where} needs a JSON body with Content-Type: application/json (got "
                             f"{request.mimetype or 'no Content-Type'!s})")
     raw = request.get_data(cache=True)
@@ -146,7 +149,8 @@ def _check_body():
         return _bad_request(f"the body of {where} is nested too deeply (more than {MAX_JSON_DEPTH} levels of "
                             f"arrays/objects)")
     if not isinstance(data, dict):
-        return _bad_request(f"the body of {where} must be a JSON object, got {type(data).__name__}")
+        what = " with an 'action' string (Label Studio's webhook payload)" if request.path == "/webhook" else ""
+        return _bad_request(f"the body of {where} must be a JSON object{what}, got {type(data).__name__}")
     if request.path == "/train":
         return _bad_request("POST /train: CASS is training-free, and Label Studio (since 1.4.1) sends training "
                             "events to /webhook; there is nothing to train")
