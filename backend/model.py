@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from label_studio_ml.exceptions import AnswerException
 from label_studio_ml.model import LabelStudioMLBase, LabelStudioMLManager, ModelWrapper
 
-from .images import ImageFetcher, LabelStudioAuth, policy_from_settings
+from .images import ImageFetcher, ImageFetchError, LabelStudioAuth, policy_from_settings
 from .labels import LabelConfigError, parse_label_config
 
 log = logging.getLogger("backend.model")
@@ -63,6 +63,12 @@ class CASSBackend(LabelStudioMLBase):
         the URL, the ``hostname`` of ``/setup`` too. The environment's key only ever goes to
         ``LABEL_STUDIO_URL`` (config.py refuses a key without a URL).
         """
+        try:
+            return self._fetcher()
+        except ImageFetchError as exc:  # a Label Studio address that the strict URL parse refuses
+            raise AnswerException(400, str(exc), {}) from exc
+
+    def _fetcher(self) -> ImageFetcher:
         s = self.settings
         if s.label_studio_url:
             auth = LabelStudioAuth(s.label_studio_url, s.label_studio_api_key or self.access_token or None,
@@ -79,7 +85,12 @@ class CASSBackend(LabelStudioMLBase):
         """Queue the images of ``tasks`` for feature-cache warm-up (never blocks); None when off."""
         if self.warmer is None or not self.targets:
             return None
-        return self.warmer.submit_tasks(tasks, self.targets, self.fetcher())
+        try:
+            fetcher = self.fetcher()
+        except AnswerException as exc:
+            log.warning("warm-up skipped: %s", exc)
+            return None
+        return self.warmer.submit_tasks(tasks, self.targets, fetcher)
 
     def fit(self, *args, **kwargs):
         """Training-free: nothing to learn, and returning None keeps ``model_version`` unchanged."""

@@ -77,3 +77,16 @@ def test_malformed_task_references_are_error_entries_without_tracebacks(client, 
     assert fragment in str(entry), entry
     assert "unexpected" not in str(entry)
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_a_setup_hostname_that_the_strict_parse_refuses_is_a_400_at_predict():
+    settings = Settings(warmup=False, warmup_queue=0)
+    client = create_app(settings, Predictor(FakeEngine())).test_client()
+    setup = ls_request("setup")
+    setup["hostname"] = "http://127.0.0.2:1\\@127.0.0.1:8080"
+    assert client.post("/setup", json=setup).status_code == 200
+    body = ls_request("predict")
+    body["project"] = setup["project"]
+    body["tasks"] = [{"id": 1, "data": {"image": "/data/upload/1/a.png"}}]
+    resp = client.post("/predict", json=body)
+    assert resp.status_code == 400 and resp.is_json and "backslash" in resp.get_data(as_text=True)
