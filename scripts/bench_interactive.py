@@ -63,10 +63,13 @@ def point(label, x, y):
             "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label]}}
 
 
-def timed(fn):
+def timed(fn, what: str = ""):
     t0 = time.perf_counter()
     out = fn()
-    return time.perf_counter() - t0, out
+    seconds = time.perf_counter() - t0
+    if what:  # progress on stderr (a slow machine: the partial figures are still there)
+        print(f"[bench_interactive] {what}: {seconds:.3f} s", file=sys.stderr, flush=True)
+    return seconds, out
 
 
 def main(argv=None) -> int:
@@ -91,21 +94,21 @@ def main(argv=None) -> int:
     image = buf.getvalue()
     fetch = lambda url, task_id: image  # noqa: E731
     task = {"id": 1, "data": {"image": "bench.png"}}
-    predictor.warm_up()
+    timed(predictor.warm_up, "warm_up")
 
-    encode_full_s, features = timed(lambda: predictor.features(image))
+    encode_full_s, features = timed(lambda: predictor.features(image), "encode_full")
     ask = lambda *items: refiner.answer(task, controls, {"result": list(items)}, fetch)  # noqa: E731
     places = [(5 + 17 * i % 70, 5 + 23 * i % 70) for i in range(args.runs + 1)]
-    ask(rect("dog", 60, 60, 25, 25))  # first call of the crop size: allocations, text embeddings
-    rect_times = [timed(lambda p=p: ask(rect("dog", p[0], p[1], 25, 25)))[0] for p in places[:args.runs]]
-    rect_cached_s, _ = timed(lambda: ask(rect("dog", places[0][0], places[0][1], 25, 25)))
-    keypoint_first_s, _ = timed(lambda: ask(point("cat", 50, 50)))
-    kp_times = [timed(lambda i=i: ask(point(LABELS[i % 10], 10 + 7 * i % 80, 10 + 11 * i % 80)))[0]
+    timed(lambda: ask(rect("dog", 60, 60, 25, 25)), "rectangle (first)")  # first call of the crop size: allocations, text embeddings
+    rect_times = [timed(lambda p=p: ask(rect("dog", p[0], p[1], 25, 25)), "rectangle")[0] for p in places[:args.runs]]
+    rect_cached_s, _ = timed(lambda: ask(rect("dog", places[0][0], places[0][1], 25, 25)), "rectangle cached")
+    keypoint_first_s, _ = timed(lambda: ask(point("cat", 50, 50)), "keypoint first")
+    kp_times = [timed(lambda i=i: ask(point(LABELS[i % 10], 10 + 7 * i % 80, 10 + 11 * i % 80)), "keypoint")[0]
                 for i in range(max(args.runs, 5))]
 
     seg = predictor.segment(features, controls.outputs[0])
-    polygon_s, (poly, _, _) = timed(lambda: ADAPTERS["polygon"].regions(seg, controls.outputs[1]))
-    brush_s, (brush, _, _) = timed(lambda: ADAPTERS["brush"].regions(seg, controls.outputs[0]))
+    polygon_s, (poly, _, _) = timed(lambda: ADAPTERS["polygon"].regions(seg, controls.outputs[1]), "polygon regions")
+    brush_s, (brush, _, _) = timed(lambda: ADAPTERS["brush"].regions(seg, controls.outputs[0]), "brush regions")
     polygon_bytes, brush_bytes = len(json.dumps(poly).encode()), len(json.dumps(brush).encode())
     print(json.dumps({
         "image": f"{w}x{h}", "device": str(getattr(engine, "device", "cpu")), "threads": torch.get_num_threads(),
