@@ -72,12 +72,25 @@ def timed(fn, what: str = ""):
     return seconds, out
 
 
+def payload(predictor, features, controls) -> dict:
+    """JSON bytes and build time of the whole image's regions as PolygonLabels and as BrushLabels."""
+    seg = predictor.segment(features, controls.outputs[0])
+    polygon_s, (poly, _, _) = timed(lambda: ADAPTERS["polygon"].regions(seg, controls.outputs[1]), "polygon regions")
+    brush_s, (brush, _, _) = timed(lambda: ADAPTERS["brush"].regions(seg, controls.outputs[0]), "brush regions")
+    polygon_bytes, brush_bytes = len(json.dumps(poly).encode()), len(json.dumps(brush).encode())
+    return {"polygon_bytes": polygon_bytes, "brush_bytes": brush_bytes,
+            "ratio": round(brush_bytes / max(polygon_bytes, 1), 1), "polygon_regions": len(poly),
+            "brush_regions": len(brush), "polygon_s": round(polygon_s, 3), "brush_s": round(brush_s, 3)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--size", default="1080x1920", help="HxW of the synthetic photo")
+    parser.add_argument("--payload-only", action="store_true",
+                        help="only the polygon vs brush payload figures (no latencies)")
     parser.add_argument("--clip-weights", default=None)
     parser.add_argument("--dino-weights", default=None)
     args = parser.parse_args(argv)
@@ -97,6 +110,10 @@ def main(argv=None) -> int:
     timed(predictor.warm_up, "warm_up")
 
     encode_full_s, features = timed(lambda: predictor.features(image), "encode_full")
+    if args.payload_only:
+        print(json.dumps({"image": f"{w}x{h}", "weights": "given" if args.clip_weights else "random",
+                          **payload(predictor, features, controls), "encode_full_s": round(encode_full_s, 2)}))
+        return 0
     ask = lambda *items: refiner.answer(task, controls, {"result": list(items)}, fetch)  # noqa: E731
     places = [(5 + 17 * i % 70, 5 + 23 * i % 70) for i in range(args.runs + 1)]
     timed(lambda: ask(rect("dog", 60, 60, 25, 25)), "rectangle (first)")  # first call of the crop size: allocations, text embeddings
@@ -106,19 +123,12 @@ def main(argv=None) -> int:
     kp_times = [timed(lambda i=i: ask(point(LABELS[i % 10], 10 + 7 * i % 80, 10 + 11 * i % 80)), "keypoint")[0]
                 for i in range(max(args.runs, 5))]
 
-    seg = predictor.segment(features, controls.outputs[0])
-    polygon_s, (poly, _, _) = timed(lambda: ADAPTERS["polygon"].regions(seg, controls.outputs[1]), "polygon regions")
-    brush_s, (brush, _, _) = timed(lambda: ADAPTERS["brush"].regions(seg, controls.outputs[0]), "brush regions")
-    polygon_bytes, brush_bytes = len(json.dumps(poly).encode()), len(json.dumps(brush).encode())
     print(json.dumps({
         "image": f"{w}x{h}", "device": str(getattr(engine, "device", "cpu")), "threads": torch.get_num_threads(),
         "weights": "given" if args.clip_weights else "random", "runs": args.runs,
         "rectangle_s": round(statistics.median(rect_times), 3), "rectangle_cached_s": round(rect_cached_s, 3),
         "keypoint_first_s": round(keypoint_first_s, 3), "keypoint_s": round(statistics.median(kp_times), 4),
-        "polygon_bytes": polygon_bytes, "brush_bytes": brush_bytes,
-        "ratio": round(brush_bytes / max(polygon_bytes, 1), 1), "polygon_regions": len(poly),
-        "brush_regions": len(brush), "polygon_s": round(polygon_s, 3), "brush_s": round(brush_s, 3),
-        "encode_full_s": round(encode_full_s, 2),
+        **payload(predictor, features, controls), "encode_full_s": round(encode_full_s, 2),
     }))
     return 0
 
