@@ -26,7 +26,10 @@ from label_studio_ml.exceptions import AnswerException
 from label_studio_ml.model import LabelStudioMLBase, LabelStudioMLManager, ModelWrapper
 
 from .images import ImageFetcher, ImageFetchError, LabelStudioAuth, policy_from_settings
-from .labels import LabelConfigError, parse_label_config
+from .controls.config import parse_controls
+from .controls.smart import ContextError, refiner_for
+from .labels import LabelConfigError
+from .service import TASK_ERRORS
 
 log = logging.getLogger("backend.model")
 
@@ -42,7 +45,8 @@ class CASSBackend(LabelStudioMLBase):
         self.settings = settings
         self.warmer = warmer  # backend.warm.TaskWarmer, or None (CASS_WARMUP_QUEUE=0)
         # parse first: a config CASS cannot use raises LabelConfigError, naming what is missing
-        self.targets = parse_label_config(label_config, settings.nothing) if label_config else ()
+        # BrushLabels / PolygonLabels outputs and smart tools (backend.controls)
+        self.targets = parse_controls(label_config, settings.nothing) if label_config else ()
         super().__init__(label_config=label_config, train_output=train_output, **kwargs)
 
     @property
@@ -53,6 +57,15 @@ class CASSBackend(LabelStudioMLBase):
         if not self.targets:
             raise LabelConfigError("no label config: /predict needs the project's label_config "
                                    "(or a /setup with its schema first)")
+        context = kwargs.get("context")
+        if isinstance(context, dict) and context.get("result"):  # a smart tool (docs/interactive.md)
+            if len(tasks) != 1:
+                raise ContextError(f"an interactive request (with 'context') holds one task, got {len(tasks)}")
+            try:
+                return [refiner_for(self.predictor).answer(tasks[0], self.targets, context,
+                                                           self.fetcher().fetch)]
+            except TASK_ERRORS as exc:
+                raise ContextError(f"{type(exc).__name__}: {exc}") from exc
         return self.predictor.predict(tasks, self.targets, self.fetcher().fetch)
 
     def fetcher(self) -> ImageFetcher:
@@ -157,8 +170,8 @@ class CASSManager(LabelStudioMLManager):
         model = cls._build(label_config or setup_config, **remembered)
         try:
             predictions = model.predict(tasks, **kwargs)
-        except LabelConfigError as exc:
-            raise AnswerException(400, f"LabelConfigError: {exc}", {}) from exc
+        except (LabelConfigError, ContextError) as exc:
+            raise AnswerException(400, f"{type(exc).__name__}: {exc}", {}) from exc
         return predictions, ModelWrapper(model=model, model_version=model.model_version)
 
     @classmethod

@@ -25,7 +25,7 @@ from cass.vocabulary import Vocabulary, VocabularyError
 from .faults import TaskOutOfMemory, is_out_of_memory, recover_from_oom
 from .images import ImageFetchError
 from .labels import BrushTarget, TaskDataError
-from .regions import brush_regions
+from .controls.base import regions_for
 from .slots import InferenceSlots
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class Predictor:
                 features_by_url[url] = self.features(image_bytes, info)
             segmentation = self.segment(features_by_url[url], target, info)
             with self._lock:  # mask encoding is CPU work at the original size: it takes a slot too
-                target_regions, target_sum, target_pixels = brush_regions(segmentation, target)
+                target_regions, target_sum, target_pixels = regions_for(segmentation, target)
             regions.extend(target_regions)
             score_sum += target_sum
             pixels += target_pixels

@@ -1,0 +1,169 @@
+"""Label config -> the controls CASS answers: output controls (brush, polygon) and smart tools.
+
+* every ``<BrushLabels>`` becomes a :class:`~backend.labels.BrushTarget` (brush RLE regions);
+* every ``<PolygonLabels>`` becomes a :class:`PolygonTarget` (the same vocabulary rules: ``<Label>``
+  value/alias/predicted_values, ``cass_threshold``, ``cass_background``) plus the polygon attributes
+  ``cass_tolerance`` (simplification tolerance in pixels of the original image, default 1.0) and
+  ``cass_min_area`` (minimum outer-polygon area in pixels, default 16);
+* every ``<RectangleLabels>`` / ``<KeyPointLabels>`` with ``smart="true"`` becomes a :class:`SmartTool`
+  (interactive refinement, docs/interactive.md). Smart tools produce nothing on ``/predict`` without
+  ``context``; their labels must name labels of an output control on the same ``<Image>``.
+
+A config with BrushLabels and PolygonLabels gets both. A config with no output control raises
+:class:`~backend.labels.LabelConfigError` naming what was found.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, fields
+
+from .. import labels as brush_labels
+from ..labels import BrushTarget, LabelConfigError, NothingRule, parse_label_config
+
+OUTPUT_TAGS = ("brushlabels", "polygonlabels")
+SMART_TAGS = {"rectanglelabels": "rectangle", "keypointlabels": "keypoint"}
+TOLERANCE_ATTR = "cass_tolerance"
+MIN_AREA_ATTR = "cass_min_area"
+DEFAULT_TOLERANCE_PX = 1.0
+DEFAULT_MIN_AREA_PX = 16.0
+
+
+@dataclass(frozen=True)
+class PolygonTarget(BrushTarget):
+    """A ``<PolygonLabels>`` control: a :class:`BrushTarget` plus the polygon parameters."""
+
+    tolerance_px: float = DEFAULT_TOLERANCE_PX
+    min_area_px: float = DEFAULT_MIN_AREA_PX
+
+    kind = "polygon"
+
+
+@dataclass(frozen=True)
+class SmartTool:
+    """A ``<RectangleLabels smart="true">`` (``kind="rectangle"``) or ``<KeyPointLabels smart="true">``
+    (``kind="keypoint"``) control: ``labels`` are its label names (alias or value)."""
+
+    from_name: str
+    to_name: str
+    kind: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What a label config asks of CASS: ``outputs`` (BrushTarget / PolygonTarget, config order) and
+    ``smart`` tools. Iterating yields the outputs (so it stands in for the old targets tuple)."""
+
+    outputs: tuple[BrushTarget, ...]
+    smart: tuple[SmartTool, ...] = ()
+
+    def __iter__(self):
+        return iter(self.outputs)
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+    def __bool__(self) -> bool:
+        return bool(self.outputs)
+
+    def output_for(self, to_name: str, label: str) -> BrushTarget | None:
+        """The first output control on image ``to_name`` that has class ``label`` (None if none)."""
+        for target in self.outputs:
+            if target.to_name == to_name and label in target.vocabulary.names:
+                return target
+        return None
+
+
+def parse_controls(config: str, default_rule: NothingRule = NothingRule()) -> Controls:
+    """All controls of ``config`` (cached: Label Studio sends the same config on every call)."""
+    if not isinstance(config, str) or not config.strip():
+        raise LabelConfigError("the label config is empty: CASS needs a <BrushLabels> or <PolygonLabels> "
+                               "control with <Label> children and the <Image> it points to")
+    return _parse_cached(config, default_rule)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_cached(config: str, default_rule: NothingRule) -> Controls:
+    from label_studio_sdk.label_interface import LabelInterface
+
+    try:
+        interface = LabelInterface(config)
+    except Exception as exc:  # XML syntax and the SDK's own checks
+        raise LabelConfigError(f"the label config could not be parsed: {exc}") from exc
+    controls = list(interface.controls or [])
+    objects = {o.name: o for o in (interface.objects or [])}
+    # BrushLabels: backend.labels' own parse, unchanged; PolygonLabels: the same vocabulary rules
+    brushes = {t.from_name: t for t in parse_label_config(config, default_rule)} \
+        if any(c.tag.lower() == "brushlabels" for c in controls) else {}
+    outputs = []
+    for control in controls:
+        tag = control.tag.lower()
+        if tag == "brushlabels":
+            outputs.append(brushes[control.name])
+        elif tag == "polygonlabels":
+            outputs.append(_polygon_target(_vocabulary_target(interface, control, objects, default_rule),
+                                           control))
+    if not outputs:
+        found = ", ".join(f"<{c.tag} name={c.name!r}>" for c in controls) or "no control tags"
+        raise LabelConfigError(
+            "the label config has no <BrushLabels> control (found: " + found + ") and no <PolygonLabels>. "
+            "CASS predicts masks: add e.g. <BrushLabels name=\"tag\" toName=\"image\"><Label value=\"cat\"/>"
+            "</BrushLabels> (or <PolygonLabels ...>) next to <Image name=\"image\" value=\"$image\"/>")
+    smart = tuple(_smart_tool(c, outputs) for c in controls
+                  if c.tag.lower() in SMART_TAGS and str(c.attr.get("smart", "")).lower() == "true")
+    return Controls(tuple(outputs), smart)
+
+
+def _vocabulary_target(interface, control, objects, default_rule: NothingRule) -> BrushTarget:
+    """backend.labels' per-control parse (labels, prompts, duplicates, nothing rule) for any tag."""
+    elements = getattr(brush_labels, "_label_elements", None)
+    labels = elements(interface, control) if elements is not None else None
+    try:
+        return brush_labels._target(control, objects, default_rule, labels)
+    except LabelConfigError as exc:
+        raise LabelConfigError(str(exc).replace("<BrushLabels ", f"<{control.tag} ")
+                               .replace("per BrushLabels", f"per {control.tag}")) from None
+
+
+def _number(control, attr: str, default: float, minimum: float) -> float:
+    if attr not in control.attr:
+        return default
+    where = f"<{control.tag} name={control.name!r}> {attr}"
+    text = control.attr[attr]
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise LabelConfigError(f"{where} = {text!r} is not a number (pixels)") from None
+    if not math.isfinite(value) or value < minimum:
+        raise LabelConfigError(f"{where} = {text!r} must be a number >= {minimum:g} (pixels)")
+    return value
+
+
+def _polygon_target(base: BrushTarget, control) -> PolygonTarget:
+    values = {f.name: getattr(base, f.name) for f in fields(BrushTarget)}
+    return PolygonTarget(**values,
+                         tolerance_px=_number(control, TOLERANCE_ATTR, DEFAULT_TOLERANCE_PX, 0.0),
+                         min_area_px=_number(control, MIN_AREA_ATTR, DEFAULT_MIN_AREA_PX, 0.0))
+
+
+def _smart_tool(control, outputs: list[BrushTarget]) -> SmartTool:
+    where = f"<{control.tag} name={control.name!r} smart=\"true\">"
+    names = [n for n in control.to_name if n]
+    if len(names) != 1:
+        raise LabelConfigError(f"{where} needs exactly one toName (an <Image>), got {control.to_name!r}")
+    to_name = names[0]
+    on_image = [t for t in outputs if t.to_name == to_name]
+    if not on_image:
+        raise LabelConfigError(f"{where} points to {to_name!r}, but no <BrushLabels>/<PolygonLabels> labels "
+                               f"that image: a smart tool refines the regions of one of them")
+    labels = tuple(attr.get("alias") or attr.get("value") for attr in
+                   (a.attr for a in (control.labels_attrs or {}).values()))
+    labels = tuple(name for name in labels if name)
+    known = {name for t in on_image for name in t.vocabulary.names}
+    unknown = [name for name in labels if name not in known]
+    if unknown:
+        raise LabelConfigError(f"{where}: label(s) {', '.join(map(repr, unknown))} are not labels of a "
+                               f"<BrushLabels>/<PolygonLabels> on {to_name!r} (known: "
+                               f"{', '.join(sorted(known))}); a smart tool's labels name the class to refine")
+    return SmartTool(control.name, to_name, SMART_TAGS[control.tag.lower()], labels)
