@@ -38,12 +38,18 @@ class Deadline:
         self.seconds = seconds
         self.clock = clock
         self.start = clock()
-        self.expired = False
+        self._expired = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(max(seconds, 0.0), self._expire)
         self._timer.daemon = True
         self._timer.start()
+
+    @property
+    def expired(self) -> bool:
+        """True once the bound has passed (by the timer or the clock: a socket timeout set to the
+        remaining time can fire a moment before the timer does)."""
+        return self._expired or self.remaining() <= 0
 
     def remaining(self) -> float:
         return self.start + self.seconds - self.clock()
@@ -54,13 +60,13 @@ class Deadline:
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
             self._sockets.append(sock)
-            expired = self.expired
+            expired = self._expired
         if expired:
             _shutdown(sock)
 
     def _expire(self) -> None:
         with self._lock:
-            self.expired = True
+            self._expired = True
             sockets = list(self._sockets)
         for sock in sockets:
             _shutdown(sock)
