@@ -37,6 +37,19 @@ DINO_SOURCES = {
         "filename": "dino_vitbase8_pretrain.pth",
         "description": "DINO ViT-B/8 (official checkpoint)",
     },
+    "dinov2_vitb14": {
+        "url": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
+        "filename": "dinov2_vitb14_reg4_pretrain.pth",
+        "description": "DINOv2 ViT-B/14 with 4 registers (official checkpoint)",
+    },
+}
+GLOBAL_CLIP_SOURCES = {
+    "openai-vit-l-14": {
+        "url": "https://openaipublic.azureedge.net/clip/models/"
+               "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+        "filename": "ViT-L-14.pt",
+        "description": "OpenAI CLIP ViT-L/14 (scale_up global CLIP)",
+    },
 }
 
 
