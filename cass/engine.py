@@ -13,7 +13,6 @@ keys are computed, and the text tower stops at the last end-of-text token.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -21,7 +20,6 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import pamr, spectral
-from .backbones import HEAD_DIM, DinoViT, build_clip, interpolate_pos_grid, load_dino
+from .backbones import HEAD_DIM, build_clip, interpolate_pos_grid, load_dino
 from .features import ImageFeatures, Segmentation
 from .images import ImageError, load_image, resize_for_inference
 from .presets import Preset, TextParams, load_preset
