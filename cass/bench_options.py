@@ -12,6 +12,7 @@ timings of random and pretrained weights are the same), one synthetic 640x480 ph
   DINOv2 ViT-B/14 reg4 (6 windows; DINOv2 sees every window at 518 x 518);
 * ``encode_scale_up_s``: one ``encode`` with the ViT-L/14 global CLIP added (DINO ViT-B/8).
 
+``--pamr-only``: ``cass.pamr.refine`` alone on random logits (no model, seconds instead of minutes).
 Medians over ``--runs`` after one warm-up call. On a shared, loaded machine the figures vary.
 """
 from __future__ import annotations
@@ -121,12 +122,34 @@ def run(runs: int = 1, threads: int | None = None, backbones: bool = True) -> di
     return result
 
 
+def run_pamr_only(runs: int = 1, threads: int | None = None, queries: int = 13) -> dict:
+    """PAMR refinement alone (``cass.pamr.refine``, 10 steps, dilations 8, 16) on random logits of
+    ``queries`` channels at 640x480 and 1920x1080, from a 448x336 inference-size image; no model."""
+    from . import pamr
+
+    with torch_threads(threads):
+        g = torch.Generator().manual_seed(0)
+        image = torch.randn(3, 336, 448, generator=g)
+        out: dict = {"bench": "options_pamr_only", "queries": queries, "runs": runs,
+                     "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+        for tag, (h, w) in (("640x480", (480, 640)), ("1080p", (1080, 1920))):
+            logits = torch.randn(queries, h, w, generator=g)
+            out[f"pamr_refine_{tag}_s"] = round(_median(lambda: pamr.refine(logits, image, pamr.PamrParams()),
+                                                        runs), 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cass.bench_options", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1, help="timed runs per figure (median; default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--skip-backbones", action="store_true", help="only the PAMR figures")
+    parser.add_argument("--pamr-only", action="store_true",
+                        help="only cass.pamr.refine on random logits (no model; fast)")
     args = parser.parse_args(argv)
+    if args.pamr_only:
+        print(json.dumps(run_pamr_only(args.runs, args.threads)))
+        return 0
     print(json.dumps(run(args.runs, args.threads, not args.skip_backbones)))
     return 0
 
