@@ -22,7 +22,11 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     clip_weights: str = "openai"                 # CASS_CLIP_WEIGHTS: "openai" or a file path
-    dino_weights: str = "dino_vitb8"             # CASS_DINO_WEIGHTS: "dino_vitb8" or a file path
+    dino_weights: str = "dino_vitb8"             # CASS_DINO_WEIGHTS: "dino_vitb8", "dinov2_vitb14" or a path
+    global_clip_weights: str | None = None       # CASS_GLOBAL_CLIP_WEIGHTS: scale_up CLIP ("openai-vit-l-14"
+                                                 # or a file path; default none)
+    pamr: bool = False                           # CASS_PAMR: PAMR boundary refinement (per project:
+                                                 # cass_pamr on the control)
     preset: str = "default"                      # CASS_PRESET: a preset name or a .json path
     device: str | None = None                    # CASS_DEVICE: cpu / cuda / cuda:1 (default: cuda if any)
     threads: int | None = None                   # CASS_THREADS: torch intra-op threads
@@ -78,6 +82,8 @@ class Settings:
             **_deployment(get),
             clip_weights=get("CASS_CLIP_WEIGHTS") or cls.clip_weights,
             dino_weights=get("CASS_DINO_WEIGHTS") or cls.dino_weights,
+            global_clip_weights=get("CASS_GLOBAL_CLIP_WEIGHTS"),
+            pamr=_flag(get("CASS_PAMR"), "CASS_PAMR", cls.pamr),
             preset=get("CASS_PRESET") or cls.preset,
             device=get("CASS_DEVICE"),
             threads=_number(get("CASS_THREADS"), "CASS_THREADS", int, minimum=1),

@@ -9,7 +9,9 @@ Parsing goes through label-studio-sdk's :class:`LabelInterface`. Rules:
   region, and ``background`` prompts compete like a class whose pixels get no region. Both come from
   the environment (``CASS_THRESHOLD``, ``CASS_BACKGROUND``) and can be overridden per project with the
   control attributes ``cass_threshold="0.3"`` / ``cass_background="sky, wall"`` (an empty
-  ``cass_background=""`` switches the environment's background prompts off).
+  ``cass_background=""`` switches the environment's background prompts off);
+* PAMR boundary refinement: ``CASS_PAMR`` for every project, ``cass_pamr="true"``/``"false"`` on the
+  control for one (docs/options.md).
 
 Anything CASS cannot work with raises :class:`LabelConfigError` naming what is missing.
 """
@@ -26,6 +28,7 @@ log = logging.getLogger("backend.labels")
 
 THRESHOLD_ATTR = "cass_threshold"
 BACKGROUND_ATTR = "cass_background"
+PAMR_ATTR = "cass_pamr"
 #: Name of the extra class that holds the background prompts (never emitted as a region).
 BACKGROUND_CLASS = "__cass_background__"
 
@@ -55,6 +58,7 @@ class BrushTarget:
     image_value: str  # the Image tag's value, e.g. "$image" (a task data key) or a fixed URL
     vocabulary: Vocabulary
     rule: NothingRule
+    pamr: bool | None = None  # cass_pamr on the control; None: the backend's default (CASS_PAMR)
 
     @property
     def data_key(self) -> str | None:
@@ -226,7 +230,19 @@ def _target(control, objects: dict, default_rule: NothingRule, labels: list[dict
     except VocabularyError as exc:
         raise LabelConfigError(f"{where}: {exc}".replace(repr(BACKGROUND_CLASS), "the background prompts")) \
             from exc
-    return BrushTarget(control.name, to_name, image_value, vocabulary, rule)
+    return BrushTarget(control.name, to_name, image_value, vocabulary, rule, _pamr(control, where))
+
+
+def _pamr(control, where: str) -> bool | None:
+    if PAMR_ATTR not in control.attr:
+        return None
+    text = str(control.attr[PAMR_ATTR]).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise LabelConfigError(f"{where} {PAMR_ATTR} = {control.attr[PAMR_ATTR]!r} is not a boolean "
+                           f"(use \"true\" or \"false\")")
 
 
 def _rule(control, where: str, default: NothingRule) -> NothingRule:

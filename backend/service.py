@@ -180,6 +180,8 @@ class Predictor:
         if not isinstance(task, dict):
             raise TaskDataError(f"a task must be a JSON object, got {type(task).__name__}")
         features_by_url: dict[str, object] = {}
+        images_by_url: dict[str, bytes] = {}  # PAMR needs the pixels again (not kept in the features)
+        versions = set()
         regions: list[dict] = []
         score_sum, pixels = 0.0, 0
         for target in targets:
@@ -190,14 +192,31 @@ class Predictor:
                 if info is not None:
                     info.fetch_s += time.perf_counter() - t0
                 features_by_url[url] = self.features(image_bytes, info)
-            segmentation = self.segment(features_by_url[url], target, info)
+                images_by_url[url] = image_bytes
+            params = self.text_params(target)
+            versions.add(self.version_for(params))
+            segmentation = self.segment(features_by_url[url], target, info, images_by_url[url])
             with self._lock:  # mask encoding is CPU work at the original size: it takes a slot too
                 target_regions, target_sum, target_pixels = regions_for(segmentation, target)
             regions.extend(target_regions)
             score_sum += target_sum
             pixels += target_pixels
         return {"result": regions, "score": round(score_sum / pixels, 4) if pixels else 0.0,
-                "model_version": self.model_version}
+                "model_version": "+".join(sorted(versions)) if versions else self.model_version}
+
+    def text_params(self, target: BrushTarget):
+        """The engine's text-side parameters for ``target`` (threshold, PAMR), or None: the preset's."""
+        params = None
+        if target.rule.threshold is not None:
+            params = dataclasses.replace(self.engine.preset.text, prob_thd=target.rule.threshold)
+        if target.pamr is not None and (target.pamr != (self.engine.preset.text.pamr is not None)):
+            params = dataclasses.replace(params or self.engine.preset.text, pamr=target.pamr)
+        return params
+
+    def version_for(self, params) -> str:
+        """Model version of predictions made with ``params`` (PAMR is part of it)."""
+        version_for = getattr(self.engine, "version_for", None)
+        return version_for(params) if version_for is not None and params is not None else self.model_version
 
     def error_entry(self, task_id, message: str) -> dict:
         return {"task": task_id, "error": message, "model_version": self.model_version}
@@ -222,13 +241,14 @@ class Predictor:
             info.misses += not hit
         return features
 
-    def segment(self, features, target: BrushTarget, info: "TaskInfo | None" = None):
-        params = None
-        if target.rule.threshold is not None:
-            params = dataclasses.replace(self.engine.preset.text, prob_thd=target.rule.threshold)
+    def segment(self, features, target: BrushTarget, info: "TaskInfo | None" = None, image: bytes | None = None):
+        params = self.text_params(target)
+        pamr = getattr(params or self.engine.preset.text, "pamr", None) is not None
         with self._lock:
             t0 = time.perf_counter()
             try:
+                if pamr:  # PAMR recomputes the image's pixels (features stay label- and PAMR-free)
+                    return self.engine.segment(features, target.vocabulary, params=params, image=image)
                 return self.engine.segment(features, target.vocabulary, params=params)
             finally:
                 if info is not None:
@@ -242,7 +262,9 @@ class Predictor:
         t0 = time.perf_counter()
         with self._lock:
             features = self.engine.encode(buf.getvalue())
-            self.engine.segment(features, Vocabulary.from_names(["object"]))
+            pamr = getattr(self.engine.preset.text, "pamr", None) is not None
+            self.engine.segment(features, Vocabulary.from_names(["object"]),
+                                **({"image": buf.getvalue()} if pamr else {}))
         log.info("warm-up done in %.2fs", time.perf_counter() - t0)
 
     def _count(self, name: str, n: int = 1) -> None:
@@ -271,8 +293,12 @@ def build_predictor(settings) -> Predictor:
 
     t0 = time.perf_counter()
     cache = make_feature_cache(settings.redis_url)
-    engine = cass.create_model(settings.clip_weights, settings.dino_weights, settings.preset,
-                               device=settings.device, threads=settings.threads, text_cache=cache)
+    preset = cass.load_preset(settings.preset)
+    if getattr(settings, "pamr", False) and preset.text.pamr is None:
+        preset = preset.replace(pamr=True)
+    engine = cass.create_model(settings.clip_weights, settings.dino_weights, preset,
+                               device=settings.device, threads=settings.threads, text_cache=cache,
+                               global_clip_weights=getattr(settings, "global_clip_weights", None))
     log.info("loaded %s on %s in %.1fs (cache: %s)", engine.model_version, engine.device,
              time.perf_counter() - t0, type(cache).__name__)
     predictor = Predictor(engine, cache, predict_budget_s=settings.predict_budget_s,

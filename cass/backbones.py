@@ -100,6 +100,8 @@ class DinoViT(nn.Module):
     and then only ``norm1`` + the key projection of the last one.
     """
 
+    kind = "dino"
+
     def __init__(self, cfg: DinoConfig):
         super().__init__()
         self.cfg = cfg
@@ -159,6 +161,16 @@ class DinoViT(nn.Module):
         for blk in self.blocks[:-1]:
             tokens = blk(tokens)
         return self.blocks[-1].keys(tokens)[:, :, 1:]
+
+
+def load_dino(state: dict[str, torch.Tensor]) -> nn.Module:
+    """A DINO (:class:`DinoViT`) or DINOv2 (:class:`cass.dinov2.Dinov2ViT`) model, by the keys present
+    (DINOv2 has LayerScale ``ls1.gamma`` and usually ``register_tokens``)."""
+    if "register_tokens" in state or "blocks.0.ls1.gamma" in state:
+        from .dinov2 import Dinov2ViT
+
+        return Dinov2ViT.from_state_dict(state, HEAD_DIM)
+    return DinoViT.from_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------

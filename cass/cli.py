@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .engine import create_model
 from .features import Segmentation
@@ -49,32 +49,75 @@ def save_outputs(rgb: np.ndarray, seg: Segmentation, out_dir: Path, stem: str) -
     colour = np.where((labels >= 0)[..., None], colours[np.clip(labels, 0, n - 1)], rgb)
     overlay = (0.5 * rgb.astype(np.float32) + 0.5 * colour.astype(np.float32)).round().astype(np.uint8)
     overlay_path = out_dir / f"{stem}_overlay.png"
-    Image.fromarray(overlay).save(overlay_path)
+    with_legend(Image.fromarray(overlay), legend_entries(seg, colours)).save(overlay_path)
     return label_path, overlay_path
+
+
+def legend_entries(seg: Segmentation, colours: np.ndarray) -> list[tuple[tuple[int, int, int], str]]:
+    """``(colour, "name  12.3 %")`` per class with pixels (largest share first), then "(no label)"."""
+    shares = seg.shares()
+    order = sorted(range(len(seg.class_names)), key=lambda i: -shares[seg.class_names[i]])
+    out = [(tuple(int(v) for v in colours[i]), f"{seg.class_names[i]}  {100 * shares[seg.class_names[i]]:.1f} %")
+           for i in order if seg.pixel_counts[i] > 0]
+    unlabelled = float((seg.labels < 0).mean())
+    if unlabelled:
+        out.append(((0, 0, 0), f"(no label)  {100 * unlabelled:.1f} %"))
+    return out
+
+
+def with_legend(image: Image.Image, entries: list[tuple[tuple[int, int, int], str]]) -> Image.Image:
+    """``image`` with a legend panel (colour swatch, label, pixel share) to its right."""
+    font = ImageFont.load_default()
+    row, pad = 16, 6
+    probe = ImageDraw.Draw(image)
+    text_w = max((int(probe.textlength(text, font=font)) for _, text in entries), default=0)
+    panel_w = pad * 3 + 12 + text_w
+    height = max(image.height, pad * 2 + row * len(entries))
+    canvas = Image.new("RGB", (image.width + panel_w, height), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, (colour, text) in enumerate(entries):
+        y = pad + k * row
+        x = image.width + pad
+        draw.rectangle([x, y + 1, x + 11, y + 12], fill=colour, outline=(0, 0, 0))
+        draw.text((x + 12 + pad, y), text, fill=(0, 0, 0), font=font)
+    return canvas
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-weights", default="openai",
                    help="'openai' (official CLIP ViT-B/16) or a path to an OpenAI-format CLIP state dict")
     p.add_argument("--dino-weights", default="dino_vitb8",
-                   help="'dino_vitb8' (official DINO ViT-B/8) or a path to a DINO ViT state dict")
+                   help="'dino_vitb8' (official DINO ViT-B/8), 'dinov2_vitb14' (DINOv2 ViT-B/14 reg4) or a path "
+                        "to a DINO / DINOv2 state dict")
+    p.add_argument("--global-clip-weights", default=None,
+                   help="scale_up: 'openai-vit-l-14' or a path to a second CLIP for the global vector")
+    p.add_argument("--pamr", action="store_true",
+                   help="PAMR boundary refinement (official: 10 steps, dilations 8, 16; docs/options.md)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _model(args: argparse.Namespace, preset):
+    return create_model(args.clip_weights, args.dino_weights, preset, device=args.device, threads=args.threads,
+                        global_clip_weights=args.global_clip_weights)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
     if args.prob_thd is not None:
         preset = preset.replace(prob_thd=args.prob_thd)
+    if args.pamr and preset.text.pamr is None:
+        preset = preset.replace(pamr=True)
     vocab = Vocabulary.from_spec(args.labels)
-    model = create_model(args.clip_weights, args.dino_weights, preset, device=args.device, threads=args.threads)
+    model = _model(args, preset)
     out_dir = Path(args.out)
     failures = 0
     used: set[str] = set()
     for path in args.images:
         try:
             rgb = load_image(path)
-            seg = model.segment(model.encode(rgb), vocab)
+            seg = model.segment(model.encode(rgb), vocab, image=rgb)
         except ImageError as exc:
             print(f"{path}: ERROR {exc}", file=sys.stderr)
             failures += 1
@@ -100,8 +143,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
     if not preset.dataset:
         raise PresetError(f"preset {preset.name!r} has no dataset layout; use one of the benchmark presets")
+    if args.pamr and preset.text.pamr is None:
+        preset = preset.replace(pamr=True)
     vocab = Vocabulary.from_class_file(Path(args.classes).read_text(), background=0)
-    model = create_model(args.clip_weights, args.dino_weights, preset, device=args.device, threads=args.threads)
+    model = _model(args, preset)
     result = evaluate(model, Path(args.dataset_root), vocab, preset.dataset, limit=args.limit,
                       progress=not args.no_progress)
     report = {"preset": preset.name, **result.as_dict(), "paper_mIoU": preset.dataset.get("paper_miou")}

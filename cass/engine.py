@@ -12,27 +12,29 @@ keys are computed, and the text tower stops at the last end-of-text token.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import spectral
-from .backbones import HEAD_DIM, DinoViT, build_clip, interpolate_pos_grid
+from . import pamr, spectral
+from .backbones import HEAD_DIM, build_clip, interpolate_pos_grid, load_dino
 from .features import ImageFeatures, Segmentation
 from .images import ImageError, load_image, resize_for_inference
-from .presets import Preset, load_preset
+from .presets import Preset, TextParams, load_preset
 from .text import TextEncoder
 from .vocabulary import Vocabulary, VocabularyError
-from .weights import CLIP_SOURCES, DINO_SOURCES, WeightsError, file_digest, load_state_dict, resolve
+from .weights import (CLIP_SOURCES, DINO_SOURCES, GLOBAL_CLIP_SOURCES, WeightsError, file_digest,
+                      load_state_dict, resolve)
 
 log = logging.getLogger("cass")
 
@@ -43,6 +45,33 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _INV_MEAN = (-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.255)
 _INV_STD = (1 / 0.229, 1 / 0.224, 1 / 0.255)
 ENGINE_VERSION = "1"
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"depth": 0, "saved": 0}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Use ``n`` torch intra-op threads inside the block and restore the previous count after.
+
+    ``torch.set_num_threads`` is process-wide, so nested/concurrent blocks share one setting: the
+    first one in saves the original count, the last one out restores it. ``None``: no change.
+    """
+    if not n:
+        yield
+        return
+    with _THREADS_LOCK:
+        if _THREADS_STATE["depth"] == 0:
+            _THREADS_STATE["saved"] = torch.get_num_threads()
+        _THREADS_STATE["depth"] += 1
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_STATE["depth"] -= 1
+            if _THREADS_STATE["depth"] == 0:
+                torch.set_num_threads(_THREADS_STATE["saved"])
 
 
 @dataclass
@@ -55,6 +84,7 @@ class Timings:
     global_s: float = 0.0
     text_s: float = 0.0
     head_s: float = 0.0
+    pamr_s: float = 0.0  # PAMR refinement inside segment calls
     encode_s: float = 0.0  # whole encode calls (decode, resize and the stages above)
     segment_s: float = 0.0  # whole segment calls
     encode_calls: int = 0
@@ -86,9 +116,10 @@ class CASS:
     may run concurrently too (the backbones are read-only), though on a CPU they compete for cores.
     """
 
-    def __init__(self, clip: torch.nn.Module, dino: DinoViT, preset: Preset, *,
+    def __init__(self, clip: torch.nn.Module, dino: torch.nn.Module, preset: Preset, *,
                  clip_digest: str = "", dino_digest: str = "", device: str | torch.device = "cpu",
-                 text_cache=None, precision: str = "fp32"):
+                 text_cache=None, precision: str = "fp32", global_clip: torch.nn.Module | None = None,
+                 global_clip_digest: str = "", threads: int | None = None):
         self.device = torch.device(device)
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
@@ -110,6 +141,12 @@ class CASS:
         self.clip_digest, self.dino_digest = clip_digest, dino_digest
         self.text = TextEncoder(clip, fingerprint=f"clip-{clip_digest}", device=self.device,
                                 external=text_cache)
+        # scale_up: a second CLIP computes only the global vector (and has its own text features)
+        self.global_clip = global_clip.to(self.device) if global_clip is not None else None
+        self.global_clip_digest = global_clip_digest if global_clip is not None else ""
+        self.global_text = (TextEncoder(global_clip, fingerprint=f"clip-{global_clip_digest}", device=self.device,
+                                        external=text_cache) if global_clip is not None else None)
+        self.threads = threads
         self.timings = Timings()
         self._gaussian: dict[tuple[int, int, float], torch.Tensor] = {}
 
@@ -117,39 +154,55 @@ class CASS:
     @property
     def fingerprint(self) -> str:
         """Identifies everything the image features depend on (weights, architecture, image params)."""
-        blob = json.dumps({"engine": ENGINE_VERSION, "clip": self.clip_digest, "dino": self.dino_digest,
-                           "arch": [self.width, self.patch_size, self.dino.cfg.patch_size, self.embed_dim],
-                           "precision": self.precision, "image": asdict(self.preset.image)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+        blob = {"engine": ENGINE_VERSION, "clip": self.clip_digest, "dino": self.dino_digest,
+                "arch": [self.width, self.patch_size, self.dino.cfg.patch_size, self.embed_dim],
+                "precision": self.precision, "image": asdict(self.preset.image)}
+        if getattr(self.dino, "kind", "dino") == "dinov2":  # image-side parameters of the DINOv2 path
+            blob["dinov2"] = {"input_size": self.dino.input_size, "registers": self.dino.cfg.registers}
+        if self.global_clip is not None:  # scale_up: the global vector comes from the second CLIP
+            gv = self.global_clip.visual
+            blob["global_clip"] = [self.global_clip_digest, int(gv.conv1.weight.shape[-1]),
+                                   int(gv.conv1.weight.shape[0]), int(gv.proj.shape[1])]
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
 
     @property
     def model_version(self) -> str:
-        """Human-readable version: preset + weight digests."""
-        return f"cass-{self.preset.name}-clip.{self.clip_digest[:8]}-dino.{self.dino_digest[:8]}"
+        """Human-readable version: preset + weight digests (+ scale_up CLIP, + PAMR when on)."""
+        return self.version_for(self.preset.text)
+
+    def version_for(self, params: TextParams | None) -> str:
+        """The model version of predictions made with text-side ``params`` (PAMR changes them)."""
+        version = f"cass-{self.preset.name}-clip.{self.clip_digest[:8]}-dino.{self.dino_digest[:8]}"
+        if self.global_clip is not None:
+            version += f"-gclip.{self.global_clip_digest[:8]}"
+        tp = params or self.preset.text
+        if tp.pamr is not None:
+            version += f"-{tp.pamr.tag}"
+        return version
 
     def with_preset(self, preset: Preset | str) -> "CASS":
-        """A view sharing the backbones and text cache with another preset."""
+        """A view sharing the backbones and text cache with another preset (own ``timings``)."""
         clone = object.__new__(CASS)
         clone.__dict__.update(self.__dict__)
         clone.preset = load_preset(preset)
+        clone.timings = Timings()
         return clone
 
     # ------------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def encode(self, image: Image.Image | np.ndarray | str | os.PathLike | bytes, *,
-               resize: bool = True, head_pairing: np.ndarray | torch.Tensor | None = None,
-               seed: int = 0, trace: dict | None = None) -> ImageFeatures:
+               resize: bool = True) -> ImageFeatures:
         """Everything that depends only on the image.
 
         Args:
             image: PIL image, ``(H, W, 3)`` uint8 RGB array, path or encoded bytes.
             resize: rescale to the preset's inference size (``False``: the image already is).
-            head_pairing: ``(n_windows, heads)`` Hungarian columns to use instead of computing them
-                (parity testing: the official matching is a float-rounding tie-break).
-            seed: seed of the randomized low-rank SVD (the official protocol seeds 0 per image).
-            trace: optional dict that receives intermediates (``window0_dino_input``).
+        (Parity hooks - injected head pairing, SVD seed, traces - are in :mod:`cass.testing`.)
         """
-        t_start = time.perf_counter()
+        with torch_threads(self.threads):
+            return self._encode(image, resize)
+
+    def normalized_input(self, image, resize: bool = True) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(1, 3, H, W)`` float32 CLIP-normalised inference-size image and the original ``(H, W)``."""
         rgb = load_image(image)
         original_size = (rgb.shape[0], rgb.shape[1])
         if resize:
@@ -160,10 +213,19 @@ class CASS:
             raise ImageError(f"image is {original_size[1]}x{original_size[0]} pixels; at inference size "
                              f"{width}x{height} a side is under one {self.patch_size}-pixel patch "
                              f"(aspect ratio too extreme)")
-        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+        img = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)
         mean = torch.tensor(p.pixel_mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(p.pixel_std, dtype=torch.float32).view(3, 1, 1)
-        x = ((img - mean) / std).unsqueeze(0)
+        return ((img - mean) / std).unsqueeze(0), original_size
+
+    @torch.inference_mode()
+    def _encode(self, image, resize: bool = True, head_pairing: np.ndarray | torch.Tensor | None = None,
+                seed: int = 0, trace: dict | None = None) -> ImageFeatures:
+        """:meth:`encode` with the parity hooks (see :func:`cass.testing.encode`)."""
+        t_start = time.perf_counter()
+        x, original_size = self.normalized_input(image, resize)
+        p = self.preset.image
+        height, width = x.shape[-2:]
 
         windows = sliding_windows(height, width, p.slide_crop, p.slide_stride)
         crops = torch.cat([x[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in windows])
@@ -190,7 +252,8 @@ class CASS:
         need_window_cls = p.global_prior == "window" or p.slide_crop <= 0
         with self._autocast():
             tokens = self._clip_trunk(crops.to(self.device))
-            window_cls = self._cls_head(last(tokens)).float() if need_window_cls else None
+            own_cls = need_window_cls and self.global_clip is None
+            window_cls = self._cls_head(last(tokens)).float() if own_cls else None
             xin = last.ln_1(tokens)
             qkv = F.linear(xin, last.attn.in_proj_weight, last.attn.in_proj_bias).float()
         _, k, v = qkv[:, 1:].chunk(3, dim=-1)
@@ -226,7 +289,12 @@ class CASS:
 
         # --- global prior ----------------------------------------------------------------------
         t0 = time.perf_counter()
-        if need_window_cls:
+        if self.global_clip is not None:  # scale_up: the second CLIP's CLS, on the crops or the image
+            with self._autocast():
+                source = crops if need_window_cls else x
+                g = self._global_cls(self.global_clip, source.to(self.device)).float()
+            global_vectors = F.normalize(g, dim=-1).expand(bsz, -1)
+        elif need_window_cls:
             global_vectors = F.normalize(window_cls, dim=-1)
         else:
             with self._autocast():
@@ -261,8 +329,11 @@ class CASS:
                 crop = np.asarray(Image.fromarray(crop).resize((side, side), Image.BICUBIC))
             if i == 0 and trace is not None:
                 trace["window0_dino_input"] = crop.copy()
-            outs.append(torch.from_numpy(np.ascontiguousarray(crop)))
-        t = torch.stack(outs).permute(0, 3, 1, 2).float().div(255)
+            outs.append(np.ascontiguousarray(crop))
+        if hasattr(self.dino, "prepare"):  # DINOv2: PIL bilinear to its fixed input size
+            t = self.dino.prepare(outs)
+        else:
+            t = torch.from_numpy(np.stack(outs)).permute(0, 3, 1, 2).float().div(255)
         m = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
         s = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
         return (t - m) / s
@@ -271,10 +342,10 @@ class CASS:
         """Half-precision backbones on CUDA when ``precision == "fp16"`` (spectral head stays fp32/64)."""
         return torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16")
 
-    def _clip_trunk(self, x: torch.Tensor) -> torch.Tensor:
+    def _clip_trunk(self, x: torch.Tensor, clip: torch.nn.Module | None = None) -> torch.Tensor:
         """``(B, 3, h, w)`` normalised -> ``(B, 1 + gh*gw, width)`` input of CLIP's last block."""
-        visual = self.clip.visual
-        ps = self.patch_size
+        visual = (clip or self.clip).visual
+        ps = int(visual.conv1.weight.shape[-1])
         gh, gw = x.shape[2] // ps, x.shape[3] // ps
         t = visual.conv1(x[:, :, : gh * ps, : gw * ps]).flatten(2).transpose(1, 2)
         cls = visual.class_embedding.view(1, 1, -1).expand(t.shape[0], 1, -1)
@@ -287,9 +358,13 @@ class CASS:
             t = blk(t)
         return t
 
-    def _cls_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        visual = self.clip.visual
+    def _cls_head(self, tokens: torch.Tensor, clip: torch.nn.Module | None = None) -> torch.Tensor:
+        visual = (clip or self.clip).visual
         return visual.ln_post(tokens[:, 0]) @ visual.proj
+
+    def _global_cls(self, clip: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, h, w)`` -> ``(B, embed)`` unmodified CLIP CLS output (all blocks, ln_post, proj)."""
+        return self._cls_head(clip.visual.transformer.resblocks[-1](self._clip_trunk(x, clip)), clip)
 
     def _gaussian_prior(self, gh: int, gw: int, std: float) -> torch.Tensor:
         key = (gh, gw, std)
@@ -305,10 +380,9 @@ class CASS:
         self.timings.text_s += time.perf_counter() - t0
         return out
 
-    @torch.inference_mode()
     def segment(self, features: ImageFeatures, vocabulary: Vocabulary, *,
                 output_size: tuple[int, int] | None = None, return_probs: bool = False,
-                params: Any = None, trace: dict | None = None) -> Segmentation:
+                params: TextParams | None = None, image=None) -> Segmentation:
         """Label-dependent head: text embeddings, object-guided adjustment, stitching, softmax.
 
         Args:
@@ -317,23 +391,45 @@ class CASS:
             output_size: ``(H, W)`` of the returned maps; default the image's original size.
             return_probs: also return ``(C, H, W)`` float32 probabilities (memory: 4*C*H*W bytes).
             params: :class:`~cass.presets.TextParams` overriding the preset's text side.
-            trace: optional dict receiving window-0 intermediates (parity tests).
+            image: the encoded image again (path, bytes, PIL or array); needed only when PAMR is on
+                (its pixels are recomputed, not stored in the features; see docs/options.md).
         """
+        with torch_threads(self.threads):
+            return self._segment(features, vocabulary, output_size, return_probs, params, image)
+
+    @torch.inference_mode()
+    def _segment(self, features: ImageFeatures, vocabulary: Vocabulary, output_size=None,
+                 return_probs: bool = False, params: TextParams | None = None, image=None,
+                 trace: dict | None = None) -> Segmentation:
+        """:meth:`segment` with the parity trace (see :func:`cass.testing.segment`)."""
         if not isinstance(vocabulary, Vocabulary):
             raise VocabularyError(f"expected a Vocabulary, got {type(vocabulary).__name__}")
         tp = params or self.preset.text
+        if tp.pamr is not None and image is None:
+            raise ValueError("PAMR is on but segment() got no image: pass the encoded image again "
+                             "(image=...), PAMR refines the masks along its edges")
         t0 = time.perf_counter()
         text = self.text_features(vocabulary)
+        global_text = None
+        if self.global_text is not None:
+            if features.global_vectors.shape[1] != self.global_text.clip.text_projection.shape[1]:
+                raise ValueError("features were encoded without the scale_up CLIP (global vector width "
+                                 f"{features.global_vectors.shape[1]})")
+            global_text = self.global_text(vocabulary.queries)
         t1 = time.perf_counter()
         clusters = cluster_queries(text, tp.h_threshold)
         grids = window_logits(features, text, clusters, tp.global_semantics_weight, tp.mean_vector_weight,
-                              tp.topk, trace)
+                              tp.topk, trace, global_text=global_text)
         stitcher = Stitcher(features.windows.tolist(), features.grid, features.input_size,
                             tuple(output_size or features.original_size))
+        if tp.pamr is not None:
+            stitcher = self._pamr_logits(grids, stitcher, features, image, tp.pamr, trace)
         seg = postprocess(grids, stitcher, vocabulary, tp.logit_scale, tp.prob_thd, return_probs)
         if trace is not None:
             trace["cluster_info"] = clusters
             trace["text_features"] = text
+            if global_text is not None:
+                trace["global_text_features"] = global_text
         self.timings.head_s += time.perf_counter() - t1
         self.timings.segment_s += time.perf_counter() - t0
         self.timings.segment_calls += 1
@@ -341,9 +437,25 @@ class CASS:
                   t1 - t0)
         return seg
 
+    def _pamr_logits(self, grids, stitcher, features, image, params, trace) -> "DenseLogits":
+        """Full-size stitched logits refined by PAMR (image pixels recomputed from ``image``)."""
+        resize = tuple(features.input_size) != tuple(features.original_size)
+        x, original = self.normalized_input(image, resize=resize)
+        if tuple(original) != tuple(features.original_size) or tuple(x.shape[-2:]) != tuple(features.input_size):
+            raise ImageError(f"the image given for PAMR is {original[1]}x{original[0]}, but the features "
+                             f"are of a {features.original_size[1]}x{features.original_size[0]} image")
+        out_h, out_w = stitcher.output_size
+        t0 = time.perf_counter()
+        logits = stitcher.tile(grids, 0, out_h, 0, out_w)
+        if trace is not None:
+            trace["pre_pamr_logits"] = logits.clone()
+        refined = pamr.refine(logits, x[0], params)
+        self.timings.pamr_s += time.perf_counter() - t0
+        return DenseLogits(refined)
+
     def predict(self, image, vocabulary: Vocabulary, **kwargs) -> Segmentation:
         """``segment(encode(image), vocabulary)``."""
-        return self.segment(self.encode(image), vocabulary, **kwargs)
+        return self.segment(self.encode(image), vocabulary, image=image, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,14 +511,20 @@ def adjust_text(text: torch.Tensor, patches: torch.Tensor, global_sim: torch.Ten
 
 
 def window_logits(features: ImageFeatures, text: torch.Tensor, clusters: np.ndarray, gamma: float,
-                  alpha: float, topk: int, trace: dict | None = None) -> torch.Tensor:
-    """Patch logits of every window (official step 30): ``(W, Q, gh, gw)`` float32."""
+                  alpha: float, topk: int, trace: dict | None = None,
+                  global_text: torch.Tensor | None = None) -> torch.Tensor:
+    """Patch logits of every window (official step 30): ``(W, Q, gh, gw)`` float32.
+
+    ``global_text``: ``(Q, D_g)`` text features of the scale_up CLIP (its global vectors are
+    ``(W, D_g)``); by default the global similarity uses ``text`` like the patches.
+    """
     gh, gw = features.grid
-    sims = features.global_vectors @ text.T  # (W, Q)
+    sims = features.global_vectors @ (text if global_text is None else global_text).T  # (W, Q)
     adjusted = adjust_text(text, features.patch_features, sims, clusters, alpha, topk)
     logits = (1 - gamma) * (features.patch_features @ adjusted.transpose(1, 2)) + gamma * sims.unsqueeze(1)
     grids = logits.transpose(1, 2).reshape(len(sims), text.shape[0], gh, gw)
     if trace is not None:
+        trace["all_window_logits"] = grids.clone()
         trace["window0_logits"] = grids[0].clone()
         trace["window0_global_sim"] = sims[0].clone()
         trace["window0_adjusted_text"] = adjusted[0].clone()
@@ -419,6 +537,17 @@ def _resize_matrix(out_len: int, in_len: int) -> torch.Tensor:
         return torch.eye(in_len)
     eye = torch.eye(in_len).unsqueeze(0)  # (1, in, in) -> interpolate along last axis
     return F.interpolate(eye, size=out_len, mode="linear", align_corners=False)[0].T.contiguous()
+
+
+class DenseLogits:
+    """Precomputed ``(Q, H, W)`` logits with the :class:`Stitcher` interface (after PAMR)."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+        self.output_size = (int(logits.shape[1]), int(logits.shape[2]))
+
+    def tile(self, grids: torch.Tensor, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        return self.logits[:, r0:r1, c0:c1]
 
 
 class Stitcher:
@@ -512,29 +641,39 @@ def postprocess(grids: torch.Tensor, stitcher: Stitcher, vocabulary: Vocabulary,
 # ---------------------------------------------------------------------------------------------
 def create_model(clip_weights: str | os.PathLike = "openai", dino_weights: str | os.PathLike = "dino_vitb8",
                  preset: str | Preset = "default", *, device: str | torch.device | None = None,
-                 threads: int | None = None, text_cache=None, precision: str = "fp32") -> CASS:
+                 threads: int | None = None, text_cache=None, precision: str = "fp32",
+                 global_clip_weights: str | os.PathLike | None = None) -> CASS:
     """Load CLIP and DINO and return a :class:`CASS` engine.
 
     Args:
         clip_weights: ``"openai"`` or a path to an OpenAI-format CLIP state dict.
-        dino_weights: ``"dino_vitb8"`` or a path to an official DINO ViT state dict.
+        dino_weights: ``"dino_vitb8"``, ``"dinov2_vitb14"`` (DINOv2 ViT-B/14 with 4 registers) or a
+            path to an official DINO / DINOv2 state dict (the kind is inferred from its keys).
         preset: a preset name (:func:`cass.presets.list_presets`) or :class:`Preset`.
         device: ``"cpu"`` (default) or ``"cuda"``.
-        threads: torch intra-op threads (default: leave torch's setting).
+        threads: torch intra-op threads used inside ``encode``/``segment`` (restored after each
+            call; default: leave torch's setting). Nothing global is changed here.
         precision: ``"fp32"`` (default, the parity-checked path) or ``"fp16"`` (CUDA only:
             half-precision backbone forwards; the spectral head stays in float32/float64).
+        global_clip_weights: scale_up: ``"openai-vit-l-14"`` or a path to a second OpenAI-format CLIP
+            that computes only the global similarity vector (default: none).
     """
-    if threads:
-        torch.set_num_threads(int(threads))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = load_preset(preset)
     clip_file = resolve(clip_weights, CLIP_SOURCES, "CLIP")
     dino_file = resolve(dino_weights, DINO_SOURCES, "DINO")
-    clip = build_clip(load_state_dict(clip_file.path, "CLIP"))
-    dino = DinoViT.from_state_dict(load_state_dict(dino_file.path, "DINO"))
-    for module in (clip, dino):
-        for param in module.parameters():
+    with torch_threads(threads):
+        clip = build_clip(load_state_dict(clip_file.path, "CLIP"))
+        dino = load_dino(load_state_dict(dino_file.path, "DINO"))
+        global_clip, global_digest = None, ""
+        if global_clip_weights:
+            global_file = resolve(global_clip_weights, GLOBAL_CLIP_SOURCES, "global (scale_up) CLIP")
+            global_clip = build_clip(load_state_dict(global_file.path, "global CLIP"))
+            global_digest = file_digest(global_file.path)
+    for module in (clip, dino, global_clip):
+        for param in (module.parameters() if module is not None else ()):
             param.requires_grad_(False)
     return CASS(clip, dino, preset, clip_digest=file_digest(clip_file.path),
                 dino_digest=file_digest(dino_file.path), device=device, text_cache=text_cache,
-                precision=precision)
+                precision=precision, global_clip=global_clip, global_clip_digest=global_digest,
+                threads=threads)

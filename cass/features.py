@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,8 +29,9 @@ class ImageFeatures:
         patch_features: ``(n_windows, gh * gw, embed_dim)`` float32, L2-normalised rows: the output of
             CLIP's spectrally distilled last block, ``ln_post`` and ``proj``, per sliding window
             (row-major patch order).
-        global_vectors: ``(n_windows, embed_dim)`` float32, L2-normalised: the global prior vector
-            each window uses (whole-image CLS, or the window's own CLS, as the preset says).
+        global_vectors: ``(n_windows, D_g)`` float32, L2-normalised: the global prior vector
+            each window uses (whole-image CLS, or the window's own CLS, as the preset says);
+            ``D_g = embed_dim``, or the scale_up CLIP's embed dim when one is loaded.
         windows: ``(n_windows, 4)`` int64 ``(y1, y2, x1, x2)`` in inference-image pixels.
         grid: ``(gh, gw)`` CLIP patch grid of every window (all windows have the same size).
         input_size: ``(H, W)`` of the inference image (after the preset's resize).
@@ -49,7 +50,6 @@ class ImageFeatures:
     head_pairing: torch.Tensor
     matching_cost: torch.Tensor
     fingerprint: str = ""
-    extras: dict = field(default_factory=dict, repr=False, compare=False)
 
     _ARRAYS = ("patch_features", "global_vectors", "windows", "head_pairing", "matching_cost")
 
@@ -62,7 +62,7 @@ class ImageFeatures:
         return sum(getattr(self, name).numel() * getattr(self, name).element_size() for name in self._ARRAYS)
 
     def to_bytes(self) -> bytes:
-        """Serialise (``extras`` are not stored). Round trip is exact."""
+        """Serialise. Round trip is exact."""
         arrays = {}
         blobs = []
         offset = 0
@@ -125,7 +125,7 @@ class ImageFeatures:
         if pf.ndim != 3 or pf.shape[0] != n or pf.shape[1] != gh * gw:
             raise FeaturesFormatError(f"patch_features shape {tuple(pf.shape)} does not match "
                                       f"{n} windows of grid {gh}x{gw}")
-        if self.global_vectors.shape != (n, pf.shape[2]):
+        if self.global_vectors.ndim != 2 or self.global_vectors.shape[0] != n:  # width: scale_up CLIP's
             raise FeaturesFormatError(f"global_vectors shape {tuple(self.global_vectors.shape)} invalid")
         if self.windows.shape != (n, 4):
             raise FeaturesFormatError(f"windows shape {tuple(self.windows.shape)} invalid")

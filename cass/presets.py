@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .pamr import PamrError, PamrParams
+
 PRESET_DIR = Path(__file__).with_name("presets")
 
 
@@ -75,6 +77,10 @@ class TextParams:
     prob_thd: pixels whose best class probability is below this get the background / no label.
     logit_scale: softmax temperature (multiplier).
     topk: patches averaged for the object-presence adjustment.
+    pamr: PAMR refinement of the logits (:class:`cass.pamr.PamrParams`: steps, dilations), or
+        ``None`` (off, the default). JSON: ``null``, ``true`` (official 10 steps, dilations 8, 16) or
+        ``{"steps": 10, "dilations": [8, 16]}``. Label-independent but text-side: it runs on the
+        logits, so switching it reuses cached features.
     """
 
     global_semantics_weight: float = 0.25
@@ -83,8 +89,13 @@ class TextParams:
     prob_thd: float = 0.0
     logit_scale: float = 40.0
     topk: int = 2
+    pamr: PamrParams | None = None
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "pamr", PamrParams.coerce(self.pamr))
+        except (PamrError, TypeError) as exc:
+            raise PresetError(f"invalid pamr: {exc}") from None
         if not 0.0 <= self.global_semantics_weight <= 1.0:
             raise PresetError("global_semantics_weight must be in [0, 1]")
         if not 0.0 <= self.mean_vector_weight <= 1.0:

@@ -37,7 +37,8 @@ def test_segment_writes_pngs_and_prints_shares(tiny_weights, tmp_path):
     labels = np.asarray(Image.open(out / "a_labels.png"))
     assert labels.shape == (64, 96) and set(np.unique(labels)) <= {0, 1, 2}
     assert np.asarray(Image.open(out / "sub_a_labels.png")).shape == (80, 50)
-    assert Image.open(out / "a_overlay.png").size == (96, 64)
+    overlay = Image.open(out / "a_overlay.png")
+    assert overlay.size[0] > 96 and overlay.size[1] >= 64  # the photo plus a legend panel to its right
     shares = [float(line.split()[1]) for line in res.stdout.splitlines()
               if line.startswith("  ") and line.split()[0] in ("cat", "dog", "grass")]
     assert len(shares) == 6 and sum(shares) == pytest.approx(200.0, abs=0.05)
@@ -119,3 +120,33 @@ def test_reduce_zero_label_and_missing_layout(tmp_path):
     np.testing.assert_array_equal(load_annotation(tmp_path / "a.png", True), [[255, 0, 1, 255]])
     with pytest.raises(DatasetError, match="JPEGImages"):
         dataset_pairs(tmp_path, load_preset("voc21").dataset)
+
+
+def test_overlay_legend_shows_colour_label_and_share(tmp_path):
+    from cass.features import Segmentation
+
+    labels = np.zeros((40, 60), np.int32)
+    labels[:, 45:] = 1
+    labels[:10, :10] = -1
+    counts = np.array([(labels == 0).sum(), (labels == 1).sum(), 0])
+    seg = Segmentation(labels, np.array([0.9, 0.8, 0.0], np.float32), counts, ["sky", "tree", "cat"])
+    colours = cli.palette(3)
+    entries = cli.legend_entries(seg, colours)
+    assert [text for _, text in entries] == ["sky  70.8 %", "tree  25.0 %", "(no label)  4.2 %"]
+    rgb = np.full((40, 60, 3), 128, np.uint8)
+    _, overlay_path = cli.save_outputs(rgb, seg, tmp_path, "x")
+    img = np.asarray(Image.open(overlay_path).convert("RGB"))
+    assert img.shape[0] >= 40 and img.shape[1] > 60
+    # swatches: row k at y = 6 + 16 k, x = 60 + 6 .. +11 (inside the outline)
+    for k, (colour, _) in enumerate(entries):
+        assert tuple(img[6 + 16 * k + 6, 60 + 6 + 5]) == colour
+    np.testing.assert_array_equal(img[:40, :60][labels < 0], rgb[labels < 0])  # unlabelled: the photo
+
+
+def test_segment_with_pamr(tiny_weights, tmp_path):
+    clip, dino = tiny_weights
+    _image(tmp_path / "a.png")
+    res = _run(["segment", str(tmp_path / "a.png"), "--labels", "cat;dog", "--preset", "default", "--pamr",
+                "--clip-weights", str(clip), "--dino-weights", str(dino), "--out", str(tmp_path / "out")])
+    assert res.returncode == 0, res.stderr
+    assert np.asarray(Image.open(tmp_path / "out" / "a_labels.png")).shape == (64, 96)

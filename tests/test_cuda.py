@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import cass
-from tests.parity import case_dirs, load_case
+from cass import testing
+from tests.parity import case_dirs, complete_global_clip, load_case
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -16,10 +17,13 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("case_dir", case_dirs(), ids=lambda p: p.name)
 def test_cuda_parity(case_dir, precision):
     case = load_case(case_dir)
-    model = cass.create_model(*case.weights(), device="cuda", precision=precision)
+    global_clip = case.global_clip()
+    model = cass.create_model(*case.weights(), device="cuda", precision=precision,
+                              global_clip_weights=complete_global_clip(global_clip, case.weights()[0])
+                              if global_clip else None)
     model = model.with_preset(case.preset(model.preset))
-    feats = model.encode(case.image, resize=False, head_pairing=case.expected["hungarian_col_ind"])
-    seg = model.segment(feats, case.vocabulary(), return_probs=True)
+    feats = testing.encode(model, case.image, resize=False, head_pairing=case.expected["hungarian_col_ind"])
+    seg = model.segment(feats, case.vocabulary(), return_probs=True, image=case.image)
     diff = np.abs(seg.probs.astype(np.float16).astype(np.float32) - case.expected["probs"].astype(np.float32))
     agreement = (seg.labels == case.expected["pred"]).mean()
     # fp32 on CUDA: the global bar; fp16 backbones: a looser bar (reported in the closing figures)

@@ -262,7 +262,7 @@ def test_wrong_weight_files_are_clear_errors(tiny_weights, tmp_path):
 def test_unreachable_named_source_fails_fast_with_offline_instructions(tmp_path, monkeypatch):
     monkeypatch.setenv("CASS_MODEL_DIR", str(tmp_path))
 
-    def offline(url, target):
+    def offline(url, target, **_):
         raise OSError("network is unreachable")
 
     with pytest.raises(cass.WeightsError) as err:
@@ -275,7 +275,7 @@ def test_named_source_found_in_model_dir_without_network(tmp_path, monkeypatch, 
     monkeypatch.setenv("CASS_MODEL_DIR", str(tmp_path))
     (tmp_path / "dino_vitbase8_pretrain.pth").write_bytes(b"x")
 
-    def offline(url, target):
+    def offline(url, target, **_):
         raise AssertionError("should not download")
 
     got = weights_mod.resolve("dino_vitb8", weights_mod.DINO_SOURCES, "DINO", download=offline)
@@ -303,3 +303,50 @@ def test_architecture_mismatch_is_a_clear_error(tiny_weights, tmp_path):
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(tmp_path / "dino_small.safetensors"))
     with pytest.raises(cass.WeightsError, match="same heads"):
         cass.create_model(clip, tmp_path / "dino_small.safetensors")
+
+
+# --- engine API (issue 14) -----------------------------------------------------------------------
+def test_public_encode_and_segment_have_no_parity_hooks():
+    import inspect
+
+    assert set(inspect.signature(cass.CASS.encode).parameters) == {"self", "image", "resize"}
+    assert "trace" not in inspect.signature(cass.CASS.segment).parameters
+    assert "extras" not in {f.name for f in __import__("dataclasses").fields(cass.ImageFeatures)}
+
+
+def test_testing_entry_point_injects_pairing_and_traces(model, photo):
+    from cass import testing
+
+    small = photo[:224, :224]
+    pairing = np.tile(np.arange(model.heads)[::-1], (1, 1))
+    trace: dict = {}
+    feats = testing.encode(model, small, resize=False, head_pairing=pairing, trace=trace)
+    assert feats.head_pairing.tolist() == pairing.tolist() and "window0_dino_input" in trace
+    seg_trace: dict = {}
+    testing.segment(model, feats, cass.Vocabulary.from_spec("a;b"), trace=seg_trace)
+    assert {"text_features", "cluster_info", "window0_logits"} <= set(seg_trace)
+
+
+def test_create_model_threads_do_not_change_torch_globally(tiny_weights, photo):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    m = cass.create_model(*tiny_weights, threads=wanted)
+    assert torch.get_num_threads() == before
+    seen = []
+    original = m._encode
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    m._encode = spy
+    m.encode(photo[:224, :224], resize=False)
+    assert seen == [wanted] and torch.get_num_threads() == before
+
+
+def test_with_preset_has_its_own_timings(model, photo):
+    view = model.with_preset("voc21")
+    assert view.timings is not model.timings
+    calls = model.timings.encode_calls
+    view.encode(photo[:224, :224], resize=False)
+    assert model.timings.encode_calls == calls and view.timings.encode_calls == 1
