@@ -109,12 +109,13 @@ def wait_for_warmup(backend, done: int, timeout_s: float = 180) -> dict:
         time.sleep(0.5)
 
 
-def user_path(label_studio, backend, image_server, title: str = "CASS e2e") -> PathResult:
+def user_path(label_studio, backend, image_server, title: str = "CASS e2e", config: str = CONFIG,
+              labels: set = LABELS) -> PathResult:
     """What a user does: project, connect the model (UI's API call), import tasks, retrieve
     predictions. Asserts every step (the first failing one raises ``AssertionError``)."""
     ls = LS(label_studio)
     images = test_images()
-    pid = ls("POST", "/api/projects", json={"title": title, "label_config": CONFIG})["id"]
+    pid = ls("POST", "/api/projects", json={"title": title, "label_config": config})["id"]
 
     # connect the backend as the UI's "Connect Model" does: Label Studio checks the URL, calls /health
     # and /setup, and registers <url>/webhook for the project
@@ -123,7 +124,7 @@ def user_path(label_studio, backend, image_server, title: str = "CASS e2e") -> P
     assert ml["readable_state"] == "Connected", ml
     hooks = ls("GET", "/api/webhooks", params={"project": pid})
     assert [h["url"] for h in hooks] == [f"{backend.url}/webhook"], hooks
-    version = requests.post(f"{backend.url}/setup", json={"project": f"{pid}.0", "schema": CONFIG},
+    version = requests.post(f"{backend.url}/setup", json={"project": f"{pid}.0", "schema": config},
                             timeout=10).json()["model_version"]
     assert ml["model_version"] == version and version.startswith("cass-default-clip."), (ml, version)
     warm_before = metrics(backend)["warmup"] or {}
@@ -172,12 +173,12 @@ def user_path(label_studio, backend, image_server, title: str = "CASS e2e") -> P
     stored = {name: ls("GET", "/api/predictions", params={"task": task_id}) for name, task_id in by_name.items()}
     for name in GOOD:
         assert len(stored[name]) == 1, (name, stored[name], action)
-        validate(stored[name][0], images["noise.png" if name == "plain.png" else name][1], version, name)
+        validate(stored[name][0], images["noise.png" if name == "plain.png" else name][1], version, name, labels)
     assert stored["broken.png"] == [] and stored["missing.png"] == []
     return PathResult(pid, by_name, stored, version, ml["id"], elapsed, action, warm)
 
 
-def validate(prediction: dict, size: tuple[int, int], version: str, name: str) -> None:
+def validate(prediction: dict, size: tuple[int, int], version: str, name: str, labels: set = LABELS) -> None:
     """A stored prediction: this version, regions that tile the image with known labels."""
     assert prediction["model_version"] == version
     assert 0 < prediction["score"] <= 1
@@ -188,7 +189,7 @@ def validate(prediction: dict, size: tuple[int, int], version: str, name: str) -
         assert (region["from_name"], region["to_name"], region["type"]) == ("tag", "image", "brushlabels")
         assert (region["original_height"], region["original_width"]) == (height, width), name
         (label,) = region["value"]["brushlabels"]
-        assert label in LABELS
+        assert label in labels
         mask = rle_to_mask(region["value"]["rle"], height, width)  # decodes to the image size
         assert mask.any() and not (mask & union).any()
         union |= mask
