@@ -36,7 +36,7 @@ export E2E_REDIS_PORT="${E2E_REDIS_PORT:-16379}" E2E_IMAGES_PORT="${E2E_IMAGES_P
 WHEEL_PORT="${E2E_WHEEL_PORT:-18082}"
 PROJECT=cass-e2e
 TIMEOUT_BUILD_S="${DOCKER_E2E_BUILD_TIMEOUT_S:-1800}"
-STARTED_ENGINE="" WHEEL_PID="" RUN_DIR=""
+STARTED_ENGINE="" WHEEL_PID="" RUN_DIR="" COMPOSE=()
 
 say() { echo "== $*"; }
 fail() { echo "docker e2e: FAILED: $*" >&2; exit 1; }
@@ -44,7 +44,7 @@ fail() { echo "docker e2e: FAILED: $*" >&2; exit 1; }
 cleanup() {
     local rc=$?
     set +e
-    if [ -n "${COMPOSE:-}" ] && [ -n "$RUN_DIR" ]; then
+    if [ ${#COMPOSE[@]} -gt 0 ] && [ -n "$RUN_DIR" ]; then
         if [ $rc -ne 0 ]; then
             for s in label-studio cass-backend redis; do
                 echo "--- last log lines of $s"; "${COMPOSE[@]}" logs --no-color --tail 30 "$s" 2>&1 | tail -30
@@ -94,7 +94,22 @@ if ! docker info >/dev/null 2>&1; then
 fi
 say "engine $(docker version --format '{{.Server.Version}}')"
 need_pkg docker-compose docker-compose
-COMPOSE=(docker-compose -p "$PROJECT" -f docker-compose.yml -f tests/e2e/docker-compose.host.yml)
+FILES=(-f docker-compose.yml -f tests/e2e/docker-compose.host.yml)
+COMPOSE=()
+
+compose_file() {  # the merged config with `ports` dropped: docker-compose 1.29 has no `!reset` and
+                  # refuses ports under network_mode: host; everything else exactly as in the files
+    docker-compose -p "$PROJECT" "${FILES[@]}" config > "$RUN_DIR/merged.yml" \
+        || fail "docker-compose rejects docker-compose.yml + tests/e2e/docker-compose.host.yml"
+    /usr/bin/python3 - "$RUN_DIR/merged.yml" "$RUN_DIR/compose.yml" <<'PY'
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+for service in config["services"].values():
+    service.pop("ports", None)
+yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
+PY
+    COMPOSE=(docker-compose -p "$PROJECT" -f "$RUN_DIR/compose.yml")
+}
 
 # ---------------------------------------------------------------------------- 2. local stand-ins
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
@@ -186,7 +201,7 @@ say "built in ${BUILD_S}s (layers reused when the inputs are unchanged), image s
 RUN_DIR=$(mktemp -d /tmp/cass-docker-e2e.XXXXXX)
 mkdir -p "$RUN_DIR/files"
 export E2E_FILES="$RUN_DIR/files" LOCAL_FILES_DIR="$RUN_DIR/files" E2E_WEIGHTS="$WEIGHTS" LABEL_STUDIO_API_KEY=""
-"${COMPOSE[@]}" config -q || fail "docker-compose rejects docker-compose.yml + tests/e2e/docker-compose.host.yml"
+compose_file
 say "starting redis and label-studio"
 "${COMPOSE[@]}" up -d --no-build redis label-studio >/dev/null || fail "docker-compose up redis label-studio failed"
 
@@ -194,6 +209,7 @@ say "waiting for Label Studio, making a personal access token through its API"
 LABEL_STUDIO_API_KEY=$(timeout 600 "$PYTHON" -m tests.e2e.compose_check token \
     --label-studio "http://127.0.0.1:$E2E_LS_PORT") || fail "no personal access token from Label Studio"
 export LABEL_STUDIO_API_KEY
+compose_file  # now with the token in the backend's environment
 say "starting cass-backend with that token"
 "${COMPOSE[@]}" up -d --no-build cass-backend >/dev/null || fail "docker-compose up cass-backend failed"
 
