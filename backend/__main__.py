@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=9090, help="port (default 9090)")
     parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="default: $LOG_LEVEL or INFO")
-    parser.add_argument("--check", action="store_true", help="load the engine, print its version, exit")
+    parser.add_argument("--check", action="store_true",
+                        help="check the settings and every weight file, load the engine, print its version, "
+                             "exit (nothing is served)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
@@ -29,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     from cass import PresetError, WeightsError
 
     from .app import create_app
+    from .weights_check import weights_error
+
+    problem = weights_error(settings)  # every missing file at once, before loading anything
+    if problem is not None:
+        print(f"could not load the model: {problem}", file=sys.stderr)
+        return 1
 
     try:
         app = create_app(settings)

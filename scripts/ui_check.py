@@ -46,13 +46,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.e2e.conftest import (  # noqa: E402  (the e2e test's helpers and settings)
-    BACKEND_START_TIMEOUT_S, LEGACY_TOKEN, LS_START_TIMEOUT_S, LS_VENV, TINY_WEIGHTS, stop, tail,
+    BACKEND_START_TIMEOUT_S, LS_START_TIMEOUT_S, LS_VENV, TINY_WEIGHTS, stop, tail,
     wait_until_healthy,
 )
 from tests.e2e.conftest import ADMIN_PASSWORD as PASSWORD, ADMIN_USER as USER  # noqa: E402
 from tests.e2e.conftest import start_backend as e2e_start_backend  # noqa: E402
 from tests.e2e.conftest import start_label_studio as e2e_start_label_studio  # noqa: E402
 from tests.e2e.test_label_studio import LS, encoded  # noqa: E402
+from tests.e2e.label_studio_api import create_personal_access_token, login  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -219,8 +220,8 @@ def main() -> int:
         log(f"Label Studio starting at {ls_url} (data in {root})")
         up = wait_until_healthy(f"{ls_url}/health", ls_proc, ls_log, LS_START_TIMEOUT_S, "Label Studio")
         log(f"Label Studio up in {up:.0f}s")
-        ls = LS(type("S", (), {"url": ls_url, "headers": {"Authorization": f"Token {LEGACY_TOKEN}"}})())
-        token = ls("POST", "/api/token/")["token"]
+        ls = LS(type("S", (), {"url": ls_url, "headers": login(ls_url, USER, PASSWORD)})())
+        token = create_personal_access_token(ls_url, ls.session.headers)
         be_url, be_proc, be_log = start_backend(root, ls_url, token)
         procs.append(be_proc)
         up = wait_until_healthy(f"{be_url}/health", be_proc, be_log, BACKEND_START_TIMEOUT_S, "the backend")

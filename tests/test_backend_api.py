@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 import numpy as np
@@ -58,10 +57,15 @@ def test_health(client, engine):
     assert body["cache"]["reachable"] is True
 
 
-def test_setup_reports_the_engine_version_quickly(client, engine):
-    t0 = time.perf_counter()
+def test_setup_reports_the_engine_version_without_running_the_model(client, engine, monkeypatch):
+    # Label Studio allows /setup about 3 s and calls it before every prediction batch: it must not
+    # touch the model (a behaviour, not a timing; timings are in scripts/ and cass/bench.py)
+    def no_model_work(*args, **kwargs):
+        raise AssertionError("/setup ran the model")
+
+    monkeypatch.setattr(engine, "encode", no_model_work)
+    monkeypatch.setattr(engine, "segment", no_model_work)
     resp = client.post("/setup", json=ls_request("setup"))
-    assert time.perf_counter() - t0 < 1.0  # Label Studio allows /setup about 3 s
     assert resp.status_code == 200
     assert resp.get_json() == {"model_version": engine.model_version}
 

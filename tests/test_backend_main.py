@@ -32,11 +32,15 @@ def test_bad_environment_exits_2_naming_the_variable(clean_env, capsys):
     assert "configuration error: CASS_THREADS = 'lots' is not an integer" in capsys.readouterr().err
 
 
-def test_missing_weights_exit_1_with_the_reason(clean_env, capsys):
+def test_missing_weights_exit_1_with_the_reason(clean_env, capsys, tmp_path):
     clean_env.setenv("CASS_CLIP_WEIGHTS", "/nonexistent/clip.safetensors")
+    clean_env.setenv("CASS_DINO_WEIGHTS", "/nonexistent/dino.pth")  # (no download attempt)
+    clean_env.setenv("CASS_MODEL_DIR", str(tmp_path))
     assert main([]) == 1
-    assert "could not load the model: CLIP weights '/nonexistent/clip.safetensors': no such file" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "could not load the model: 2 weight files are missing" in err
+    assert "CASS_CLIP_WEIGHTS = '/nonexistent/clip.safetensors': CLIP weights '/nonexistent/clip.safetensors': " \
+           "no such file" in err
 
 
 @pytest.mark.parametrize("args", [["--port", "http"], ["--log-level", "LOUD"]])
