@@ -87,7 +87,7 @@ class ChunkRun:
             log.warning("job %s: no record (expired or deleted): chunk dropped", self.job_id)
             return self.counts
         if rec["status"] in TERMINAL:
-            self.counts["cancelled"] = True
+            self.counts["cancelled"] = rec["status"] == "cancelled"
             return self.counts
         self.redis(lambda: store.started(self.job_id), "starting the job")
         project = int(rec["spec"]["project"])

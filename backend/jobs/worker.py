@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.warning("worker %s: Redis failed (%s): waiting for it", name, exc)
                 time.sleep(1.0)
                 continue
-            if args.burst or worker._stop_requested:
+            if args.burst or worker._stop_requested or getattr(worker, "_shutdown_requested_date", None):
                 break
             log.warning("worker %s: RQ's work loop ended (Redis error); starting again", name)
             time.sleep(1.0)
