@@ -129,16 +129,19 @@ def wait_for(cond, timeout_s, what):
 
 
 def busy_worker(env, procs) -> int:
-    """1 + the index of a worker process that RQ shows working on a chunk (0: none right now)."""
+    """1 + the index of a worker process that RQ shows in the middle of a chunk (0: none right now)."""
     import redis
-    from rq import Worker
+    from rq.job import Job
+    from rq.registry import StartedJobRegistry
+
+    from backend.jobs.queue import QUEUE_NAME
 
     conn = redis.Redis.from_url(env["REDIS_URL"])
-    for w in Worker.all(connection=conn):
-        if w.get_current_job_id():
-            for i, p in enumerate(procs):
-                if f"-{p.pid}-" in w.name and p.poll() is None:
-                    return i + 1
+    for job_id in StartedJobRegistry(QUEUE_NAME, connection=conn).get_job_ids():
+        name = Job.fetch(job_id, connection=conn).worker_name or ""
+        for i, p in enumerate(procs):
+            if f"-{p.pid}-" in name and p.poll() is None:
+                return i + 1
     return 0
 
 
