@@ -113,9 +113,14 @@ def cli(env, *args, timeout=300) -> subprocess.CompletedProcess:
 
 
 def job(env, job_id) -> dict:
-    out = cli(env, "jobs", job_id, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    """The job record as ``jobs JOB_ID --json`` prints it, read in-process (the CLI takes a while to
+    start on a loaded machine; the test runs the CLI itself once at the end)."""
+    import redis
+
+    from backend.jobs.queue import Jobs
+
+    rec = Jobs(redis.Redis.from_url(env["REDIS_URL"]), projects=None).get(job_id)
+    return json.loads(json.dumps(rec))
 
 
 def wait_for(cond, timeout_s, what):
@@ -202,6 +207,8 @@ def test_preannotate_a_project_exactly_once_through_a_worker_kill_and_cancel(lab
     assert "HTTP" in rec["failed_tasks"][str(bad["missing.png"])]
     assert "TaskDataError" in rec["failed_tasks"][str(bad["no-image"])]
     assert "ETA" in out and "images/s" in out and f"failed task {bad['broken.png']}:" in out
+    shown = cli(env, "jobs", job_id)
+    assert shown.returncode == 0 and f"failed task {bad['missing.png']}: ImageFetchError" in shown.stdout, shown
     version = rec["model_version"]
     assert version and version.startswith("cass-")
     for task_id in good:  # exactly one valid prediction per good task
