@@ -237,20 +237,36 @@ def test_preannotate_a_project_exactly_once_through_a_worker_kill_and_cancel(lab
     rec3 = job(env, retry.stdout.split()[0])
     assert rec3["spec"]["retry_of"] == job_id and rec3["failed"] == 3 and rec3["total"] == 3, rec3
 
-    # a second job for the same project + filter while one runs: refused; cancel stops the first
+    final = check_conflict_and_cancel(ls, env, procs)
+    print(f"\ne2e jobs: {GOOD}+3 tasks, first chunk after {first_s:.1f}s, worker {busy} killed at "
+          f"{killed_at['done']} done; run 2 {rec2['skipped']} skipped; cancel stopped at {final['done']}/{GOOD}")
+
+
+def check_conflict_and_cancel(ls: PAT, env, procs) -> dict:
+    """A second job for the same project + filter while one runs is refused; cancel stops the first.
+    The live worker is paused (SIGSTOP) around the slow-starting CLI calls so the job cannot finish
+    before it is cancelled; the chunk it holds stops before its next task."""
     pid2, good2, _ = make_project(ls, "CASS jobs cancel", GOOD, broken=False)
+    live = [p for p in procs if p.poll() is None]
     started = cli(env, "preannotate", "--project", str(pid2), "--chunk-size", "2")
     assert started.returncode == 0, started.stderr
     job2 = started.stdout.strip()
-    again = cli(env, "preannotate", "--project", str(pid2))
-    assert again.returncode == 3 and again.stdout.strip() == job2, (again.stdout, again.stderr)
-    cancelled = cli(env, "jobs", "cancel", job2)
-    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled
-    time.sleep(3)
+    wait_for(lambda: job(env, job2)["done"] >= 2, 180, "the cancel job to start")
+    for p in live:
+        os.kill(p.pid, signal.SIGSTOP)
+    try:
+        again = cli(env, "preannotate", "--project", str(pid2))
+        assert again.returncode == 3 and again.stdout.strip() == job2, (again.stdout, again.stderr)
+        cancelled = cli(env, "jobs", "cancel", job2)
+        assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled
+    finally:
+        for p in live:
+            os.kill(p.pid, signal.SIGCONT)
+    time.sleep(5)
     settled = job(env, job2)
     time.sleep(3)
     final = job(env, job2)
     assert final["status"] == "cancelled" and final["done"] == settled["done"] < GOOD, final
     assert sum(len(predictions(ls, t)) for t in good2) == final["done"]
-    print(f"\ne2e jobs: {GOOD}+3 tasks, first chunk after {first_s:.1f}s, worker {busy} killed at "
-          f"{killed_at['done']} done; run 2 {rec2['skipped']} skipped; cancel stopped at {final['done']}/{GOOD}")
+    return final
+
