@@ -12,6 +12,11 @@ log = logging.getLogger("backend")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("preannotate", "jobs", "worker"):  # docs/jobs.md
+        from .jobs.cli import main as jobs_main
+
+        return jobs_main(argv)
     parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=9090, help="port (default 9090)")

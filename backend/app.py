@@ -15,6 +15,8 @@ from label_studio_ml.model import LABEL_STUDIO_ML_BACKEND_V2_DEFAULT
 
 from . import metrics as prometheus
 from .config import Settings
+from .jobs.http import auto_preannotate, register as register_jobs
+from .jobs.metrics import render_job_metrics
 from .model import CASSBackend, CASSManager
 from .security import install as install_security
 from .service import Predictor, build_predictor
@@ -45,7 +47,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     def metrics():
         if request.args.get("format") == "json":
             return jsonify({**predictor.stats(), "warmup": warmer.stats() if warmer is not None else None})
-        return Response(prometheus.render(predictor, warmer), mimetype=None,
+        text = prometheus.render(predictor, warmer)
+        text += render_job_metrics(settings.redis_url).decode()  # pre-annotation jobs (backend.jobs.metrics)
+        return Response(text, mimetype=None,
                         content_type=prometheus.CONTENT_TYPE)
 
     def webhook():
@@ -54,11 +58,17 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             return jsonify({"status": 400, "detail": "a webhook body is a JSON object with an 'action' "
                                                      "string (Label Studio's webhook payload)"}), 400
         event = data.pop("action")
-        return jsonify(api._manager.webhook(event, data)), 201
+        out = api._manager.webhook(event, data)
+        if event == "TASKS_CREATED":  # CASS_AUTO_PREANNOTATE=true: a job for the new tasks (docs/jobs.md)
+            auto = auto_preannotate(app, data)
+            if auto is not None:
+                out["preannotate"] = auto
+        return jsonify(out), 201
 
     # the library's versions of these know nothing of the engine / crash on a body without 'action'
     app.view_functions["health"] = health
     app.view_functions["metrics"] = metrics
     app.view_functions["webhook"] = webhook
+    register_jobs(app, settings, predictor)  # POST/GET/DELETE /jobs (backend.jobs.http)
     # basic auth, body limits, JSON checks, /predict admission (busy -> 503), no debug (backend.security)
     return install_security(app, settings, predictor)

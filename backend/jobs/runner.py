@@ -1,0 +1,229 @@
+"""One chunk of a job, run inside a worker (:mod:`.worker`) with the engine it keeps loaded.
+
+Per chunk: read the project's label config and the chunk's tasks (with their predictions' model
+versions) from Label Studio; record tasks that are not in the project as failed and tasks that
+already have a prediction of this ``model_version`` as skipped; then, for the rest, download the
+next ``prefetch`` tasks' images in threads while the current one is encoded, predict each task
+(``Predictor.predict_task``: feature cache, engine, brush RLE), and post the predictions in bulk
+(``post_every`` per Label Studio call, and whatever is left at the end).
+
+Exactly once: every post takes a per-task Redis lock, asks Label Studio again which of its tasks
+already have a prediction of this version, and posts only the others; a chunk retried after a
+worker died mid-chunk therefore re-posts nothing. Cooperative cancel: the job's status is read
+before every task. A failing task (404, not an image, ...) is recorded with its reason and the
+chunk goes on; Label Studio or Redis failures raise, and RQ retries the chunk.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..images import ImageFetcher, LabelStudioAuth, policy_from_settings
+from ..labels import LabelConfigError, TaskDataError, parse_label_config
+from ..service import TASK_ERRORS, TaskInfo
+from .lsclient import Projects
+from .store import TERMINAL, JobStore, job_key, retrying
+
+log = logging.getLogger("backend.jobs")
+
+LOCK_TTL_S = 120
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process keeps between chunks: the loaded predictor and its connections."""
+
+    predictor: object                  # backend.service.Predictor
+    settings: object                   # backend.config.Settings
+    projects: Projects
+    store: JobStore
+    name: str = "worker"
+    prefetch: int = 2                  # images downloaded ahead of the one being encoded
+    post_every: int = 8                # predictions per bulk import call
+    redis_wait_s: float = 300.0        # how long a Redis outage may pause a chunk
+    counters: dict = field(default_factory=lambda: {"chunks": 0, "tasks_done": 0, "tasks_failed": 0,
+                                                    "tasks_skipped": 0})
+
+    def fetcher(self) -> ImageFetcher:
+        s = self.settings
+        auth = LabelStudioAuth(s.label_studio_url, s.label_studio_api_key) if s.label_studio_url else None
+        return ImageFetcher(policy_from_settings(s, s.label_studio_url), auth)
+
+
+_CONTEXT: WorkerContext | None = None
+
+
+def install(context: WorkerContext | None) -> None:
+    """Set the process's context (the worker does this once, after loading the engine)."""
+    global _CONTEXT
+    _CONTEXT = context
+
+
+def run_chunk(job_id: str, task_ids: list[int]) -> dict:
+    """The RQ job function of one chunk; returns its counts ``{done, skipped, failed, cancelled}``."""
+    if _CONTEXT is None:
+        raise RuntimeError("run_chunk runs inside `python -m backend worker` (no engine loaded in this process)")
+    return ChunkRun(_CONTEXT, job_id, [int(t) for t in task_ids]).run()
+
+
+class ChunkRun:
+    def __init__(self, ctx: WorkerContext, job_id: str, task_ids: list[int]):
+        self.ctx, self.job_id, self.task_ids = ctx, job_id, task_ids
+        self.counts = {"done": 0, "skipped": 0, "failed": 0, "cancelled": False}
+        self.pending: list[dict] = []
+
+    def redis(self, call, what: str):
+        return retrying(call, what, self.ctx.redis_wait_s)
+
+    def cancelled(self) -> bool:
+        return self.redis(lambda: self.ctx.store.status(self.job_id), "reading the job status") in TERMINAL
+
+    def run(self) -> dict:
+        ctx, store = self.ctx, self.ctx.store
+        rec = self.redis(lambda: store.record(self.job_id), "reading the job")
+        if rec is None:
+            log.warning("job %s: no record (expired or deleted): chunk dropped", self.job_id)
+            return self.counts
+        if rec["status"] in TERMINAL:
+            self.counts["cancelled"] = rec["status"] == "cancelled"
+            return self.counts
+        self.redis(lambda: store.started(self.job_id), "starting the job")
+        project = int(rec["spec"]["project"])
+        version = ctx.predictor.model_version
+        try:
+            targets = parse_label_config(ctx.projects.label_config(project), ctx.settings.nothing)
+        except LabelConfigError as exc:
+            self.fail({t: f"LabelConfigError: {exc}" for t in self.task_ids})
+            return self.finish(rec)
+        tasks = ctx.projects.tasks(project, ids=self.task_ids)
+        found = {t["id"] for t in tasks}
+        self.fail({t: f"not a task of project {project} (deleted, or a wrong id)"
+                   for t in self.task_ids if t not in found})
+        have = [t["id"] for t in tasks if any(p["model_version"] == version for p in t["predictions"])]
+        self.skip(have)
+        todo = [t for t in tasks if t["id"] not in set(have)]
+        self.predict_all(project, todo, targets, version)
+        return self.finish(rec)
+
+    # -------------------------------------------------------------------------------------------
+    def predict_all(self, project: int, tasks: list[dict], targets, version: str) -> None:
+        fetcher = self.ctx.fetcher()
+        window = max(1, self.ctx.prefetch + 1)
+        with ThreadPoolExecutor(max_workers=max(1, self.ctx.prefetch), thread_name_prefix="cass-prefetch") as pool:
+            futures: dict[int, dict[str, Future]] = {}
+
+            def prefetch(i: int) -> None:
+                if i < len(tasks) and i not in futures:
+                    futures[i] = {}
+                    payload = {"id": tasks[i]["id"], "data": tasks[i]["data"]}
+                    for target in targets:
+                        try:
+                            url = target.image_url(payload)
+                        except TaskDataError:
+                            continue  # predict_task raises it again, with the reason
+                        if url not in futures[i]:
+                            futures[i][url] = pool.submit(fetcher.fetch, url, tasks[i]["id"])
+
+            for i, task in enumerate(tasks):
+                for j in range(i, i + window):
+                    prefetch(j)
+                if self.cancelled():
+                    log.info("job %s cancelled: chunk stops before task %s", self.job_id, task["id"])
+                    self.counts["cancelled"] = True
+                    for fs in futures.values():
+                        for f in fs.values():
+                            f.cancel()
+                    break
+                mine = futures.pop(i)
+                payload = {"id": task["id"], "data": task["data"]}
+                t0 = time.perf_counter()
+                info = TaskInfo()
+                try:
+                    prediction = self.ctx.predictor.predict_task(
+                        payload, targets, lambda url, task_id: mine[url].result(), info)
+                except Exception as exc:  # one bad task never fails the chunk
+                    if isinstance(exc, TASK_ERRORS):
+                        log.warning("job %s: task %s: no prediction: %s", self.job_id, task["id"], exc)
+                    else:
+                        log.exception("job %s: task %s: no prediction: unexpected %s", self.job_id, task["id"],
+                                      type(exc).__name__)
+                    self.fail({task["id"]: f"{type(exc).__name__}: {exc}"})
+                    continue
+                log.info("job %s: task %s: %d regions, %s, %.2fs", self.job_id, task["id"],
+                         len(prediction["result"]), info.describe(), time.perf_counter() - t0)
+                self.pending.append({"task": task["id"], "result": prediction["result"],
+                                     "score": prediction["score"], "model_version": version})
+                if len(self.pending) >= self.ctx.post_every:
+                    self.post(project, version)
+        self.post(project, version)
+
+    def post(self, project: int, version: str) -> None:
+        """Post ``pending`` once per task (see the module docstring)."""
+        if not self.pending:
+            return
+        conn, ids = self.ctx.store.conn, [p["task"] for p in self.pending]
+        locks = [f"cass:jobs:posting:{project}:{t}:{version}" for t in ids]
+        token = f"{self.ctx.name}:{time.time()}"
+        deadline = time.monotonic() + LOCK_TTL_S
+        for lock in locks:  # ids ascend in every chunk: locks are always taken in the same order
+            while not self.redis(lambda: conn.set(lock, token, nx=True, ex=LOCK_TTL_S), "locking a task"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"task lock {lock} held for over {LOCK_TTL_S}s")
+                time.sleep(0.2)
+        try:
+            already = self.ctx.projects.predicted(project, ids, version)
+            fresh = [p for p in self.pending if p["task"] not in already]
+            self.ctx.projects.import_predictions(project, fresh)
+        finally:
+            for lock in locks:
+                self.redis(lambda: conn.delete(lock), "unlocking a task")
+        self.mark(done=[p["task"] for p in fresh], skipped=sorted(already))
+        self.pending = []
+
+    # -------------------------------------------------------------------------------------------
+    def mark(self, done=(), skipped=()) -> None:
+        if done or skipped:
+            self.redis(lambda: self.ctx.store.mark(self.job_id, done=list(done), skipped=list(skipped)),
+                       "recording progress")
+        self.counts["done"] += len(done)
+        self.counts["skipped"] += len(skipped)
+        self.ctx.counters["tasks_done"] += len(done)
+        self.ctx.counters["tasks_skipped"] += len(skipped)
+        self.save_meta()
+
+    def skip(self, ids) -> None:
+        self.mark(skipped=list(ids))
+
+    def fail(self, reasons: dict) -> None:
+        if not reasons:
+            return
+        self.redis(lambda: self.ctx.store.mark(self.job_id, failed=reasons), "recording failures")
+        self.counts["failed"] += len(reasons)
+        self.ctx.counters["tasks_failed"] += len(reasons)
+        self.save_meta()
+
+    def save_meta(self) -> None:
+        """The chunk's own progress in its RQ job's meta (``rq info`` / dashboards show it)."""
+        from rq import get_current_job
+
+        job = get_current_job()
+        if job is not None:
+            job.meta.update({k: v for k, v in self.counts.items()}, size=len(self.task_ids))
+            self.redis(job.save_meta, "saving chunk progress")
+
+    def finish(self, rec: dict) -> dict:
+        """Count the chunk; the chunk that records the job's last task finishes the job."""
+        self.ctx.counters["chunks"] += 1
+        store = self.ctx.store
+        now = self.redis(lambda: store.record(self.job_id), "reading the job")
+        if now is not None and now["status"] not in TERMINAL and \
+                now["done"] + now["skipped"] + now["failed"] >= now["total"]:
+            from .spec import JobSpec
+
+            self.redis(lambda: store.set_status(self.job_id, "finished"), "finishing the job")
+            self.redis(lambda: store.release(JobSpec.from_dict(now["spec"]).key, self.job_id), "releasing the job")
+            log.info("job %s finished: %d done, %d skipped, %d failed of %d", self.job_id, now["done"],
+                     now["skipped"], now["failed"], now["total"])
+        return self.counts

@@ -1,0 +1,166 @@
+"""The job record in Redis, shared by every enqueuer and worker.
+
+Keys (``cass:jobs:`` prefix)::
+
+    cass:jobs:<id>            hash: spec (JSON), status, total, chunks (JSON list of RQ job ids),
+                              model_version, created, finished, first_prediction, error
+    cass:jobs:<id>:done       set of task ids with a prediction posted by this job
+    cass:jobs:<id>:skipped    set of task ids that already had a prediction of this model_version
+    cass:jobs:<id>:failed     hash task id -> reason (removed again when a retry succeeds)
+    cass:jobs:index           sorted set of job ids by creation time
+    cass:jobs:active:<key>    the running job of one project + filter (the 409 lock)
+    cass:jobs:model_versions  hash worker name -> model_version of the running workers
+
+Sets make progress idempotent: a chunk retried after a worker died re-adds the same task ids, so
+``done + skipped + failed`` never exceeds ``total``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Callable, TypeVar
+
+import redis
+
+log = logging.getLogger("backend.jobs")
+
+PREFIX = "cass:jobs:"
+TERMINAL = ("finished", "cancelled", "failed")
+T = TypeVar("T")
+
+
+def job_key(job_id: str, part: str = "") -> str:
+    return f"{PREFIX}{job_id}{':' + part if part else ''}"
+
+
+def retrying(call: Callable[[], T], what: str, wait_s: float = 300.0, sleep=time.sleep) -> T:
+    """``call()``, retried while Redis is unreachable (connection refused/reset, timeouts) for up to
+    ``wait_s`` seconds with backoff 0.5 s .. 5 s; then the last error is raised. A Redis outage
+    therefore pauses a worker instead of losing the chunk."""
+    deadline = time.monotonic() + wait_s
+    delay, logged = 0.5, False
+    while True:
+        try:
+            return call()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            if not logged:
+                log.warning("Redis unreachable during %s (%s): waiting up to %.0fs", what, exc, wait_s)
+                logged = True
+            sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class JobStore:
+    """Reads and writes the keys above on ``conn`` (a ``redis.Redis``)."""
+
+    def __init__(self, conn: redis.Redis):
+        self.conn = conn
+
+    # -- creation and the one-running-job lock ---------------------------------------------------
+    def claim(self, spec_key: str, job_id: str) -> str | None:
+        """Take the lock of ``spec_key`` for ``job_id``; returns None, or the id of the job that holds
+        it and is still running (a lock left by a finished/cancelled/vanished job is taken over)."""
+        lock = f"{PREFIX}active:{spec_key}"
+        for _ in range(5):
+            if self.conn.set(lock, job_id, nx=True):
+                return None
+            holder = self.conn.get(lock)
+            holder = holder.decode() if holder is not None else None
+            if holder is not None and self.status(holder) not in TERMINAL + (None,):
+                return holder
+            with self.conn.pipeline() as pipe:  # compare-and-delete the stale lock, then try again
+                try:
+                    pipe.watch(lock)
+                    if pipe.get(lock) == (holder.encode() if holder else None):
+                        pipe.multi()
+                        pipe.delete(lock)
+                        pipe.execute()
+                except redis.exceptions.WatchError:
+                    pass
+        raise RuntimeError(f"could not take the job lock {lock}")
+
+    def release(self, spec_key: str, job_id: str) -> None:
+        lock = f"{PREFIX}active:{spec_key}"
+        if self.conn.get(lock) == job_id.encode():
+            self.conn.delete(lock)
+
+    def create(self, job_id: str, spec: dict, spec_key: str, total: int, chunks: list[str],
+               model_version: str | None) -> None:
+        now = time.time()
+        with self.conn.pipeline() as pipe:
+            pipe.hset(job_key(job_id), mapping={
+                "spec": json.dumps(spec), "spec_key": spec_key, "status": "queued" if chunks else "finished",
+                "total": total, "chunks": json.dumps(chunks), "model_version": model_version or "",
+                "created": now, "finished": "" if chunks else now, "first_prediction": "", "error": ""})
+            pipe.zadd(f"{PREFIX}index", {job_id: now})
+            pipe.execute()
+
+    # -- progress (idempotent) -------------------------------------------------------------------
+    def mark(self, job_id: str, done=(), skipped=(), failed: dict | None = None) -> None:
+        """Record task outcomes; a task that succeeds is removed from ``failed``."""
+        with self.conn.pipeline() as pipe:
+            if done:
+                pipe.sadd(job_key(job_id, "done"), *done)
+                pipe.hdel(job_key(job_id, "failed"), *done)
+            if skipped:
+                pipe.sadd(job_key(job_id, "skipped"), *skipped)
+                pipe.hdel(job_key(job_id, "failed"), *skipped)
+            if failed:
+                pipe.hset(job_key(job_id, "failed"), mapping={str(k): v for k, v in failed.items()})
+            pipe.execute()
+        if done:
+            self.conn.eval("if redis.call('hget', KEYS[1], 'first_prediction') == '' then "
+                           "redis.call('hset', KEYS[1], 'first_prediction', ARGV[1]) end", 1,
+                           job_key(job_id), repr(time.time()))
+
+    def started(self, job_id: str) -> None:
+        """queued -> running (a later status is left alone)."""
+        self.conn.eval("if redis.call('hget', KEYS[1], 'status') == 'queued' then "
+                       "redis.call('hset', KEYS[1], 'status', 'running') end", 1, job_key(job_id))
+
+    def set_status(self, job_id: str, status: str, error: str = "") -> None:
+        fields = {"status": status}
+        if status in TERMINAL:
+            fields["finished"] = time.time()
+        if error:
+            fields["error"] = error
+        self.conn.hset(job_key(job_id), mapping=fields)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def status(self, job_id: str) -> str | None:
+        value = self.conn.hget(job_key(job_id), "status")
+        return value.decode() if value is not None else None
+
+    def record(self, job_id: str) -> dict | None:
+        raw = self.conn.hgetall(job_key(job_id))
+        if not raw:
+            return None
+        rec = {k.decode(): v.decode() for k, v in raw.items()}
+        failed = {k.decode(): v.decode() for k, v in self.conn.hgetall(job_key(job_id, "failed")).items()}
+        done, skipped = self.conn.scard(job_key(job_id, "done")), self.conn.scard(job_key(job_id, "skipped"))
+
+        def num(name):
+            return float(rec[name]) if rec.get(name) else None
+
+        return {"id": job_id, "spec": json.loads(rec["spec"]), "status": rec["status"],
+                "total": int(rec["total"]), "done": done, "skipped": skipped, "failed": len(failed),
+                "failed_tasks": {int(k): v for k, v in sorted(failed.items(), key=lambda kv: int(kv[0]))},
+                "chunks": json.loads(rec["chunks"]), "model_version": rec.get("model_version") or None,
+                "created": num("created"), "finished": num("finished"),
+                "first_prediction": num("first_prediction"), "error": rec.get("error") or None}
+
+    def job_ids(self, limit: int = 50) -> list[str]:
+        return [j.decode() for j in self.conn.zrevrange(f"{PREFIX}index", 0, limit - 1)]
+
+    # -- workers' model versions -----------------------------------------------------------------
+    def register_worker(self, name: str, model_version: str) -> None:
+        self.conn.hset(f"{PREFIX}model_versions", name, model_version)
+
+    def unregister_worker(self, name: str) -> None:
+        self.conn.hdel(f"{PREFIX}model_versions", name)
+
+    def worker_model_versions(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.conn.hgetall(f"{PREFIX}model_versions").items()}

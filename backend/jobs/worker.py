@@ -1,0 +1,160 @@
+"""``python -m backend worker``: an RQ worker that loads the engine once and keeps it.
+
+RQ's default ``Worker`` forks a work horse per job (the engine would be loaded again per chunk, and
+CUDA does not survive ``fork``); :class:`CASSWorker` is RQ's non-forking ``SimpleWorker`` plus:
+
+* **a heartbeat thread** during each chunk (the main thread is busy computing): every
+  ``heartbeat_s`` it refreshes the worker, the execution and the job in Redis with a TTL of
+  ``3 x heartbeat_s``. RQ 3.0's ``SimpleWorker`` has no such thread: a chunk only becomes
+  "abandoned" when its started-registry entry expires, ``job_timeout + 60`` s after it started.
+  With the heartbeat, a worker killed with ``kill -9`` leaves an entry that expires within
+  ``3 x heartbeat_s``; the next maintenance run of any live worker (every ``maintenance_s``)
+  finds it in ``StartedJobRegistry.cleanup`` and, the chunk having ``Retry(max=3)``, requeues it;
+* **Redis outages**: ``Worker.work`` gives up on a Redis timeout or error; the loop here then waits
+  for Redis (logging once) and starts the worker again with the same engine; a chunk that was
+  running meanwhile waits in :func:`~.store.retrying` for up to ``CASS_JOB_REDIS_WAIT_S``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+
+import redis
+from rq import SimpleWorker
+from rq.worker import WorkerStatus
+
+from .queue import QUEUE_NAME, connect
+from .runner import WorkerContext, install
+from .store import JobStore
+
+log = logging.getLogger("backend.jobs.worker")
+
+
+class CASSWorker(SimpleWorker):
+    """See the module docstring."""
+
+    heartbeat_s: float = 10.0
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        return max(3, int(3 * self.heartbeat_s))
+
+    def execute_job(self, job, queue):
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(self.heartbeat_s):
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except Exception as exc:  # Redis away: the next beat tries again
+                    log.debug("heartbeat of chunk %s failed: %s", job.id, exc)
+
+        thread = threading.Thread(target=beat, name="cass-heartbeat", daemon=True)
+        thread.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        self.set_state(WorkerStatus.IDLE)
+
+
+def env_number(name: str, default: float, minimum: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise SystemExit(f"configuration error: {name} = {text!r} is not a number") from None
+    if value < minimum:
+        raise SystemExit(f"configuration error: {name} = {text!r} must be at least {minimum:g}")
+    return value
+
+
+def wait_for_redis(conn: redis.Redis, stopping: threading.Event) -> None:
+    logged = False
+    while not stopping.is_set():
+        try:
+            conn.ping()
+            if logged:
+                log.info("Redis is back: the worker goes on")
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if not logged:
+                log.warning("Redis unreachable (%s): the worker waits for it", exc)
+                logged = True
+            stopping.wait(1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the engine, then work on the queue until SIGTERM/SIGINT (``--burst``: until it is empty)."""
+    import argparse
+
+    from ..config import ConfigError, Settings
+    from ..logs import setup_logging
+    from ..service import build_predictor
+    from .lsclient import LabelStudioError, Projects
+
+    parser = argparse.ArgumentParser(prog="python -m backend worker", description=main.__doc__)
+    parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    parser.add_argument("--name", default=None, help="worker name (default host-pid-random)")
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        settings = Settings.from_env()
+        conn = connect(settings.redis_url)
+        projects = Projects(settings.label_studio_url or "", settings.label_studio_api_key or "")
+    except (ConfigError, LabelStudioError, ValueError) as exc:
+        print(f"configuration error: {exc}", flush=True)
+        return 2
+    heartbeat_s = env_number("CASS_JOB_HEARTBEAT_S", 10.0, 0.5)
+    maintenance_s = int(env_number("CASS_JOB_MAINTENANCE_S", 30, 1))
+    predictor = build_predictor(settings)  # once, for every chunk of this process
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    store = JobStore(conn)
+    ctx = WorkerContext(predictor, settings, projects, store, name=name,
+                        prefetch=int(env_number("CASS_JOB_PREFETCH", 2, 0)),
+                        post_every=int(env_number("CASS_JOB_POST_EVERY", 8, 1)),
+                        redis_wait_s=env_number("CASS_JOB_REDIS_WAIT_S", 300, 1))
+    install(ctx)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # between worker runs; RQ installs its own while working
+        signal.signal(sig, lambda *_: stopping.set())
+    log.info("worker %s: %s, queue %s, heartbeat %.1fs, maintenance every %ds", name, predictor.model_version,
+             QUEUE_NAME, heartbeat_s, maintenance_s)
+    CASSWorker.heartbeat_s = heartbeat_s
+    runs = 0
+    try:
+        while not stopping.is_set():
+            wait_for_redis(conn, stopping)
+            if stopping.is_set():
+                break
+            try:
+                store.register_worker(name, predictor.model_version)
+                worker = CASSWorker([QUEUE_NAME], connection=conn, name=f"{name}-{runs}" if runs else name,
+                                    maintenance_interval=maintenance_s,
+                                    worker_ttl=max(16, maintenance_s + 15))
+                runs += 1
+                worker.work(burst=args.burst, logging_level=logging.getLevelName(logging.getLogger().level))
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                log.warning("worker %s: Redis failed (%s): waiting for it", name, exc)
+                time.sleep(1.0)
+                continue
+            if args.burst or worker._stop_requested or getattr(worker, "_shutdown_requested_date", None):
+                break
+            log.warning("worker %s: RQ's work loop ended (Redis error); starting again", name)
+            time.sleep(1.0)
+    finally:
+        try:
+            store.unregister_worker(name)
+        except redis.exceptions.RedisError:
+            pass
+        install(None)
+    return 0

@@ -1,0 +1,222 @@
+"""Unit tests of backend.jobs with fakes (FakeProjects for Label Studio, FakePredictor for the engine)
+and a real redis-server; the end-to-end version is tests/e2e/test_jobs.py."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis as redis_lib
+
+from backend.config import Settings
+from backend.images import ImageFetchError
+from backend.jobs.cli import progress_line
+from backend.jobs.queue import JobConflict, Jobs, JobNotFound
+from backend.jobs.runner import ChunkRun, WorkerContext
+from backend.jobs.spec import JobSpec, JobSpecError, chunks, parse_task_ids
+from backend.jobs.store import JobStore, retrying
+from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
+
+CONFIG = """<View><Image name="image" value="$image"/>
+<BrushLabels name="tag" toName="image"><Label value="cat"/></BrushLabels></View>"""
+
+
+class FakeProjects:
+    """Label Studio in memory: tasks with data and predictions; counts import calls."""
+
+    def __init__(self, n: int, project: int = 1):
+        self.project = project
+        self.data = {i: {"image": f"/data/upload/{i}.png"} for i in range(1, n + 1)}
+        self.preds: dict[int, list[dict]] = {i: [] for i in self.data}
+        self.import_calls = 0
+
+    def label_config(self, project):
+        return CONFIG
+
+    def tasks(self, project, ids=None, view=None):
+        keep = self.data if ids is None else [i for i in ids if i in self.data]
+        return [{"id": i, "data": self.data[i], "predictions": [{"model_version": p["model_version"]}
+                                                                for p in self.preds[i]]} for i in sorted(keep)]
+
+    def predicted(self, project, ids, version):
+        return {i for i in ids if any(p["model_version"] == version for p in self.preds.get(i, []))}
+
+    def import_predictions(self, project, predictions):
+        self.import_calls += 1
+        for p in predictions:
+            self.preds[p["task"]].append(p)
+        return len(predictions)
+
+
+class FakePredictor:
+    """Predicts a fixed region; task ids in ``bad`` raise ImageFetchError."""
+
+    model_version = "cass-fake-1"
+
+    def __init__(self, bad=()):
+        self.bad = set(bad)
+        self.calls = []
+
+    def predict_task(self, task, targets, fetch, info=None):
+        self.calls.append(task["id"])
+        if task["id"] in self.bad:
+            raise ImageFetchError(f"/data/upload/{task['id']}.png answered HTTP 404")
+        return {"result": [{"type": "brushlabels"}], "score": 0.5, "model_version": self.model_version}
+
+
+class FakeFetcher:
+    def fetch(self, url, task_id):
+        return b"bytes"
+
+
+def context(conn, projects, predictor, **kw):
+    ctx = WorkerContext(predictor, Settings(), projects, JobStore(conn), post_every=3, **kw)
+    ctx.fetcher = FakeFetcher  # no HTTP in unit tests
+    return ctx
+
+
+@pytest.fixture
+def conn(redis_url):  # noqa: F811
+    c = redis_lib.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+def test_spec_validates_and_keys_by_project_and_filter():
+    assert JobSpec(1, (3, 1, 3)).task_ids == (1, 3)
+    assert JobSpec(1, (1, 3)).key == JobSpec(1, (3, 1), chunk_size=99).key != JobSpec(1).key
+    assert JobSpec(1).key != JobSpec(1, only_missing=True).key != JobSpec(2).key
+    for bad, word in [(dict(project=0), "project"), (dict(project=1, task_ids=()), "empty"),
+                      (dict(project=1, task_ids=(1, -2)), "task ids"), (dict(project=1, chunk_size=0), "chunk_size")]:
+        with pytest.raises(JobSpecError, match=word):
+            JobSpec(**bad)
+    with pytest.raises(JobSpecError, match="unknown field"):
+        JobSpec.from_request({"project": 1, "task": [1]})
+    with pytest.raises(JobSpecError, match="'project'"):
+        JobSpec.from_request({})
+    with pytest.raises(JobSpecError, match="JSON object"):
+        JobSpec.from_request([1])
+    assert parse_task_ids("1, 2,5-7") == (1, 2, 5, 6, 7)
+    with pytest.raises(JobSpecError, match="'x'"):
+        parse_task_ids("1,x")
+    assert chunks([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
+
+
+def test_a_chunk_posts_once_per_task_records_failures_and_a_rerun_posts_nothing(conn):
+    projects, predictor = FakeProjects(7), FakePredictor(bad={4})
+    jobs = Jobs(conn, projects)
+    rec = jobs.start(JobSpec(1, chunk_size=10), predictor.model_version)
+    ctx = context(conn, projects, predictor)
+    counts = ChunkRun(ctx, rec["id"], [1, 2, 3, 4, 5, 6, 7, 99]).run()
+    assert counts == {"done": 6, "skipped": 0, "failed": 2, "cancelled": False}
+    assert projects.import_calls == 2  # post_every=3: bulk, not one call per task
+    assert all(len(projects.preds[i]) == (0 if i == 4 else 1) for i in projects.data)
+    rec = jobs.get(rec["id"])
+    assert rec["failed_tasks"][4].startswith("ImageFetchError: ") and "not a task of project" in rec["failed_tasks"][99]
+    # the same chunk again (a retry after a worker died, the job still running): skips every predicted task
+    JobStore(conn).set_status(rec["id"], "running")
+    assert ChunkRun(ctx, rec["id"], [1, 2, 3, 4, 5, 6, 7]).run()["skipped"] == 6
+    assert all(len(projects.preds[i]) <= 1 for i in projects.data)
+    rec = jobs.get(rec["id"])
+    assert (rec["done"], rec["skipped"], rec["failed"]) == (6, 6, 2)
+
+
+def test_a_prediction_that_appeared_meanwhile_is_not_posted_again(conn):
+    projects, predictor = FakeProjects(3), FakePredictor()
+    rec = Jobs(conn, projects).start(JobSpec(1), predictor.model_version)
+    real_tasks = projects.tasks
+
+    def tasks_then_someone_else_posts(project, ids=None, view=None):
+        out = real_tasks(project, ids, view)
+        projects.preds[2].append({"task": 2, "model_version": predictor.model_version})  # another worker
+        return out
+
+    projects.tasks = tasks_then_someone_else_posts
+    counts = ChunkRun(context(conn, projects, predictor), rec["id"], [1, 2, 3]).run()
+    assert counts["done"] == 2 and counts["skipped"] == 1 and len(projects.preds[2]) == 1
+
+
+def test_second_job_for_the_same_filter_is_refused_until_the_first_is_over(conn):
+    projects, predictor = FakeProjects(5), FakePredictor()
+    jobs = Jobs(conn, projects)
+    first = jobs.start(JobSpec(1, chunk_size=2), predictor.model_version)
+    assert first["total"] == 5 and len(first["chunks"]) == 3 and first["status"] == "queued"
+    with pytest.raises(JobConflict) as exc:
+        jobs.start(JobSpec(1, chunk_size=4))
+    assert exc.value.job_id == first["id"]
+    other = jobs.start(JobSpec(1, task_ids=(1, 2)))  # another filter: allowed
+    assert other["total"] == 2
+    cancelled = jobs.cancel(first["id"])
+    assert cancelled["status"] == "cancelled"
+    assert ChunkRun(context(conn, projects, predictor), first["id"], [1, 2]).run()["cancelled"]
+    assert predictor.calls == []
+    assert jobs.start(JobSpec(1), predictor.model_version)["id"] != first["id"]
+    with pytest.raises(JobNotFound):
+        jobs.get("nope")
+
+
+def test_only_missing_and_retry_failed(conn):
+    projects, predictor = FakeProjects(4), FakePredictor(bad={3})
+    projects.preds[1].append({"task": 1, "model_version": predictor.model_version})
+    jobs = Jobs(conn, projects)
+    rec = jobs.start(JobSpec(1, only_missing=True), predictor.model_version)
+    assert rec["total"] == 3
+    ChunkRun(context(conn, projects, predictor), rec["id"], [2, 3, 4]).run()
+    rec = jobs.get(rec["id"])
+    assert rec["status"] == "finished" and list(rec["failed_tasks"]) == [3]
+    predictor.bad.clear()
+    retry = jobs.retry_failed(rec["id"])
+    assert retry["spec"]["task_ids"] == [3] and retry["spec"]["retry_of"] == rec["id"]
+    ChunkRun(context(conn, projects, predictor), retry["id"], [3]).run()
+    assert jobs.get(retry["id"])["done"] == 1
+    with pytest.raises(JobSpecError, match="no failed tasks"):
+        jobs.retry_failed(retry["id"])
+
+
+def test_redis_calls_wait_out_an_outage_then_raise():
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise redis_lib.exceptions.ConnectionError("refused")
+        return "ok"
+
+    assert retrying(flaky, "test", wait_s=10, sleep=lambda s: None) == "ok" and len(attempts) == 3
+    with pytest.raises(redis_lib.exceptions.ConnectionError):
+        retrying(lambda: (_ for _ in ()).throw(redis_lib.exceptions.ConnectionError("x")), "test", wait_s=0)
+
+
+def test_progress_line_shows_counts_rate_and_eta():
+    line = progress_line({"total": 40, "done": 10, "skipped": 2, "failed": 1, "status": "running"}, 5.0)
+    assert "13/40" in line and "1 failed" in line and "2.00 images/s" in line and "ETA 14s" in line
+
+
+def test_http_jobs_endpoints_answer_201_400_404_409(conn, redis_url, monkeypatch):  # noqa: F811
+    from flask import Flask
+
+    from backend.jobs import http
+
+    app = Flask("fake")
+    settings = Settings(redis_url=redis_url, basic_auth_user="u", basic_auth_pass="p")
+    http.register(app, settings, FakePredictor())
+    app.extensions["cass_jobs"]["jobs"] = Jobs(conn, FakeProjects(3))
+    client = app.test_client()
+    assert client.post("/jobs", json={"project": "x"}).status_code == 400
+    resp = client.post("/jobs", json={"project": 1})
+    assert resp.status_code == 201 and resp.get_json()["total"] == 3
+    job_id = resp.get_json()["id"]
+    again = client.post("/jobs", json={"project": 1})
+    assert again.status_code == 409 and again.get_json()["job"] == job_id
+    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "queued"
+    assert client.get("/jobs/nope").status_code == 404
+    assert client.delete(f"/jobs/{job_id}").get_json()["status"] == "cancelled"
+    assert json.loads(client.get("/jobs").data)["jobs"][0]["id"] == job_id
+
+
+def test_job_metrics_collector(conn, redis_url):  # noqa: F811
+    from backend.jobs.metrics import render_job_metrics
+
+    Jobs(conn, FakeProjects(3)).start(JobSpec(1))
+    text = render_job_metrics(redis_url).decode()
+    assert 'cass_job_tasks{job="' in text and 'state="total"} 3.0' in text and "cass_jobs_queue_length 1.0" in text
+    assert render_job_metrics(None) == b""
