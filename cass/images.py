@@ -148,3 +148,19 @@ def resize_for_inference(rgb: np.ndarray, short_side: int, long_side: int) -> np
     t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float()
     t = F.interpolate(t, size=(th, tw), mode="bilinear", align_corners=False, antialias=False)
     return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def pad_to_min_side(rgb: np.ndarray, min_side: int, fill: tuple[float, float, float]) -> np.ndarray:
+    """Pad an ``(H, W, 3)`` uint8 image at the bottom/right to at least ``min_side`` per side with the
+    colour ``fill`` (the preset's pixel mean: zero after normalisation). Returns the padded array;
+    the image stays at ``[:H, :W]`` (masks are cropped back with the features' ``valid_size``)."""
+    h, w = rgb.shape[:2]
+    if h <= 0 or w <= 0:
+        raise ImageError(f"image has an empty size {w}x{h}")
+    th, tw = max(h, min_side), max(w, min_side)
+    if (th, tw) == (h, w):
+        return rgb
+    out = np.empty((th, tw, 3), dtype=np.uint8)
+    out[:] = np.asarray([int(round(c)) for c in fill], dtype=np.uint8)
+    out[:h, :w] = rgb
+    return out
