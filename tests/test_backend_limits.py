@@ -169,3 +169,30 @@ def test_byte_bounded_lru_drops_least_recent_and_refuses_oversize_entries():
     assert cache.put("c", "x" * 10)  # 400 + 300 + 10 + 3 * 256 key overhead > 1400: "b" goes first
     assert "b" not in cache and "a" in cache and cache.bytes <= 1400
     assert cache.put("huge", "x" * 5000) is False and "huge" not in cache
+
+
+# ---------------------------------------------------------------------------------------------
+# text encoding in chunks (item 3)
+# ---------------------------------------------------------------------------------------------
+class FakeTextEncoder:
+    """Unit-test fake of cass.text.TextEncoder: records each call's size and the slots' state."""
+
+    def __init__(self, slots):
+        self.slots, self.calls, self.busy_during = slots, [], []
+
+    def __call__(self, queries):
+        self.calls.append(len(queries))
+        self.busy_during.append(self.slots.stats()["busy_slots"])
+
+
+def test_big_vocabularies_are_encoded_in_chunks_each_in_its_own_slot_turn():
+    from backend.service import TEXT_CHUNK
+    from cass.vocabulary import Vocabulary
+
+    engine = FakeEngine()
+    predictor = Predictor(engine)
+    engine.text = FakeTextEncoder(predictor.slots)
+    predictor.prepare_text(Vocabulary.from_names([f"c{i}" for i in range(100)]))
+    assert engine.text.calls == [TEXT_CHUNK] * (100 // TEXT_CHUNK) + [100 % TEXT_CHUNK]
+    assert engine.text.busy_during == [1] * len(engine.text.calls)  # a slot held per chunk
+    assert predictor.slots.stats()["busy_slots"] == 0
