@@ -12,6 +12,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from .images import MiB, parse_allowed_hosts
+from .limits import VocabularyLimits
 from .labels import LabelConfigError, NothingRule, parse_threshold, split_prompts
 
 
@@ -51,6 +52,7 @@ class Settings:
     max_image_pixels: int = 40_000_000           # CASS_MAX_IMAGE_MP: declared width x height limit
     inference_slots: int = 1                     # CASS_INFERENCE_SLOTS: tasks computed at once
     max_queue: int = 8                           # CASS_MAX_QUEUE: /predict requests waiting beyond the slots
+    limits: VocabularyLimits = VocabularyLimits()  # CASS_MAX_CLASSES, CASS_MAX_PROMPTS per project
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -165,4 +167,6 @@ def _deployment(get) -> dict:
         max_image_pixels=int(number("CASS_MAX_IMAGE_MP", float, 0.001, defaults.max_image_pixels / 1e6) * 1e6),
         inference_slots=number("CASS_INFERENCE_SLOTS", int, 1, defaults.inference_slots),
         max_queue=number("CASS_MAX_QUEUE", int, 0, defaults.max_queue),
+        limits=VocabularyLimits(number("CASS_MAX_CLASSES", int, 1, defaults.limits.max_classes),
+                                number("CASS_MAX_PROMPTS", int, 1, defaults.limits.max_prompts)),
     )

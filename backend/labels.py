@@ -13,16 +13,21 @@ Parsing goes through label-studio-sdk's :class:`LabelInterface`. Rules:
 * PAMR boundary refinement: ``CASS_PAMR`` for every project, ``cass_pamr="true"``/``"false"`` on the
   control for one (docs/options.md).
 
-Anything CASS cannot work with raises :class:`LabelConfigError` naming what is missing.
+Anything CASS cannot work with raises :class:`LabelConfigError` naming what is missing; so does a
+project over :class:`~backend.limits.VocabularyLimits` (``CASS_MAX_CLASSES`` / ``CASS_MAX_PROMPTS``).
+Parsing is linear in the config's size (one pass over the XML tree), and parsed configs are cached by
+digest, bounded in bytes (the config text itself is not kept).
 """
 from __future__ import annotations
 
-import functools
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
 
 from cass.vocabulary import Vocabulary, VocabularyClass, VocabularyError
+
+from .limits import ByteBoundedLRU, VocabularyLimits
 
 log = logging.getLogger("backend.labels")
 
@@ -109,24 +114,56 @@ def parse_threshold(text: str, where: str) -> float:
 
 def split_prompts(text: str) -> tuple[str, ...]:
     """``"sky, wall,,floor "`` -> ``("sky", "wall", "floor")`` (order kept, blanks and repeats dropped)."""
-    out: list[str] = []
+    out: dict[str, None] = {}  # insertion-ordered set: linear, not quadratic
     for part in (text or "").split(","):
         part = part.strip()
-        if part and part not in out:
-            out.append(part)
+        if part:
+            out[part] = None
     return tuple(out)
 
 
-def parse_label_config(config: str, default_rule: NothingRule = NothingRule()) -> tuple[BrushTarget, ...]:
-    """All brush targets of ``config`` (cached: Label Studio sends the same config on every call)."""
+#: Parsed configs by (digest, rule, limits); bounded in bytes (``PARSED_CACHE_BYTES``).
+PARSED_CACHE_BYTES = 32 * 1024 * 1024
+
+
+def targets_size(targets) -> int:
+    """Approximate bytes held by parsed targets (strings plus per-object overhead), for the cache."""
+    targets = getattr(targets, "outputs", targets)  # backend.controls.Controls: its output targets
+    if not isinstance(targets, tuple):
+        return 200
+    size = 64
+    for t in targets:
+        size += 600 + len(t.from_name) + len(t.to_name) + len(t.image_value)
+        for cls in t.vocabulary.classes:
+            size += 200 + 2 * len(cls.name) + sum(120 + 2 * len(p) for p in cls.prompts)
+    return size
+
+
+_parsed: ByteBoundedLRU = ByteBoundedLRU(PARSED_CACHE_BYTES, max_entries=256, sizeof=targets_size)
+
+
+def config_digest(config: str) -> str:
+    """sha256 hex digest of a label config (what is remembered of it instead of its text)."""
+    return hashlib.sha256(config.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def parse_label_config(config: str, default_rule: NothingRule = NothingRule(),
+                       limits: VocabularyLimits | None = None) -> tuple[BrushTarget, ...]:
+    """All brush targets of ``config`` (cached by digest: Label Studio sends the same config on every
+    call). ``limits``: default ``VocabularyLimits()`` (the backend passes the environment's)."""
     if not isinstance(config, str) or not config.strip():
         raise LabelConfigError("the label config is empty: CASS needs a <BrushLabels> control with "
                                "<Label> children and the <Image> it points to")
-    return _parse_cached(config, default_rule)
+    limits = limits or VocabularyLimits()
+    key = (config_digest(config), default_rule, limits)
+    targets = _parsed.get(key)
+    if targets is None:
+        targets = _parse(config, default_rule, limits)
+        _parsed.put(key, targets)
+    return targets
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_cached(config: str, default_rule: NothingRule) -> tuple[BrushTarget, ...]:
+def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits) -> tuple[BrushTarget, ...]:
     from label_studio_sdk.label_interface import LabelInterface
 
     try:
@@ -137,32 +174,68 @@ def _parse_cached(config: str, default_rule: NothingRule) -> tuple[BrushTarget, 
     controls = list(interface.controls or [])
     brushes = [c for c in controls if c.tag.lower() == "brushlabels"]
     if not brushes:
-        found = ", ".join(f"<{c.tag} name={c.name!r}>" for c in controls) or "no control tags"
+        found = ", ".join(f"<{c.tag} name={c.name!r}>" for c in controls[:20]) or "no control tags"
+        if len(controls) > 20:
+            found += f" and {len(controls) - 20} more"
         raise LabelConfigError(
             "the label config has no <BrushLabels> control (found: " + found + "). CASS predicts brush "
             "masks: add e.g. <BrushLabels name=\"tag\" toName=\"image\"><Label value=\"cat\"/></BrushLabels> "
             "next to <Image name=\"image\" value=\"$image\"/>")
     objects = {o.name: o for o in (interface.objects or [])}
-    return tuple(_target(control, objects, default_rule, _label_elements(interface, control))
-                 for control in brushes)
+    labels_of = _label_elements(interface, {c.name for c in controls})
+    check_label_count(sum(len(labels_of.get(c.name, ())) if labels_of is not None else
+                          len(c.labels_attrs or {}) for c in brushes), limits)
+    targets = tuple(_target(control, objects, default_rule,
+                            labels_of.get(control.name, []) if labels_of is not None else None)
+                    for control in brushes)
+    check_limits(targets, limits)
+    return targets
 
 
-def _label_elements(interface, control) -> list[dict] | None:
-    """The attributes of every ``<Label>`` of ``control`` in config order, duplicates included
-    (``labels_attrs`` keeps one per name); None if the SDK's parsed tree is not available."""
+def check_label_count(labels: int, limits: VocabularyLimits) -> None:
+    """Early refusal, before any prompt is split: more ``<Label>`` elements than classes allowed."""
+    if labels > limits.max_classes:
+        raise LabelConfigError(f"the label config has {labels} brush <Label>s, over the limit of "
+                               f"{limits.max_classes} classes per project (CASS_MAX_CLASSES); split the "
+                               f"label set across projects or raise CASS_MAX_CLASSES")
+
+
+def check_limits(targets: tuple[BrushTarget, ...], limits: VocabularyLimits) -> None:
+    """:class:`LabelConfigError` when all targets together exceed the classes or prompts limit."""
+    classes = sum(len(t.vocabulary) for t in targets)
+    prompts = sum(len(t.vocabulary.queries) for t in targets)
+    if classes > limits.max_classes:
+        raise LabelConfigError(f"the label config has {classes} classes, over the limit of "
+                               f"{limits.max_classes} classes per project (CASS_MAX_CLASSES)")
+    if prompts > limits.max_prompts:
+        raise LabelConfigError(f"the label config has {prompts} prompts (label values, predicted_values "
+                               f"and background prompts of all BrushLabels), over the limit of "
+                               f"{limits.max_prompts} prompts per project (CASS_MAX_PROMPTS); use fewer "
+                               f"predicted_values or raise CASS_MAX_PROMPTS")
+
+
+def _label_elements(interface, control_names: set) -> dict[str, list[dict]] | None:
+    """Control name -> the attributes of every ``<Label>`` under it in config order, duplicates
+    included (``labels_attrs`` keeps one per name); None if the SDK's parsed tree is not available.
+
+    One depth-first pass over the tree: a label belongs to its nearest enclosing control.
+    """
     tree = getattr(interface, "_tree", None)
     if tree is None or not hasattr(tree, "iter"):
         return None
-    control_names = {c.name for c in (interface.controls or [])}
-    out = []
-    for element in tree.iter():
-        if not isinstance(element.tag, str) or element.tag.lower() != "label":
-            continue
-        parent = element.getparent()
-        while parent is not None and parent.attrib.get("name") not in control_names:
-            parent = parent.getparent()
-        if parent is not None and parent.attrib.get("name") == control.name:
-            out.append(dict(element.attrib))
+    root = tree.getroot() if hasattr(tree, "getroot") else tree
+    out: dict[str, list[dict]] = {}
+    stack = [(root, None)]
+    while stack:
+        element, owner = stack.pop()
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if tag.lower() == "label":
+            if owner is not None:
+                out.setdefault(owner, []).append(dict(element.attrib))
+        name = element.attrib.get("name") if tag else None
+        inner = name if name in control_names else owner
+        children = list(element)
+        stack.extend((child, inner) for child in reversed(children))
     return out
 
 
@@ -193,7 +266,7 @@ def _target(control, objects: dict, default_rule: NothingRule, labels: list[dict
     if not labels:
         raise LabelConfigError(f"{where} has no <Label> children: add at least one "
                                f"<Label value=\"...\"/>")
-    prompts_of: dict[str, list[str]] = {}  # class name -> prompts, config order
+    prompts_of: dict[str, dict[str, None]] = {}  # class name -> prompts (ordered set), config order
     count: dict[str, int] = {}
     ignored = []
     for position, attr in enumerate(labels, 1):
@@ -208,8 +281,8 @@ def _target(control, objects: dict, default_rule: NothingRule, labels: list[dict
             continue
         if name == BACKGROUND_CLASS:
             raise LabelConfigError(f"{where}: the label name {BACKGROUND_CLASS!r} is reserved")
-        merged = prompts_of.setdefault(name, [])
-        merged.extend(p for p in prompts if p not in merged)
+        merged = prompts_of.setdefault(name, {})
+        merged.update(dict.fromkeys(prompts))
         count[name] = count.get(name, 0) + 1
     for reason in ignored:
         log.warning("%s: %s: ignored (no prediction for it)", where, reason)

@@ -18,17 +18,16 @@ objects are therefore cheap (a cached label-config parse) and share the process'
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from datetime import datetime, timezone
 
 from label_studio_ml.exceptions import AnswerException
 from label_studio_ml.model import LabelStudioMLBase, LabelStudioMLManager, ModelWrapper
 
 from .images import ImageFetcher, ImageFetchError, LabelStudioAuth, policy_from_settings
-from .controls.config import parse_controls
+from .controls.config import Controls, parse_controls
 from .controls.smart import ContextError, refiner_for
-from .labels import LabelConfigError
+from .labels import LabelConfigError, config_digest, targets_size
+from .limits import ByteBoundedLRU
 from .service import TASK_ERRORS
 
 log = logging.getLogger("backend.model")
@@ -38,16 +37,21 @@ class CASSBackend(LabelStudioMLBase):
     """CASS brush pre-annotations for every ``BrushLabels`` control of a project."""
 
     def __init__(self, label_config=None, train_output=None, *, predictor=None, settings=None, warmer=None,
-                 **kwargs):
+                 targets=None, **kwargs):
         if predictor is None or settings is None:
             raise TypeError("CASSBackend needs predictor= and settings= (see backend.app.create_app)")
         self.predictor = predictor
         self.settings = settings
         self.warmer = warmer  # backend.warm.TaskWarmer, or None (CASS_WARMUP_QUEUE=0)
-        # parse first: a config CASS cannot use raises LabelConfigError, naming what is missing
-        # BrushLabels / PolygonLabels outputs and smart tools (backend.controls)
-        self.targets = parse_controls(label_config, settings.nothing) if label_config else ()
-        super().__init__(label_config=label_config, train_output=train_output, **kwargs)
+        # parse first: a config CASS cannot use raises LabelConfigError, naming what is missing (or
+        # the limit it is over): BrushLabels / PolygonLabels outputs and smart tools (backend.controls);
+        # ``targets``: already parsed (remembered from the project's /setup)
+        if label_config:
+            self.targets = parse_controls(label_config, settings.nothing, settings.limits)
+        else:
+            self.targets = targets if isinstance(targets, Controls) else Controls(tuple(targets or ()))
+        # the library's own parse_config is not needed (and not linear): the config is not passed on
+        super().__init__(label_config=None, train_output=train_output, **kwargs)
 
     @property
     def model_version(self) -> str:
@@ -127,21 +131,21 @@ class CASSManager(LabelStudioMLManager):
     """See the module docstring."""
 
     MAX_PROJECTS = 256
-    _projects: "OrderedDict[str, dict]" = OrderedDict()
-    _projects_lock = threading.Lock()
+    #: What /setup remembers per project: hostname, access token, parsed targets and the config's
+    #: digest, never the config text; bounded in entries and in bytes (least recently used dropped).
+    MAX_PROJECT_BYTES = 32 * 1024 * 1024
+    _projects: ByteBoundedLRU = ByteBoundedLRU(
+        MAX_PROJECT_BYTES, max_entries=MAX_PROJECTS,
+        sizeof=lambda p: 512 + len(p.get("hostname", "")) + len(p.get("access_token", "")) +
+        targets_size(p.get("targets", ())))
 
     @classmethod
     def _remember(cls, project, params: dict) -> None:
-        with cls._projects_lock:
-            cls._projects[str(project)] = params
-            cls._projects.move_to_end(str(project))
-            while len(cls._projects) > cls.MAX_PROJECTS:
-                cls._projects.popitem(last=False)
+        cls._projects.put(str(project), params)
 
     @classmethod
     def _recall(cls, project) -> dict:
-        with cls._projects_lock:
-            return dict(cls._projects.get(str(project), {}))
+        return dict(cls._projects.get(str(project)) or {})
 
     @classmethod
     def _build(cls, label_config, **kwargs) -> CASSBackend:
@@ -155,7 +159,8 @@ class CASSManager(LabelStudioMLManager):
         """``/setup``: validate the config, remember the project's Label Studio address."""
         params = {"hostname": kwargs.get("hostname") or "", "access_token": kwargs.get("access_token") or ""}
         model = cls._build(label_config, **params)
-        cls._remember(project, {**params, "label_config": label_config})
+        cls._remember(project, {**params, "targets": model.targets,
+                                "digest": config_digest(label_config) if isinstance(label_config, str) else None})
         cls._current_model = ModelWrapper(model=model, model_version=model.model_version)
         log.info("setup project %s: %d brush control(s), model_version %s", project,
                  len(model.targets), model.model_version)
@@ -165,9 +170,10 @@ class CASSManager(LabelStudioMLManager):
     def predict(cls, tasks, project=None, label_config=None, force_reload=False, try_fetch=True, **kwargs):
         if not isinstance(tasks, list):
             raise AnswerException(400, f"'tasks' must be a list of tasks, got {type(tasks).__name__}", {})
-        remembered = cls._recall(project)  # hostname, access_token, label_config of its /setup
-        setup_config = remembered.pop("label_config", None)
-        model = cls._build(label_config or setup_config, **remembered)
+        remembered = cls._recall(project)  # hostname, access_token, parsed targets of its /setup
+        remembered.pop("digest", None)
+        setup_targets = remembered.pop("targets", None)
+        model = cls._build(label_config, targets=setup_targets, **remembered)
         try:
             predictions = model.predict(tasks, **kwargs)
         except (LabelConfigError, ContextError) as exc:
@@ -203,7 +209,8 @@ class CASSManager(LabelStudioMLManager):
         if not isinstance(label_config, str) or not label_config.strip():
             return None
         remembered = cls._recall(setup_project_key(project))
-        remembered.pop("label_config", None)
+        remembered.pop("targets", None)
+        remembered.pop("digest", None)
         try:
             model = cls._build(label_config, **remembered)
         except AnswerException as exc:  # a config CASS cannot use: nothing to warm

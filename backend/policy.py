@@ -17,6 +17,7 @@ from typing import Callable
 
 from PIL import Image
 
+from cass.imageformat import header_size
 from cass.images import ImageError
 
 from .urls import HttpURL, URLRefused, normal_host, parse_http_url, show_url
@@ -226,8 +227,9 @@ class FetchPolicy:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as img:
-                    width, height = img.size
+                found = header_size(data)  # never decodes; ImageError for formats off the allow-list
+        except ImageError:
+            raise
         except Image.DecompressionBombError as exc:  # Pillow refuses to even open it (> 2x its own limit)
             found = re.search(r"\((\d+) pixels\)", str(exc))
             size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
@@ -235,6 +237,9 @@ class FetchPolicy:
                              f"(CASS_MAX_IMAGE_MP; decompression-bomb and memory guard)") from None
         except Exception:
             return
+        if found is None:  # not a recognisable image: the decoder reports it
+            return
+        _, width, height = found
         if width * height > self.max_pixels:
             raise ImageError(f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the "
                              f"limit of {self.max_pixels / 1e6:g} MP (CASS_MAX_IMAGE_MP; decompression-bomb "

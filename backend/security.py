@@ -60,7 +60,7 @@ def install(app: Flask, settings, predictor) -> Flask:
     def predict_with_admission():
         predictor = state["predictor"]
         try:
-            with predictor.slots.admit():
+            with predictor.slots.admit(_admission_key()):
                 return original()
         except Busy as exc:
             log.warning("POST /predict refused: %s (Retry-After %ds)", exc, exc.retry_after_s)
@@ -68,6 +68,15 @@ def install(app: Flask, settings, predictor) -> Flask:
 
     app.view_functions["_predict"] = predict_with_admission
     return app
+
+
+def _admission_key() -> str:
+    """Fair-admission key of a ``/predict``: its Label Studio project, else the client address."""
+    data = request.get_json(silent=True)
+    project = data.get("project") if isinstance(data, dict) else None
+    if isinstance(project, (str, int)) and str(project):
+        return f"project:{str(project)[:200]}"
+    return f"client:{request.remote_addr}"
 
 
 def _settings():

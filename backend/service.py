@@ -38,6 +38,10 @@ TASK_ERRORS = (TaskDataError, ImageFetchError, ImageError, VocabularyError, Feat
                TaskOutOfMemory)
 
 
+#: Prompts encoded per inference slot turn (80 templates each through the CLIP text tower).
+TEXT_CHUNK = 16
+
+
 class NoCache:
     """A cache that stores nothing, with ``cass.cache.FeatureCache``'s interface (used when
     ``cass.cache`` is not available, and by default in tests)."""
@@ -241,7 +245,22 @@ class Predictor:
             info.misses += not hit
         return features
 
+    def prepare_text(self, vocabulary: Vocabulary) -> None:
+        """Encode the vocabulary's prompts in chunks of :data:`TEXT_CHUNK`, one inference slot per
+        chunk (released in between, so other requests' image work interleaves with a big new label
+        set). Each embedding is cached as it is computed (in-process, and in Redis with REDIS_URL),
+        so an interrupted or timed-out request's retry continues where it stopped. No-op for an
+        engine without a ``text`` encoder (unit-test fakes)."""
+        text = getattr(self.engine, "text", None)
+        if not callable(text):
+            return
+        queries = list(vocabulary.queries)
+        for i in range(0, len(queries), TEXT_CHUNK):
+            with self._lock:
+                text(queries[i:i + TEXT_CHUNK])
+
     def segment(self, features, target: BrushTarget, info: "TaskInfo | None" = None, image: bytes | None = None):
+        self.prepare_text(target.vocabulary)
         params = self.text_params(target)
         pamr = getattr(params or self.engine.preset.text, "pamr", None) is not None
         with self._lock:

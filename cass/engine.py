@@ -29,7 +29,7 @@ from PIL import Image
 from . import pamr, spectral
 from .backbones import HEAD_DIM, build_clip, interpolate_pos_grid, load_dino
 from .features import ImageFeatures, Segmentation
-from .images import ImageError, load_image, resize_for_inference
+from .images import ImageError, load_image, pad_to_min_side, resize_for_inference
 from .presets import Preset, TextParams, load_preset
 from .text import TextEncoder
 from .vocabulary import Vocabulary, VocabularyError
@@ -203,27 +203,34 @@ class CASS:
 
     def normalized_input(self, image, resize: bool = True) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(1, 3, H, W)`` float32 CLIP-normalised inference-size image and the original ``(H, W)``."""
+        x, original_size, _ = self._normalized_input(image, resize)
+        return x, original_size
+
+    def _normalized_input(self, image, resize: bool = True):
+        """:meth:`normalized_input` plus ``valid_size``: the ``(H, W)`` of the image inside a padded
+        input (a strip thinner than the preset's window is padded; masks are cropped back), else None."""
         rgb = load_image(image)
         original_size = (rgb.shape[0], rgb.shape[1])
         if resize:
             rgb = resize_for_inference(rgb, self.preset.image.short_side, self.preset.image.long_side)
         p = self.preset.image
         height, width = rgb.shape[:2]
-        if min(height, width) < self.patch_size:
-            raise ImageError(f"image is {original_size[1]}x{original_size[0]} pixels; at inference size "
-                             f"{width}x{height} a side is under one {self.patch_size}-pixel patch "
-                             f"(aspect ratio too extreme)")
+        valid_size = None
+        if min(height, width) < self.patch_size:  # thin strip: pad, masks are cropped back
+            valid_size = (height, width)
+            rgb = pad_to_min_side(rgb, max(self.patch_size, p.slide_crop), p.pixel_mean)
+            height, width = rgb.shape[:2]
         img = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)
         mean = torch.tensor(p.pixel_mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(p.pixel_std, dtype=torch.float32).view(3, 1, 1)
-        return ((img - mean) / std).unsqueeze(0), original_size
+        return ((img - mean) / std).unsqueeze(0), original_size, valid_size
 
     @torch.inference_mode()
     def _encode(self, image, resize: bool = True, head_pairing: np.ndarray | torch.Tensor | None = None,
                 seed: int = 0, trace: dict | None = None) -> ImageFeatures:
         """:meth:`encode` with the parity hooks (see :func:`cass.testing.encode`)."""
         t_start = time.perf_counter()
-        x, original_size = self.normalized_input(image, resize)
+        x, original_size, valid_size = self._normalized_input(image, resize)
         p = self.preset.image
         height, width = x.shape[-2:]
 
@@ -308,7 +315,7 @@ class CASS:
             patch_features=patch.float().cpu().contiguous(),
             global_vectors=global_vectors.float().cpu().contiguous(),
             windows=torch.tensor(windows, dtype=torch.int64),
-            grid=(gh, gw), input_size=(height, width), original_size=original_size,
+            grid=(gh, gw), input_size=(height, width), original_size=original_size, valid_size=valid_size,
             head_pairing=col.cpu(), matching_cost=cost.float().cpu(), fingerprint=self.fingerprint)
 
     def _dino_input(self, x: torch.Tensor, windows, trace: dict | None) -> torch.Tensor:
@@ -421,7 +428,7 @@ class CASS:
         grids = window_logits(features, text, clusters, tp.global_semantics_weight, tp.mean_vector_weight,
                               tp.topk, trace, global_text=global_text)
         stitcher = Stitcher(features.windows.tolist(), features.grid, features.input_size,
-                            tuple(output_size or features.original_size))
+                            tuple(output_size or features.original_size), features.valid_size)
         if tp.pamr is not None:
             stitcher = self._pamr_logits(grids, stitcher, features, image, tp.pamr, trace)
         seg = postprocess(grids, stitcher, vocabulary, tp.logit_scale, tp.prob_thd, return_probs)
@@ -562,10 +569,12 @@ class Stitcher:
     """
 
     def __init__(self, windows: list[tuple[int, int, int, int]], grid: tuple[int, int],
-                 input_size: tuple[int, int], output_size: tuple[int, int]):
+                 input_size: tuple[int, int], output_size: tuple[int, int],
+                 valid_size: tuple[int, int] | None = None):
         gh, gw = grid
         height, width = input_size
         out_h, out_w = output_size
+        valid_h, valid_w = valid_size or input_size  # the image part of a padded input
         row_spans = sorted({(y1, y2) for y1, y2, _, _ in windows})
         col_spans = sorted({(x1, x2) for _, _, x1, x2 in windows})
         if len(row_spans) * len(col_spans) != len(windows):
@@ -575,7 +584,9 @@ class Stitcher:
             ny[y1:y2] += 1
         for x1, x2 in col_spans:
             nx[x1:x2] += 1
-        ry_out, rx_out = _resize_matrix(out_h, height), _resize_matrix(out_w, width)
+        ry_out, rx_out = torch.zeros(out_h, height), torch.zeros(out_w, width)
+        ry_out[:, :valid_h] = _resize_matrix(out_h, valid_h)
+        rx_out[:, :valid_w] = _resize_matrix(out_w, valid_w)
         a = {span: (ry_out[:, span[0]:span[1]] / ny[span[0]:span[1]]) @ _resize_matrix(span[1] - span[0], gh)
              for span in row_spans}
         b = {span: (rx_out[:, span[0]:span[1]] / nx[span[0]:span[1]]) @ _resize_matrix(span[1] - span[0], gw)

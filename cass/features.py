@@ -39,6 +39,8 @@ class ImageFeatures:
         head_pairing: ``(n_windows, heads)`` int64, the Hungarian column per output head.
         matching_cost: ``(n_windows, heads, heads)`` float32, the cost given to the matching.
         fingerprint: identifies the weights and image-side parameters that produced the features.
+        valid_size: ``(H, W)`` of the image inside a padded inference image (a thin strip is padded
+            at the bottom/right to the minimum size); None: no padding. Masks cover only this part.
     """
 
     patch_features: torch.Tensor
@@ -50,6 +52,7 @@ class ImageFeatures:
     head_pairing: torch.Tensor
     matching_cost: torch.Tensor
     fingerprint: str = ""
+    valid_size: tuple[int, int] | None = None
 
     _ARRAYS = ("patch_features", "global_vectors", "windows", "head_pairing", "matching_cost")
 
@@ -80,6 +83,7 @@ class ImageFeatures:
             "input_size": list(self.input_size),
             "original_size": list(self.original_size),
             "fingerprint": self.fingerprint,
+            **({"valid_size": list(self.valid_size)} if self.valid_size is not None else {}),
             "arrays": arrays,
         }).encode()
         return _MAGIC + struct.pack("<I", len(header)) + header + b"".join(blobs)
@@ -109,7 +113,9 @@ class ImageFeatures:
                 tensors[name] = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True))
             features = cls(grid=tuple(header["grid"]), input_size=tuple(header["input_size"]),
                            original_size=tuple(header["original_size"]),
-                           fingerprint=header["fingerprint"], **tensors)
+                           fingerprint=header["fingerprint"],
+                           valid_size=tuple(header["valid_size"]) if header.get("valid_size") else None,
+                           **tensors)
         except FeaturesFormatError:
             raise
         except Exception as exc:  # any malformed content: one clear error type

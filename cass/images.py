@@ -1,8 +1,10 @@
 """Image decoding and the preset's inference resize.
 
-Whatever arrives (path, bytes, PIL image, array; JPEG/PNG/TIFF/WebP/GIF; grayscale, palette, RGBA,
+Whatever arrives (path, bytes, PIL image, array; JPEG/PNG/TIFF/WebP/GIF/BMP; grayscale, palette, RGBA,
 16-bit, EXIF-rotated, animated) becomes an ``(H, W, 3)`` uint8 RGB array oriented as a viewer shows
-it, or a clear :class:`ImageError`.
+it, or a clear :class:`ImageError`. Encoded images in other formats (ICO, PSD, ...) are refused
+before any decoder runs, and the declared size is checked from the header first
+(:mod:`cass.imageformat`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .imageformat import ALLOWED_TEXT, not_allowed_message, refused_format, sniff_format, webp_size
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger declared sizes are refused before decoding
 
@@ -44,10 +48,23 @@ def load_image(source: Image.Image | np.ndarray | str | os.PathLike | bytes,
 
 
 def _open_and_convert(fh, name: str, max_pixels: int) -> np.ndarray:
+    head = fh.read(64)
+    fh.seek(0)
+    fmt = sniff_format(head)
+    if fmt is None:
+        refused = refused_format(head)
+        if refused is not None:
+            raise ImageError(not_allowed_message(name, refused))
+        raise ImageError(f"{name} is not a readable image (unknown or unsupported format); allowed formats "
+                         f"are {ALLOWED_TEXT}")
+    if fmt == "WEBP":  # the WebP opener allocates the canvas: check the declared size first
+        size = webp_size(head[:30])
+        if size is not None and max_pixels and size[0] * size[1] > max_pixels:
+            _check_size_values(size[0], size[1], max_pixels, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fh)
+            img = Image.open(fh, formats=[fmt])
             _check_size(img, max_pixels, name)
             return _pil_to_rgb(img, max_pixels)
     except ImageError:
@@ -61,7 +78,10 @@ def _open_and_convert(fh, name: str, max_pixels: int) -> np.ndarray:
 
 
 def _check_size(img: Image.Image, max_pixels: int, name: str = "image") -> None:
-    w, h = img.size
+    _check_size_values(*img.size, max_pixels, name)
+
+
+def _check_size_values(w: int, h: int, max_pixels: int, name: str = "image") -> None:
     if w <= 0 or h <= 0:
         raise ImageError(f"{name} has an empty size {w}x{h}")
     if max_pixels and w * h > max_pixels:
@@ -128,3 +148,19 @@ def resize_for_inference(rgb: np.ndarray, short_side: int, long_side: int) -> np
     t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float()
     t = F.interpolate(t, size=(th, tw), mode="bilinear", align_corners=False, antialias=False)
     return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def pad_to_min_side(rgb: np.ndarray, min_side: int, fill: tuple[float, float, float]) -> np.ndarray:
+    """Pad an ``(H, W, 3)`` uint8 image at the bottom/right to at least ``min_side`` per side with the
+    colour ``fill`` (the preset's pixel mean: zero after normalisation). Returns the padded array;
+    the image stays at ``[:H, :W]`` (masks are cropped back with the features' ``valid_size``)."""
+    h, w = rgb.shape[:2]
+    if h <= 0 or w <= 0:
+        raise ImageError(f"image has an empty size {w}x{h}")
+    th, tw = max(h, min_side), max(w, min_side)
+    if (th, tw) == (h, w):
+        return rgb
+    out = np.empty((th, tw, 3), dtype=np.uint8)
+    out[:] = np.asarray([int(round(c)) for c in fill], dtype=np.uint8)
+    out[:h, :w] = rgb
+    return out

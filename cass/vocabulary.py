@@ -54,8 +54,8 @@ class Vocabulary:
         classes = tuple(self.classes)
         if not classes:
             raise VocabularyError("the vocabulary is empty: give at least one class")
-        names = [c.name for c in classes]
-        dup_names = sorted({n for n in names if names.count(n) > 1})
+        seen: set[str] = set()
+        dup_names = sorted({c.name for c in classes if c.name in seen or seen.add(c.name)})  # linear
         if dup_names:
             raise VocabularyError(f"duplicate class names: {dup_names}")
         owner: dict[str, str] = {}

@@ -190,10 +190,11 @@ def run_clients(args, url: str, deadline: float, auth) -> list[dict]:
             for _ in range(batch):
                 task_id += 1
                 tasks.append({"id": task_id, "data": {"image": f"/data/upload/1/{rng.randrange(args.images)}.png"}})
-            body = {"tasks": tasks, "project": f"{index + 1}.1700000000", "label_config": LABEL_CONFIG,
+            project = index % args.projects + 1 if args.projects else index + 1
+            body = {"tasks": tasks, "project": f"{project}.1700000000", "label_config": LABEL_CONFIG,
                     "params": {"login": None, "password": None, "context": None}}
             t0 = time.monotonic()
-            rec = {"t": t0, "tasks": batch, "batch": batch > 1}
+            rec = {"t": t0, "tasks": batch, "batch": batch > 1, "client": index}
             try:
                 resp = session.post(f"{url}/predict", json=body, timeout=args.request_timeout, auth=auth)
                 rec["status"] = resp.status_code
@@ -221,6 +222,28 @@ def run_clients(args, url: str, deadline: float, auth) -> list[dict]:
     return records
 
 
+def per_client(records: list[dict], clients: int, start: float, end: float) -> dict:
+    """Fairness: successes per client, the fewest successes of any client in any whole minute, and
+    the longest time any client went without a success (start and end of the run included)."""
+    done: dict[int, list[float]] = {i: [] for i in range(clients)}
+    for r in records:
+        if r.get("status") == 200:
+            done[r["client"]].append(r["t"] + r["latency"])
+    minutes = max(1, int((end - start) // 60))
+    min_per_minute, max_gap = None, 0.0
+    for times in done.values():
+        times.sort()
+        per_minute = [sum(1 for t in times if start + 60 * m <= t < start + 60 * (m + 1)) for m in range(minutes)]
+        low = min(per_minute)
+        min_per_minute = low if min_per_minute is None else min(min_per_minute, low)
+        edges = [start, *times, end]
+        max_gap = max(max_gap, max(b - a for a, b in zip(edges, edges[1:])))
+    counts = sorted(len(t) for t in done.values())
+    return {"successes_min": counts[0] if counts else 0, "successes_max": counts[-1] if counts else 0,
+            "clients_without_success": sum(1 for c in counts if c == 0),
+            "min_successes_per_minute": min_per_minute, "max_gap_between_successes_s": round(max_gap, 1)}
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -233,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=120.0, help="seconds of load (requests in flight finish)")
     p.add_argument("--batch-clients", type=int, default=1, help="clients that send batches (default 1)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--projects", type=int, default=4, help="projects the clients belong to (client i: project i %% N + 1; 0 = one per client)")
     p.add_argument("--images", type=int, default=200, help="distinct images in the pool (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--server", choices=["gunicorn", "module"], default="gunicorn",
@@ -347,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         "health_degraded": health.get("degraded"),
         "inference": health.get("inference"),
     }
+    report["per_client"] = per_client(records, args.clients, t0, t0 + elapsed)
+    report["server_errors_not_busy"] = sum(1 for r in records if str(r.get("status", "")).startswith("5")
+                                           and not (r.get("status") == 503 and r.get("busy")))
     print(json.dumps(report), flush=True)
     return 1 if report["server_errors"] or report["errors"] else 0
 

@@ -101,10 +101,91 @@ def test_admission_is_bounded_and_busy_says_when_to_retry():
         with pytest.raises(Busy) as info:
             with slots.admit():
                 pass
-        # mean request time 2 s (three of 0 s, three of 4 s) x 3 requests ahead of a new one on 1 slot
-        assert info.value.retry_after_s == 6
+        # moving average (alpha 0.3) of three 0 s then three 4 s requests = 2.628 s, x 3 requests ahead
+        # of a new one on 1 slot = 7.9 -> 8
+        assert info.value.retry_after_s == 8
     with slots.admit():  # places free again
         pass
+
+
+def test_waiting_calls_are_served_round_robin_across_projects_fifo_within():
+    slots = InferenceSlots(1)
+    order = []
+    slots.acquire()
+    threads = []
+    arrivals = [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("c", 1)]
+    for n, (key, i) in enumerate(arrivals):
+        def work(key=key, i=i):
+            slots.acquire(key)
+            order.append((key, i))
+            slots.release()
+        t = threading.Thread(target=work)
+        t.start()
+        threads.append(t)
+        wait_for(lambda n=n: slots.stats()["waiting_calls"] == n + 1, f"call {key}{i} to queue")
+    slots.release()
+    for t in threads:
+        t.join(HANG_S)
+    # project "a" queued three calls first, yet "b" and "c" are not kept waiting behind all of them
+    assert order == [("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2), ("a", 3)]
+
+
+def test_calls_take_the_project_their_thread_was_admitted_for():
+    slots = InferenceSlots(1)
+    order = []
+    slots.acquire()
+    gate_in = []
+
+    def request(key, n):
+        with slots.admit(key):
+            for i in range(n):
+                with slots:
+                    order.append(key)
+    threads = [threading.Thread(target=request, args=("batch", 3))]
+    threads[0].start()
+    wait_for(lambda: slots.stats()["waiting_calls"] == 1, "the batch to queue")
+    threads.append(threading.Thread(target=request, args=("annotator", 1)))
+    threads[1].start()
+    wait_for(lambda: slots.stats()["waiting_calls"] == 2, "the annotator to queue")
+    slots.release()
+    for t in threads:
+        t.join(HANG_S)
+    assert order[:2] == ["batch", "annotator"] and order.count("batch") == 3
+
+
+def test_one_project_cannot_take_every_place_while_others_wait():
+    slots = InferenceSlots(1, max_queue=3)  # 4 places
+    with slots.admit("a"), slots.admit("a"), slots.admit("a"):
+        with slots.admit("b"):  # b's share: ceil(4 / 2) = 2; a holds 3 of 4 already (it came alone)
+            with pytest.raises(Busy) as info:
+                with slots.admit("c"):
+                    pass  # the backend is full
+            assert "busy: 4 prediction requests" in str(info.value)
+    with slots.admit("a"), slots.admit("b"):
+        with slots.admit("a"):  # a: 2 of ceil(4 / 2) = 2 now
+            with pytest.raises(Busy) as info:
+                with slots.admit("a"):
+                    pass
+            assert "already has 2 of 3 prediction requests in (its fair share" in str(info.value)
+            with slots.admit("b"):  # b still has a place
+                pass
+    assert slots.stats()["rejected_share"] == 1 and slots.stats()["requests"] == 0
+    with slots.admit("solo"), slots.admit("solo"), slots.admit("solo"), slots.admit("solo"):
+        pass  # one project alone may use every place
+
+
+def test_retry_after_follows_measured_times_and_queue_length():
+    now = [0.0]
+    slots = InferenceSlots(1, max_queue=8, clock=lambda: now[0])
+    with slots.admit():
+        now[0] += 10.0
+    assert slots.retry_after() == 10
+    for _ in range(30):  # requests get fast: the estimate follows
+        with slots.admit():
+            now[0] += 1.0
+    assert slots.retry_after() == 1
+    with slots.admit("a"), slots.admit("b"), slots.admit("c"), slots.admit("d"), slots.admit("e"):
+        assert slots.retry_after() == 5  # ~1 s x 5 requests ahead on one slot
 
 
 def test_release_without_acquire_is_a_bug():

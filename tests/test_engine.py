@@ -216,9 +216,11 @@ def test_missing_image_file(model, tmp_path):
         model.encode(tmp_path / "nope.jpg")
 
 
-def test_extreme_aspect_ratio_is_a_clear_error(model):
-    with pytest.raises(cass.ImageError, match="aspect ratio"):
-        model.encode(np.zeros((2, 4000, 3), dtype=np.uint8))
+def test_extreme_aspect_ratio_is_padded_and_predicted_at_the_original_size(model):
+    features = model.encode(np.zeros((2, 4000, 3), dtype=np.uint8))  # was refused (issue 9 item 9)
+    assert features.original_size == (2, 4000) and features.valid_size is not None
+    seg = model.segment(features, cass.Vocabulary.from_names(["a", "b"]))
+    assert seg.labels.shape == (2, 4000)
 
 
 def test_image_modes_are_converted():

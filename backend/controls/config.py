@@ -14,12 +14,13 @@ A config with BrushLabels and PolygonLabels gets both. A config with no output c
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, fields
 
 from .. import labels as brush_labels
-from ..labels import BrushTarget, LabelConfigError, NothingRule, parse_label_config
+from ..labels import (BrushTarget, LabelConfigError, NothingRule, check_limits, config_digest,
+                      parse_label_config, targets_size)
+from ..limits import ByteBoundedLRU, VocabularyLimits
 
 OUTPUT_TAGS = ("brushlabels", "polygonlabels")
 SMART_TAGS = {"rectanglelabels": "rectangle", "keypointlabels": "keypoint"}
@@ -75,16 +76,28 @@ class Controls:
         return None
 
 
-def parse_controls(config: str, default_rule: NothingRule = NothingRule()) -> Controls:
-    """All controls of ``config`` (cached: Label Studio sends the same config on every call)."""
+#: Parsed configs by (digest, rule, limits), bounded in bytes (the config text itself is not kept).
+_parsed: ByteBoundedLRU = ByteBoundedLRU(32 * 1024 * 1024, max_entries=256,
+                                         sizeof=lambda c: targets_size(tuple(c.outputs)) + 200 * len(c.smart))
+
+
+def parse_controls(config: str, default_rule: NothingRule = NothingRule(),
+                   limits: VocabularyLimits | None = None) -> Controls:
+    """All controls of ``config`` (cached by digest: Label Studio sends the same config on every call).
+    ``limits``: the classes/prompts bound of all outputs together (default ``VocabularyLimits()``)."""
     if not isinstance(config, str) or not config.strip():
         raise LabelConfigError("the label config is empty: CASS needs a <BrushLabels> or <PolygonLabels> "
                                "control with <Label> children and the <Image> it points to")
-    return _parse_cached(config, default_rule)
+    limits = limits or VocabularyLimits()
+    key = (config_digest(config), default_rule, limits)
+    controls = _parsed.get(key)
+    if controls is None:
+        controls = _parse(config, default_rule, limits)
+        _parsed.put(key, controls)
+    return controls
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_cached(config: str, default_rule: NothingRule) -> Controls:
+def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits) -> Controls:
     from label_studio_sdk.label_interface import LabelInterface
 
     try:
@@ -94,7 +107,7 @@ def _parse_cached(config: str, default_rule: NothingRule) -> Controls:
     controls = list(interface.controls or [])
     objects = {o.name: o for o in (interface.objects or [])}
     # BrushLabels: backend.labels' own parse, unchanged; PolygonLabels: the same vocabulary rules
-    brushes = {t.from_name: t for t in parse_label_config(config, default_rule)} \
+    brushes = {t.from_name: t for t in parse_label_config(config, default_rule, limits)} \
         if any(c.tag.lower() == "brushlabels" for c in controls) else {}
     outputs = []
     for control in controls:
@@ -112,13 +125,14 @@ def _parse_cached(config: str, default_rule: NothingRule) -> Controls:
             "</BrushLabels> (or <PolygonLabels ...>) next to <Image name=\"image\" value=\"$image\"/>")
     smart = tuple(_smart_tool(c, outputs) for c in controls
                   if c.tag.lower() in SMART_TAGS and str(c.attr.get("smart", "")).lower() == "true")
+    check_limits(tuple(outputs), limits)  # brush and polygon vocabularies together
     return Controls(tuple(outputs), smart)
 
 
 def _vocabulary_target(interface, control, objects, default_rule: NothingRule) -> BrushTarget:
     """backend.labels' per-control parse (labels, prompts, duplicates, nothing rule) for any tag."""
-    elements = getattr(brush_labels, "_label_elements", None)
-    labels = elements(interface, control) if elements is not None else None
+    elements = brush_labels._label_elements(interface, {control.name})
+    labels = elements.get(control.name, []) if elements is not None else None
     try:
         return brush_labels._target(control, objects, default_rule, labels)
     except LabelConfigError as exc:

@@ -1,0 +1,130 @@
+"""Per-project vocabulary limits (``CASS_MAX_CLASSES``, ``CASS_MAX_PROMPTS``) and a byte-bounded LRU.
+
+A project's label set is the vocabulary CASS encodes (80 templates per prompt through the CLIP text
+tower) and segments with (work and memory grow with the number of prompts). Beyond the limits,
+``/setup`` and ``/predict`` answer 400 naming the limit instead of monopolising the inference slot.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Generic, Hashable, Mapping, TypeVar
+
+DEFAULT_MAX_CLASSES = 1000
+DEFAULT_MAX_PROMPTS = 2000
+
+
+@dataclass(frozen=True)
+class VocabularyLimits:
+    """The most classes (labels) and prompts (values + ``predicted_values``) of one project, all its
+    ``BrushLabels`` controls together (background prompts included)."""
+
+    max_classes: int = DEFAULT_MAX_CLASSES
+    max_prompts: int = DEFAULT_MAX_PROMPTS
+
+    def __post_init__(self):
+        for name, value in (("max_classes", self.max_classes), ("max_prompts", self.max_prompts)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"VocabularyLimits.{name} must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "VocabularyLimits":
+        """``CASS_MAX_CLASSES`` / ``CASS_MAX_PROMPTS`` (ValueError naming the variable when bad)."""
+        env = os.environ if env is None else env
+        values = {}
+        for field, var, default in (("max_classes", "CASS_MAX_CLASSES", DEFAULT_MAX_CLASSES),
+                                    ("max_prompts", "CASS_MAX_PROMPTS", DEFAULT_MAX_PROMPTS)):
+            text = (env.get(var) or "").strip()
+            if not text:
+                values[field] = default
+                continue
+            try:
+                values[field] = int(text)
+            except ValueError:
+                raise ValueError(f"{var} = {text!r} is not a whole number") from None
+            if values[field] < 1:
+                raise ValueError(f"{var} = {text!r} must be at least 1")
+        return cls(**values)
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def deep_size(obj, _seen: set | None = None) -> int:
+    """Approximate bytes held by ``obj`` (containers, dataclasses and strings followed; shared objects
+    counted once)."""
+    seen = set() if _seen is None else _seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, (str, bytes, int, float, bool, type(None))):
+        return size
+    if isinstance(obj, dict):
+        return size + sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return size + sum(deep_size(v, seen) for v in obj)
+    if hasattr(obj, "__dict__"):
+        return size + deep_size(vars(obj), seen)
+    if hasattr(obj, "__slots__"):
+        return size + sum(deep_size(getattr(obj, s), seen) for s in obj.__slots__ if hasattr(obj, s))
+    return size
+
+
+class ByteBoundedLRU(Generic[K, V]):
+    """Thread-safe LRU whose entries' ``sizeof`` sum stays at most ``max_bytes`` (and at most
+    ``max_entries`` entries). An entry larger than ``max_bytes`` alone is not stored."""
+
+    def __init__(self, max_bytes: int, max_entries: int = 1 << 30, sizeof: Callable[[object], int] = deep_size):
+        self.max_bytes = int(max_bytes)
+        self.max_entries = int(max_entries)
+        self.sizeof = sizeof
+        self._data: "OrderedDict[K, tuple[V, int]]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: K, default=None):
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return default
+            self._data.move_to_end(key)
+            return item[0]
+
+    def put(self, key: K, value: V) -> bool:
+        """Store ``value``; False when it alone is over ``max_bytes`` (then nothing is kept for ``key``)."""
+        size = self.sizeof(value) + 256  # the key: a digest and a few small objects
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            if size > self.max_bytes:
+                return False
+            self._data[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes or len(self._data) > self.max_entries:
+                _, (_, dropped) = self._data.popitem(last=False)
+                self._bytes -= dropped
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._data
