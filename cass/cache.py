@@ -9,8 +9,8 @@ Two implementations of one interface (:class:`FeatureCache`):
 Keys are ``cass:feat:v<format>:<engine fingerprint>:<sha256 of the image bytes>``: the same
 picture under another URL hits, other weights / image-side parameters miss (the fingerprint covers
 them), text-side parameters are not in the key (changing them still hits). Values are
-:meth:`ImageFeatures.to_bytes` (float32, exact round trip), so a hit segments bit-for-bit like a
-miss. Text embeddings go through :meth:`FeatureCache.get_text` / :meth:`FeatureCache.set_text`
+:meth:`ImageFeatures.to_bytes` (format v2: float16 features, compressed); a miss returns the
+features decoded from the blob it stores, so a hit segments bit-for-bit like a miss. Text embeddings go through :meth:`FeatureCache.get_text` / :meth:`FeatureCache.set_text`
 (the ``external`` store of :class:`cass.text.TextEncoder`).
 
 Concurrent requests for the same uncached image compute it once: threads of one process wait for
@@ -297,7 +297,9 @@ class _BaseCache:
             self._count("errors")
             self._count("not_stored")
             return features, None
-        return features, features.to_bytes()
+        blob = features.to_bytes()
+        # what a later hit will read (float16 features by default): a miss segments like a hit
+        return ImageFeatures.from_bytes(blob), blob
 
     def _put(self, key: str, blob: bytes) -> None:
         self._store(key, blob)
