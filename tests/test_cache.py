@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import cass
-from cass.cache import (ByteLRU, FeatureCache, MemoryCache, RedisCache, feature_key, make_cache,
+from cass.cache import (FeatureCache, MemoryCache, RedisCache, feature_key, make_cache,
                         make_cache_from_env, parse_size, render_prometheus, text_cache_key)
 from cass.features import FEATURES_FORMAT_VERSION, FeaturesFormatError, ImageFeatures
+from cass.lru import ByteLRU
 from cass.text import TextEncoder
 from tests.redis_fixtures import free_port, redis_server, redis_server_fn, redis_url  # noqa: F401
 
