@@ -67,7 +67,7 @@ class NoCache:
 def make_feature_cache(redis_url: str | None) -> "FeatureCache":
     """``cass.cache``'s feature cache: Redis when ``redis_url`` is set, else in-process, sized by its
     ``CASS_CACHE_*`` variables (docs/cache.md)."""
-    from cass.cache import make_cache_from_env
+    from cass.cache_env import make_cache_from_env
 
     return make_cache_from_env({**os.environ, "REDIS_URL": redis_url or ""})
 

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
 import uuid
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from .features import FEATURES_FORMAT_VERSION, FeaturesFormatError, ImageFeatures
 from .lru import ByteLRU
@@ -574,82 +573,3 @@ def make_cache(redis_url: str | None, max_bytes: int = DEFAULT_MAX_BYTES, ttl_s:
     if redis_url:
         return RedisCache(redis_url, ttl_s=ttl_s, **redis_options)
     return MemoryCache(max_bytes=max_bytes, ttl_s=ttl_s)
-
-
-_SIZE_SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": MiB, "mb": MiB,
-                "mib": MiB, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
-
-
-def parse_size(text: str | int) -> int:
-    """``"512MiB"``, ``"2g"``, ``"1048576"`` -> bytes (binary units)."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _SIZE_SUFFIX:
-        raise ValueError(f"invalid size {text!r} (examples: 536870912, 512MiB, 2G)")
-    return int(float(m.group(1)) * _SIZE_SUFFIX[m.group(2).lower()])
-
-
-def make_cache_from_env(environ: Mapping[str, str] | None = None) -> FeatureCache:
-    """:func:`make_cache` configured by environment variables (documented in docs/cache.md)."""
-    env = os.environ if environ is None else environ
-
-    def num(name: str, default: float) -> float:
-        value = env.get(name, "").strip()
-        return float(value) if value else default
-
-    options: dict[str, Any] = {}
-    if env.get("CASS_CACHE_FALLBACK_MAX_BYTES", "").strip():
-        options["fallback_max_bytes"] = parse_size(env["CASS_CACHE_FALLBACK_MAX_BYTES"])
-    for var, opt in (("CASS_REDIS_TIMEOUT_S", "socket_timeout_s"),
-                     ("CASS_REDIS_RETRY_S", "retry_interval_s"),
-                     ("CASS_CACHE_LOCK_TTL_S", "lock_ttl_s"), ("CASS_CACHE_LOCK_WAIT_S", "lock_wait_s")):
-        if env.get(var, "").strip():
-            options[opt] = num(var, 0.0)
-    max_bytes = parse_size(env.get("CASS_CACHE_MAX_BYTES", "").strip() or DEFAULT_MAX_BYTES)
-    ttl_s = int(num("CASS_CACHE_TTL_S", DEFAULT_TTL_S))
-    redis_url = env.get("REDIS_URL", "").strip() or None
-    return make_cache(redis_url, max_bytes=max_bytes, ttl_s=ttl_s, **(options if redis_url else {}))
-
-
-# (stats key, metric name, type, help)
-PROMETHEUS_METRICS = (
-    ("hits", "cass_feature_cache_hits_total", "counter",
-     "Image feature requests served without running the image towers"),
-    ("misses", "cass_feature_cache_misses_total", "counter",
-     "Image feature requests that ran the image towers (encode)"),
-    ("errors", "cass_feature_cache_errors_total", "counter",
-     "Cache failures: Redis unreachable or erroring, unreadable entries, features not cacheable"),
-    ("corrupt", "cass_feature_cache_corrupt_total", "counter",
-     "Unreadable or incompatible entries that were recomputed"),
-    ("coalesced", "cass_feature_cache_coalesced_total", "counter",
-     "Requests that waited for a concurrent computation of the same image (counted in hits)"),
-    ("bytes", "cass_feature_cache_bytes", "gauge",
-     "Bytes of image features held in this process (the LRU, or the Redis fallback LRU)"),
-    ("entries", "cass_feature_cache_entries", "gauge", "Image feature entries held in this process"),
-    ("bytes_stored", "cass_feature_cache_stored_bytes_total", "counter", "Bytes of features written"),
-    ("bytes_served", "cass_feature_cache_served_bytes_total", "counter", "Bytes of features read on hits"),
-    ("compute_seconds", "cass_feature_cache_compute_seconds_total", "counter",
-     "Seconds spent computing features on misses"),
-    ("evictions", "cass_feature_cache_evictions_total", "counter", "In-process LRU evictions"),
-    ("text_hits", "cass_feature_cache_text_hits_total", "counter", "Text embedding cache hits"),
-    ("text_misses", "cass_feature_cache_text_misses_total", "counter", "Text embedding cache misses"),
-    ("reachable", "cass_feature_cache_up", "gauge", "1 if the cache backend is reachable"),
-)
-
-
-def render_prometheus(stats: Mapping[str, Any] | FeatureCache) -> str:
-    """Prometheus text-format lines for :meth:`FeatureCache.stats` (or a cache), for ``/metrics``."""
-    if not isinstance(stats, Mapping):
-        stats = stats.stats()
-    lines = []
-    backend = str(stats.get("backend", "unknown"))
-    lines += ["# HELP cass_feature_cache_info Feature cache backend",
-              "# TYPE cass_feature_cache_info gauge", f'cass_feature_cache_info{{backend="{backend}"}} 1']
-    for key, name, kind, help_text in PROMETHEUS_METRICS:
-        if key not in stats:
-            continue
-        value = stats[key]
-        value = float(value) if isinstance(value, float) else int(value)
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    return "\n".join(lines) + "\n"

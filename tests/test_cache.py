@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import cass
-from cass.cache import (FeatureCache, MemoryCache, RedisCache, feature_key, make_cache,
-                        make_cache_from_env, parse_size, render_prometheus, text_cache_key)
+from backend.cache_metrics import render_prometheus
+from cass.cache import FeatureCache, MemoryCache, RedisCache, feature_key, make_cache, text_cache_key
+from cass.cache_env import make_cache_from_env, parse_size
 from cass.features import FEATURES_FORMAT_VERSION, FeaturesFormatError, ImageFeatures
 from cass.lru import ByteLRU
 from cass.text import TextEncoder
