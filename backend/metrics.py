@@ -1,8 +1,8 @@
 """``GET /metrics`` in the Prometheus text format (version 0.0.4).
 
 One scrape = the predictor's request/task counters, the engine's cumulative encode/segment time
-(``cass.engine.Timings``), the feature cache (``cass.cache.render_prometheus``) and the warm-up
-queue (``cass.warmup.render_prometheus``). Everything is per process: with several gunicorn workers
+(``cass.engine.Timings``), the feature cache (``backend.cache_metrics.render_prometheus``) and the warm-up
+queue (``backend.warmup.render_prometheus``). Everything is per process: with several gunicorn workers
 each exposes its own numbers (see docs/backend.md).
 """
 from __future__ import annotations
@@ -87,8 +87,8 @@ def engine_lines(engine) -> list[str]:
 
 def render(predictor, warmer=None) -> str:
     """The whole ``/metrics`` page. A part that fails is left out (and logged), never the scrape."""
-    from cass.cache import render_prometheus as render_cache
-    from cass.warmup import render_prometheus as render_warmup
+    from backend.cache_metrics import render_prometheus as render_cache
+    from backend.warmup import render_prometheus as render_warmup
 
     parts: list[str] = []
     for what, make in (("predictor", lambda: "\n".join(predictor_lines(predictor)) + "\n"),

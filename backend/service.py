@@ -70,15 +70,9 @@ class NoCache:
 
 def make_feature_cache(redis_url: str | None) -> "FeatureCache":
     """``cass.cache``'s feature cache: Redis when ``redis_url`` is set, else in-process, sized by its
-    ``CASS_CACHE_*`` variables (docs/cache.md); :class:`NoCache` if that module is missing."""
-    try:
-        from cass.cache import make_cache_from_env
-    except ImportError as exc:
-        if getattr(exc, "name", None) not in ("cass.cache", None):
-            raise  # cass.cache exists but one of its own imports failed: that is a real error
-        if redis_url:
-            log.warning("REDIS_URL is set but cass.cache is not available: image features are not cached")
-        return NoCache()
+    ``CASS_CACHE_*`` variables (docs/cache.md)."""
+    from cass.cache_env import make_cache_from_env
+
     return make_cache_from_env({**os.environ, "REDIS_URL": redis_url or ""})
 
 

@@ -2,7 +2,7 @@
 
 Label Studio registers the backend's ``/webhook`` for all events; ``TASKS_CREATED`` carries the new
 tasks and the whole project (label config included). :class:`TaskWarmer` queues each new task's
-image(s) in a :class:`cass.warmup.Warmer` (one per process, made with the engine in
+image(s) in a :class:`backend.warmup.Warmer` (one per process, made with the engine in
 ``create_app``); its worker thread fetches the bytes with the same policy and Label Studio
 credentials as ``/predict`` of that project, and encodes them under the predictor's engine lock
 (``Predictor.encode``), so that the first ``/predict`` of the task is a cache hit. Submitting never
@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from cass.warmup import Warmer
+from backend.warmup import Warmer
 
 from .images import ImageFetcher, show_url
 from .labels import BrushTarget, TaskDataError
@@ -26,7 +26,7 @@ log = logging.getLogger("backend.warm")
 
 @dataclass(frozen=True)
 class WarmJob:
-    """One image to warm: the queue item of the :class:`~cass.warmup.Warmer`. Two jobs are the same
+    """One image to warm: the queue item of the :class:`~backend.warmup.Warmer`. Two jobs are the same
     (queued once) when they name the same image reference for the same Label Studio."""
 
     ref: str                                                   # the task's image value

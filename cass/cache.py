@@ -9,8 +9,8 @@ Two implementations of one interface (:class:`FeatureCache`):
 Keys are ``cass:feat:v<format>:<engine fingerprint>:<sha256 of the image bytes>``: the same
 picture under another URL hits, other weights / image-side parameters miss (the fingerprint covers
 them), text-side parameters are not in the key (changing them still hits). Values are
-:meth:`ImageFeatures.to_bytes` (float32, exact round trip), so a hit segments bit-for-bit like a
-miss. Text embeddings go through :meth:`FeatureCache.get_text` / :meth:`FeatureCache.set_text`
+:meth:`ImageFeatures.to_bytes` (format v2: float16 features, compressed); a miss returns the
+features decoded from the blob it stores, so a hit segments bit-for-bit like a miss. Text embeddings go through :meth:`FeatureCache.get_text` / :meth:`FeatureCache.set_text`
 (the ``external`` store of :class:`cass.text.TextEncoder`).
 
 Concurrent requests for the same uncached image compute it once: threads of one process wait for
@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from .features import FEATURES_FORMAT_VERSION, FeaturesFormatError, ImageFeatures
+from .lru import ByteLRU
 
 log = logging.getLogger("cass.cache")
 
@@ -88,72 +87,6 @@ def text_cache_key(key: str, prefix: str = KEY_PREFIX) -> str:
 # ---------------------------------------------------------------------------------------------
 # building blocks
 # ---------------------------------------------------------------------------------------------
-class ByteLRU:
-    """Thread-safe LRU of ``bytes`` values bounded in total bytes (and optionally entries), with a
-    sliding TTL (a read renews it). A value larger than ``max_bytes`` is not stored."""
-
-    def __init__(self, max_bytes: int, *, max_entries: int | None = None, ttl_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.max_bytes = int(max_bytes)
-        self.max_entries = max_entries
-        self.ttl_s = ttl_s
-        self.clock = clock
-        self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.nbytes = 0
-        self.evictions = 0
-        self.expirations = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def _deadline(self) -> float:
-        return float("inf") if self.ttl_s is None else self.clock() + self.ttl_s
-
-    def get(self, key: str) -> bytes | None:
-        with self._lock:
-            item = self._data.get(key)
-            if item is None:
-                return None
-            value, expires = item
-            if self.clock() >= expires:
-                self._remove(key)
-                self.expirations += 1
-                return None
-            self._data[key] = (value, self._deadline())
-            self._data.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: bytes) -> bool:
-        """Store (most recently used); evicts least recently used entries. False if too large."""
-        value = bytes(value)
-        with self._lock:
-            self._remove(key)
-            if len(value) > self.max_bytes:
-                return False
-            self._data[key] = (value, self._deadline())
-            self.nbytes += len(value)
-            while self._data and (self.nbytes > self.max_bytes or
-                                  (self.max_entries is not None and len(self._data) > self.max_entries)):
-                old, (old_value, _) = self._data.popitem(last=False)
-                self.nbytes -= len(old_value)
-                self.evictions += 1
-            return True
-
-    def delete(self, key: str) -> None:
-        with self._lock:
-            self._remove(key)
-
-    def keys(self) -> list[str]:
-        with self._lock:
-            return list(self._data)
-
-    def _remove(self, key: str) -> None:
-        item = self._data.pop(key, None)
-        if item is not None:
-            self.nbytes -= len(item[0])
-
-
 class _Flight:
     """One in-process computation that other threads wait for."""
 
@@ -297,7 +230,9 @@ class _BaseCache:
             self._count("errors")
             self._count("not_stored")
             return features, None
-        return features, features.to_bytes()
+        blob = features.to_bytes()
+        # what a later hit will read (float16 features by default): a miss segments like a hit
+        return ImageFeatures.from_bytes(blob), blob
 
     def _put(self, key: str, blob: bytes) -> None:
         self._store(key, blob)
@@ -638,82 +573,3 @@ def make_cache(redis_url: str | None, max_bytes: int = DEFAULT_MAX_BYTES, ttl_s:
     if redis_url:
         return RedisCache(redis_url, ttl_s=ttl_s, **redis_options)
     return MemoryCache(max_bytes=max_bytes, ttl_s=ttl_s)
-
-
-_SIZE_SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": MiB, "mb": MiB,
-                "mib": MiB, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
-
-
-def parse_size(text: str | int) -> int:
-    """``"512MiB"``, ``"2g"``, ``"1048576"`` -> bytes (binary units)."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _SIZE_SUFFIX:
-        raise ValueError(f"invalid size {text!r} (examples: 536870912, 512MiB, 2G)")
-    return int(float(m.group(1)) * _SIZE_SUFFIX[m.group(2).lower()])
-
-
-def make_cache_from_env(environ: Mapping[str, str] | None = None) -> FeatureCache:
-    """:func:`make_cache` configured by environment variables (documented in docs/cache.md)."""
-    env = os.environ if environ is None else environ
-
-    def num(name: str, default: float) -> float:
-        value = env.get(name, "").strip()
-        return float(value) if value else default
-
-    options: dict[str, Any] = {}
-    if env.get("CASS_CACHE_FALLBACK_MAX_BYTES", "").strip():
-        options["fallback_max_bytes"] = parse_size(env["CASS_CACHE_FALLBACK_MAX_BYTES"])
-    for var, opt in (("CASS_REDIS_TIMEOUT_S", "socket_timeout_s"),
-                     ("CASS_REDIS_RETRY_S", "retry_interval_s"),
-                     ("CASS_CACHE_LOCK_TTL_S", "lock_ttl_s"), ("CASS_CACHE_LOCK_WAIT_S", "lock_wait_s")):
-        if env.get(var, "").strip():
-            options[opt] = num(var, 0.0)
-    max_bytes = parse_size(env.get("CASS_CACHE_MAX_BYTES", "").strip() or DEFAULT_MAX_BYTES)
-    ttl_s = int(num("CASS_CACHE_TTL_S", DEFAULT_TTL_S))
-    redis_url = env.get("REDIS_URL", "").strip() or None
-    return make_cache(redis_url, max_bytes=max_bytes, ttl_s=ttl_s, **(options if redis_url else {}))
-
-
-# (stats key, metric name, type, help)
-PROMETHEUS_METRICS = (
-    ("hits", "cass_feature_cache_hits_total", "counter",
-     "Image feature requests served without running the image towers"),
-    ("misses", "cass_feature_cache_misses_total", "counter",
-     "Image feature requests that ran the image towers (encode)"),
-    ("errors", "cass_feature_cache_errors_total", "counter",
-     "Cache failures: Redis unreachable or erroring, unreadable entries, features not cacheable"),
-    ("corrupt", "cass_feature_cache_corrupt_total", "counter",
-     "Unreadable or incompatible entries that were recomputed"),
-    ("coalesced", "cass_feature_cache_coalesced_total", "counter",
-     "Requests that waited for a concurrent computation of the same image (counted in hits)"),
-    ("bytes", "cass_feature_cache_bytes", "gauge",
-     "Bytes of image features held in this process (the LRU, or the Redis fallback LRU)"),
-    ("entries", "cass_feature_cache_entries", "gauge", "Image feature entries held in this process"),
-    ("bytes_stored", "cass_feature_cache_stored_bytes_total", "counter", "Bytes of features written"),
-    ("bytes_served", "cass_feature_cache_served_bytes_total", "counter", "Bytes of features read on hits"),
-    ("compute_seconds", "cass_feature_cache_compute_seconds_total", "counter",
-     "Seconds spent computing features on misses"),
-    ("evictions", "cass_feature_cache_evictions_total", "counter", "In-process LRU evictions"),
-    ("text_hits", "cass_feature_cache_text_hits_total", "counter", "Text embedding cache hits"),
-    ("text_misses", "cass_feature_cache_text_misses_total", "counter", "Text embedding cache misses"),
-    ("reachable", "cass_feature_cache_up", "gauge", "1 if the cache backend is reachable"),
-)
-
-
-def render_prometheus(stats: Mapping[str, Any] | FeatureCache) -> str:
-    """Prometheus text-format lines for :meth:`FeatureCache.stats` (or a cache), for ``/metrics``."""
-    if not isinstance(stats, Mapping):
-        stats = stats.stats()
-    lines = []
-    backend = str(stats.get("backend", "unknown"))
-    lines += ["# HELP cass_feature_cache_info Feature cache backend",
-              "# TYPE cass_feature_cache_info gauge", f'cass_feature_cache_info{{backend="{backend}"}} 1']
-    for key, name, kind, help_text in PROMETHEUS_METRICS:
-        if key not in stats:
-            continue
-        value = stats[key]
-        value = float(value) if isinstance(value, float) else int(value)
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    return "\n".join(lines) + "\n"

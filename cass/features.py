@@ -2,7 +2,11 @@
 
 :class:`ImageFeatures` holds everything of CASS that depends only on the image, so it can be cached
 and reused for any vocabulary. It serialises to a self-describing byte string (a JSON header with
-format version, dtypes and shapes, followed by the raw little-endian arrays).
+format version, dtypes, shapes and codecs, followed by the encoded arrays; see
+:mod:`cass.feature_codec`). Version 2 stores the L2-normalised ``patch_features`` and
+``global_vectors`` as byte-shuffled, zlib-compressed float16 by default (``codec="f16z"``; about half
+the size, within the parity bars, ``tests/test_features_format.py``); ``codec="raw"`` keeps float32 and
+an exact round trip. Version-1 blobs are refused (cache keys carry the version, so they are recomputed).
 """
 from __future__ import annotations
 
@@ -13,7 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-FEATURES_FORMAT_VERSION = 1
+from .feature_codec import decode_array, encode_array
+
+FEATURES_FORMAT_VERSION = 2
+DEFAULT_CODEC = "f16z"
+_LOSSY_ARRAYS = ("patch_features", "global_vectors")  # L2-normalised float rows
 _MAGIC = b"CASSFEAT"
 
 
@@ -64,62 +72,19 @@ class ImageFeatures:
     def nbytes(self) -> int:
         return sum(getattr(self, name).numel() * getattr(self, name).element_size() for name in self._ARRAYS)
 
-    def to_bytes(self) -> bytes:
-        """Serialise. Round trip is exact."""
-        arrays = {}
-        blobs = []
-        offset = 0
-        for name in self._ARRAYS:
-            arr = getattr(self, name).detach().cpu().contiguous().numpy()
-            arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-            raw = arr.tobytes()
-            arrays[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset,
-                            "nbytes": len(raw)}
-            blobs.append(raw)
-            offset += len(raw)
-        header = json.dumps({
-            "version": FEATURES_FORMAT_VERSION,
-            "grid": list(self.grid),
-            "input_size": list(self.input_size),
-            "original_size": list(self.original_size),
-            "fingerprint": self.fingerprint,
-            **({"valid_size": list(self.valid_size)} if self.valid_size is not None else {}),
-            "arrays": arrays,
-        }).encode()
-        return _MAGIC + struct.pack("<I", len(header)) + header + b"".join(blobs)
+    def to_bytes(self, codec: str = DEFAULT_CODEC) -> bytes:
+        """Serialise.
+
+        Args:
+            codec: ``"f16z"`` (default: float16, compressed, for ``patch_features`` and
+                ``global_vectors``; the rest exact) or ``"raw"`` (everything exact float32).
+        """
+        return _encode(self, codec)
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_fingerprint: str | None = None) -> "ImageFeatures":
         """Inverse of :meth:`to_bytes`; raises :class:`FeaturesFormatError` on anything unexpected."""
-        try:
-            if not data.startswith(_MAGIC):
-                raise FeaturesFormatError("not a CASS features blob (bad magic)")
-            (hlen,) = struct.unpack_from("<I", data, len(_MAGIC))
-            start = len(_MAGIC) + 4
-            header = json.loads(data[start:start + hlen].decode())
-            if header.get("version") != FEATURES_FORMAT_VERSION:
-                raise FeaturesFormatError(
-                    f"features format version {header.get('version')} != {FEATURES_FORMAT_VERSION}")
-            if expected_fingerprint is not None and header["fingerprint"] != expected_fingerprint:
-                raise FeaturesFormatError("features were computed with other weights or parameters")
-            body = memoryview(data)[start + hlen:]
-            tensors = {}
-            for name in cls._ARRAYS:
-                spec = header["arrays"][name]
-                chunk = body[spec["offset"]:spec["offset"] + spec["nbytes"]]
-                if len(chunk) != spec["nbytes"]:
-                    raise FeaturesFormatError(f"truncated features blob (array {name})")
-                arr = np.frombuffer(chunk, dtype=np.dtype(spec["dtype"])).reshape(spec["shape"])
-                tensors[name] = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True))
-            features = cls(grid=tuple(header["grid"]), input_size=tuple(header["input_size"]),
-                           original_size=tuple(header["original_size"]),
-                           fingerprint=header["fingerprint"],
-                           valid_size=tuple(header["valid_size"]) if header.get("valid_size") else None,
-                           **tensors)
-        except FeaturesFormatError:
-            raise
-        except Exception as exc:  # any malformed content: one clear error type
-            raise FeaturesFormatError(f"unreadable features blob: {exc}") from exc
+        features = _decode(cls, data, expected_fingerprint)
         features.validate()
         return features
 
@@ -162,3 +127,59 @@ class Segmentation:
         """Fraction of pixels per class name."""
         total = max(int(self.labels.size), 1)
         return {name: float(self.pixel_counts[i]) / total for i, name in enumerate(self.class_names)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the byte format (version 2): magic, uint32 header length, JSON header, encoded arrays
+# ---------------------------------------------------------------------------------------------
+def _encode(features: ImageFeatures, codec: str) -> bytes:
+    arrays, blobs, offset = {}, [], 0
+    for name in ImageFeatures._ARRAYS:
+        arr = getattr(features, name).detach().cpu().contiguous().numpy()
+        spec, raw = encode_array(arr, codec if name in _LOSSY_ARRAYS else "raw")
+        arrays[name] = spec | {"offset": offset, "nbytes": len(raw)}
+        blobs.append(raw)
+        offset += len(raw)
+    header = json.dumps({
+        "version": FEATURES_FORMAT_VERSION,
+        "grid": list(features.grid),
+        "input_size": list(features.input_size),
+        "original_size": list(features.original_size),
+        "fingerprint": features.fingerprint,
+        **({"valid_size": list(features.valid_size)} if features.valid_size is not None else {}),
+        "arrays": arrays,
+    }).encode()
+    return _MAGIC + struct.pack("<I", len(header)) + header + b"".join(blobs)
+
+
+def _decode(cls, data: bytes, expected_fingerprint: str | None) -> ImageFeatures:
+    try:
+        if not data.startswith(_MAGIC):
+            raise FeaturesFormatError("not a CASS features blob (bad magic)")
+        (hlen,) = struct.unpack_from("<I", data, len(_MAGIC))
+        start = len(_MAGIC) + 4
+        header = json.loads(data[start:start + hlen].decode())
+        if header.get("version") != FEATURES_FORMAT_VERSION:
+            raise FeaturesFormatError(
+                f"features format version {header.get('version')} != {FEATURES_FORMAT_VERSION}")
+        if expected_fingerprint is not None and header["fingerprint"] != expected_fingerprint:
+            raise FeaturesFormatError("features were computed with other weights or parameters")
+        body = memoryview(data)[start + hlen:]
+        tensors = {}
+        for name in cls._ARRAYS:
+            spec = header["arrays"][name]
+            chunk = body[spec["offset"]:spec["offset"] + spec["nbytes"]]
+            if len(chunk) != spec["nbytes"]:
+                raise FeaturesFormatError(f"truncated features blob (array {name})")
+            try:
+                tensors[name] = torch.from_numpy(decode_array(spec, chunk))
+            except ValueError as exc:
+                raise FeaturesFormatError(f"array {name}: {exc}") from exc
+        return cls(grid=tuple(header["grid"]), input_size=tuple(header["input_size"]),
+                   original_size=tuple(header["original_size"]), fingerprint=header["fingerprint"],
+                   valid_size=tuple(header["valid_size"]) if header.get("valid_size") else None,
+                   **tensors)
+    except FeaturesFormatError:
+        raise
+    except Exception as exc:  # any malformed content: one clear error type
+        raise FeaturesFormatError(f"unreadable features blob: {exc}") from exc

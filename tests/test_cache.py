@@ -23,9 +23,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import cass
-from cass.cache import (ByteLRU, FeatureCache, MemoryCache, RedisCache, feature_key, make_cache,
-                        make_cache_from_env, parse_size, render_prometheus, text_cache_key)
-from cass.features import FeaturesFormatError, ImageFeatures
+from backend.cache_metrics import render_prometheus
+from cass.cache import FeatureCache, MemoryCache, RedisCache, feature_key, make_cache, text_cache_key
+from cass.cache_env import make_cache_from_env, parse_size
+from cass.features import FEATURES_FORMAT_VERSION, FeaturesFormatError, ImageFeatures
+from cass.lru import ByteLRU
 from cass.text import TextEncoder
 from tests.redis_fixtures import free_port, redis_server, redis_server_fn, redis_url  # noqa: F401
 
@@ -49,7 +51,9 @@ def synthetic(seed: int = 0, fingerprint: str = FP, windows: int = 1, dim: int =
 
 
 def same_features(a: ImageFeatures, b: ImageFeatures) -> bool:
-    """Bitwise equal arrays (and dtypes) and equal metadata."""
+    """Bitwise equal arrays (and dtypes) and equal metadata, as the cache stores them (format v2:
+    float16 features; rounding stored features again changes nothing)."""
+    a, b = ImageFeatures.from_bytes(a.to_bytes()), ImageFeatures.from_bytes(b.to_bytes())
     for name in ImageFeatures._ARRAYS:
         x, y = getattr(a, name), getattr(b, name)
         if x.dtype != y.dtype or x.shape != y.shape or x.numpy().tobytes() != y.numpy().tobytes():
@@ -249,8 +253,9 @@ def test_text_side_params_share_entries_image_side_params_do_not(cache, small_mo
 
 
 def _future_version(blob: bytes) -> bytes:
-    assert b'"version": 1,' in blob
-    return blob.replace(b'"version": 1,', b'"version": 9,', 1)
+    current = f'"version": {FEATURES_FORMAT_VERSION},'.encode()
+    assert current in blob
+    return blob.replace(current, b'"version": 9,', 1)
 
 
 CORRUPTIONS = {
@@ -375,16 +380,18 @@ def test_stats_and_prometheus_lines(cache):
 # in-process LRU
 # ---------------------------------------------------------------------------------------------
 def test_memory_lru_evicts_least_recently_used_by_bytes():
-    size = len(synthetic().to_bytes())
-    cache = MemoryCache(max_bytes=int(size * 2.5))
+    sizes = {name: len(synthetic(seed=i).to_bytes()) for i, name in enumerate("abc")}  # compressed: differ
+    assert 3 * min(sizes.values()) > 2.5 * max(sizes.values())
+    cache = MemoryCache(max_bytes=int(max(sizes.values()) * 2.5))
     c = {name: Compute(synthetic(seed=i)) for i, name in enumerate("abc")}
     cache.get_or_compute(b"a", FP, c["a"])
     cache.get_or_compute(b"b", FP, c["b"])
     cache.get_or_compute(b"a", FP, c["a"])  # a is now the most recently used
     cache.get_or_compute(b"c", FP, c["c"])  # over budget: evicts b
     stats = cache.stats()
-    assert (stats["entries"], stats["bytes"], stats["evictions"]) == (2, 2 * size, 1)
-    assert parse_metrics(render_prometheus(stats))["cass_feature_cache_bytes"] == 2 * size
+    size = sizes["a"] + sizes["c"]
+    assert (stats["entries"], stats["bytes"], stats["evictions"]) == (2, size, 1)
+    assert parse_metrics(render_prometheus(stats))["cass_feature_cache_bytes"] == size
     _, hit = cache.get_or_compute(b"a", FP, c["a"])
     assert hit
     _, hit = cache.get_or_compute(b"b", FP, c["b"])

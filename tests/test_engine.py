@@ -66,7 +66,7 @@ def test_features_contain_no_label_information(model, photo):
 
 
 def test_serialisation_round_trip_is_exact(model, features):
-    restored = cass.ImageFeatures.from_bytes(features.to_bytes())
+    restored = cass.ImageFeatures.from_bytes(features.to_bytes(codec="raw"))
     voc = cass.Vocabulary.from_names(["a", "b"])
     s1, s2 = model.segment(features, voc), model.segment(restored, voc)
     np.testing.assert_array_equal(s1.labels, s2.labels)

@@ -131,12 +131,34 @@ def test_cost_matrix_and_pairing_optimality(run):
 
 
 def test_fusion_weights(run):
+    """The weight ``fuse_heads`` really applies per output head equals the official ``w_d``.
+
+    ``fuse_heads`` returns ``(10 w R' + Ac) / (10 w + 1)``. Calling it once with the case's cost and
+    pairing and once with an all-zero cost (``w = 1`` whatever the indexing) gives ``R'``, and from
+    that the ``w`` it applied; a transposed or mis-gathered cost fails this.
+    """
+    from cass import spectral
+
     case, features, _, _, _ = run
-    cost = features.matching_cost
-    col = features.head_pairing
-    w = 1 - torch.gather(cost, 2, col.unsqueeze(-1)).squeeze(-1)
-    ref = torch.from_numpy(case.expected["fusion_weight_w_d"])
-    assert (w - ref).abs().max() <= tolerance(case.name)["_all"]["hungarian_cost_max_abs_diff"]
+    cost, col = features.matching_cost, features.head_pairing
+    bsz, heads = col.shape
+    n, rank = 16, 4
+    g = torch.Generator().manual_seed(3)
+    clip_gram = torch.randn(bsz, heads, n, n, generator=g)
+    dino_gram = torch.randn(bsz, heads, n, n, generator=g, dtype=torch.float64)
+    draws = [torch.randn(n, rank, generator=g, dtype=torch.float64) for _ in range(bsz * heads)]
+    fused = spectral.fuse_heads(clip_gram, dino_gram, cost, col, draws, rank, False, 10.0).double()
+    unit = spectral.fuse_heads(clip_gram, dino_gram, torch.zeros_like(cost), col, draws, rank, False,
+                               10.0).double()
+    ac = clip_gram.double()
+    approx = (11 * unit - ac) / 10  # R'
+    # fused (10 w + 1) = 10 w R' + Ac  ->  w = (fused - Ac) / (10 (R' - fused)), least squares per head
+    num = ((fused - ac) * (approx - fused)).sum(dim=(-1, -2))
+    den = 10 * ((approx - fused) ** 2).sum(dim=(-1, -2))
+    applied = num / den
+    ref = torch.from_numpy(case.expected["fusion_weight_w_d"]).double()
+    assert applied.shape == ref.shape
+    assert (applied - ref).abs().max() <= tolerance(case.name)["_all"]["hungarian_cost_max_abs_diff"] + 1e-4
 
 
 def test_window0_intermediates(run):

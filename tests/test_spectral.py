@@ -120,14 +120,40 @@ def test_sliding_windows_cover_every_pixel_with_full_crops(h, w, crop, stride):
 
 
 def test_pos_grid_identity_and_plus_point_one_rule():
-    pos = torch.randn(14 * 14, 8)
+    """Exact values against an independent numpy bicubic (A = -0.75, border clamp) whose sample
+    positions use the "+0.1" scale as the coordinate scale: src = (dst + 0.5) * side / (out + 0.1) - 0.5."""
+    pos = torch.randn(14 * 14, 8, generator=torch.Generator().manual_seed(2))
     assert interpolate_pos_grid(pos, 14, 14) is pos
+
+    def cubic_weights(t: float) -> np.ndarray:
+        a = -0.75
+
+        def near(x):  # |x| <= 1
+            return ((a + 2) * x - (a + 3)) * x * x + 1
+
+        def far(x):  # 1 < |x| < 2
+            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+        return np.array([far(t + 1), near(t), near(1 - t), far(2 - t)])
+
+    def resize_matrix(out_len: int, side: int) -> np.ndarray:
+        m = np.zeros((out_len, side))
+        for dst in range(out_len):
+            src = (dst + 0.5) * side / (out_len + 0.1) - 0.5
+            base = int(np.floor(src))
+            for k, wk in enumerate(cubic_weights(src - base)):
+                m[dst, min(max(base - 1 + k, 0), side - 1)] += wk
+        return m
+
+    grid = pos.double().numpy().reshape(14, 14, 8)
+    expected = np.einsum("yi,ijd,xj->yxd", resize_matrix(21, 14), grid, resize_matrix(31, 14)).reshape(-1, 8)
     out = interpolate_pos_grid(pos, 21, 31)
-    ref = F.interpolate(pos.reshape(1, 14, 14, 8).permute(0, 3, 1, 2), size=(21, 31), mode="bicubic",
-                        align_corners=False)
     assert out.shape == (21 * 31, 8)
-    # the "+0.1" scale factor moves sample positions: not the plain size-based resize
-    assert not torch.allclose(out, ref.permute(0, 2, 3, 1).reshape(-1, 8), atol=1e-4)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-5)
+    # and not the plain size-based resize (whose sample positions differ)
+    plain = F.interpolate(pos.reshape(1, 14, 14, 8).permute(0, 3, 1, 2), size=(21, 31), mode="bicubic",
+                          align_corners=False).permute(0, 2, 3, 1).reshape(-1, 8)
+    assert not np.allclose(plain.numpy(), expected, atol=1e-3)
 
 
 def test_resize_matrix_equals_bilinear_interpolate():
@@ -139,14 +165,21 @@ def test_resize_matrix_equals_bilinear_interpolate():
 
 
 def test_cluster_queries_ward_on_cosine_distances():
+    """Exact Ward partition of 9 noisy copies of 3 directions (average linkage gives another one)."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import pdist
 
-    g = torch.Generator().manual_seed(5)
+    from tests.parity import same_partition
+
+    g = torch.Generator().manual_seed(0)
     base = F.normalize(torch.randn(3, 16, generator=g), dim=-1)
-    text = F.normalize(torch.cat([base + 0.05 * torch.randn(3, 16, generator=g) for _ in range(3)]), dim=-1)
+    text = F.normalize(torch.cat([base + 0.1 * torch.randn(3, 16, generator=g) for _ in range(3)]), dim=-1)
     ours = cluster_queries(text, 0.1)
-    ref = fcluster(linkage(pdist(text.numpy().astype(np.float64), "cosine"), "ward"), t=0.1,
-                   criterion="distance") - 1
-    assert len(set(ours.tolist())) == len(set(ref.tolist()))
+    dist = pdist(text.numpy().astype(np.float64), "cosine")
+    ref = fcluster(linkage(dist, "ward"), t=0.1, criterion="distance") - 1
+    # the Ward partition, written out (queries 2 and 5 together, every other query alone)
+    assert same_partition(ours, np.array([4, 7, 0, 2, 5, 0, 3, 6, 1]))
+    assert same_partition(ours, ref)
+    average = fcluster(linkage(dist, "average"), t=0.1, criterion="distance") - 1
+    assert not same_partition(average, ref)  # the case tells the linkages apart
     assert cluster_queries(text[:1], 0.1).tolist() == [0]

@@ -78,15 +78,6 @@ class Warmer:
             self._counts["submitted"] += 1
             return True
 
-    def submit_many(self, urls) -> int:
-        """Submit each URL; returns how many were accepted (stops early once the queue is full)."""
-        accepted = 0
-        for url in urls:
-            if not self.submit(url):
-                break
-            accepted += 1
-        return accepted
-
     def join(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued or being warmed; False on timeout."""
         with self._idle:

@@ -1,0 +1,49 @@
+"""Prometheus text lines for the feature cache's :meth:`~cass.cache.FeatureCache.stats` (``/metrics``)."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from cass.cache import FeatureCache
+
+
+# (stats key, metric name, type, help)
+PROMETHEUS_METRICS = (
+    ("hits", "cass_feature_cache_hits_total", "counter",
+     "Image feature requests served without running the image towers"),
+    ("misses", "cass_feature_cache_misses_total", "counter",
+     "Image feature requests that ran the image towers (encode)"),
+    ("errors", "cass_feature_cache_errors_total", "counter",
+     "Cache failures: Redis unreachable or erroring, unreadable entries, features not cacheable"),
+    ("corrupt", "cass_feature_cache_corrupt_total", "counter",
+     "Unreadable or incompatible entries that were recomputed"),
+    ("coalesced", "cass_feature_cache_coalesced_total", "counter",
+     "Requests that waited for a concurrent computation of the same image (counted in hits)"),
+    ("bytes", "cass_feature_cache_bytes", "gauge",
+     "Bytes of image features held in this process (the LRU, or the Redis fallback LRU)"),
+    ("entries", "cass_feature_cache_entries", "gauge", "Image feature entries held in this process"),
+    ("bytes_stored", "cass_feature_cache_stored_bytes_total", "counter", "Bytes of features written"),
+    ("bytes_served", "cass_feature_cache_served_bytes_total", "counter", "Bytes of features read on hits"),
+    ("compute_seconds", "cass_feature_cache_compute_seconds_total", "counter",
+     "Seconds spent computing features on misses"),
+    ("evictions", "cass_feature_cache_evictions_total", "counter", "In-process LRU evictions"),
+    ("text_hits", "cass_feature_cache_text_hits_total", "counter", "Text embedding cache hits"),
+    ("text_misses", "cass_feature_cache_text_misses_total", "counter", "Text embedding cache misses"),
+    ("reachable", "cass_feature_cache_up", "gauge", "1 if the cache backend is reachable"),
+)
+
+
+def render_prometheus(stats: Mapping[str, Any] | FeatureCache) -> str:
+    """Prometheus text-format lines for :meth:`FeatureCache.stats` (or a cache), for ``/metrics``."""
+    if not isinstance(stats, Mapping):
+        stats = stats.stats()
+    lines = []
+    backend = str(stats.get("backend", "unknown"))
+    lines += ["# HELP cass_feature_cache_info Feature cache backend",
+              "# TYPE cass_feature_cache_info gauge", f'cass_feature_cache_info{{backend="{backend}"}} 1']
+    for key, name, kind, help_text in PROMETHEUS_METRICS:
+        if key not in stats:
+            continue
+        value = stats[key]
+        value = float(value) if isinstance(value, float) else int(value)
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return "\n".join(lines) + "\n"
