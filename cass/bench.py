@@ -286,8 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print where the time goes (stderr)")
     parser.add_argument("--official", action="store_true",
                         help="also time the official implementation's backbone work pattern (one run, slow)")
+    parser.add_argument("--options", action="store_true",
+                        help="also time the options (PAMR, DINOv2 vs DINO ViT-B/8, scale_up: cass.bench_options)")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args)))
+    result = run(args)
+    if args.options:
+        from . import bench_options
+
+        result["options"] = bench_options.run(runs=1, threads=args.threads)
+    print(json.dumps(result))
     return 0
 
 

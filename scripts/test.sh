@@ -28,6 +28,13 @@ echo "== python environment ($VENV)"
 if [ -z "${CASS_TORCH_INDEX+x}" ]; then
     if command -v nvidia-smi >/dev/null 2>&1; then CASS_TORCH_INDEX=""
     else CASS_TORCH_INDEX="https://download.pytorch.org/whl/cpu"; fi
+    # only where that index answers: a command-line index also replaces pip's configured extra
+    # indexes (mirrors), and an unreachable one costs retries per package
+    if [ -n "$CASS_TORCH_INDEX" ] && ! python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" \
+            "$CASS_TORCH_INDEX/" >/dev/null 2>&1; then
+        echo "($CASS_TORCH_INDEX is not reachable: torch from pip's configured indexes)"
+        CASS_TORCH_INDEX=""
+    fi
 fi
 index_args=(); [ -n "$CASS_TORCH_INDEX" ] && index_args=(--extra-index-url "$CASS_TORCH_INDEX")
 # (pip prints a warning per package for local index mirrors that lack it: drop those lines)
