@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import cass
+from cass import testing
 from cass.feature_codec import decode_array, encode_array
 from cass.features import FEATURES_FORMAT_VERSION
 from tests.parity import case_dirs, load_case, tiny_model, tolerance
@@ -22,15 +23,16 @@ CASES = case_dirs()
 def test_fp16_round_trip_keeps_parity(path):
     """Each parity case segmented from features that went through to_bytes/from_bytes (f16z)."""
     case = load_case(path)
-    base = tiny_model(*case.weights())
+    base = tiny_model(*case.weights(), case.global_clip())
     model = base.with_preset(case.preset(base.preset))
-    features = model.encode(case.image, resize=False, head_pairing=case.expected["hungarian_col_ind"], seed=0)
+    features = testing.encode(model, case.image, resize=False, head_pairing=case.expected["hungarian_col_ind"],
+                              seed=0)
     blob = features.to_bytes()
     restored = cass.ImageFeatures.from_bytes(blob, expected_fingerprint=features.fingerprint)
     assert len(blob) < len(features.to_bytes(codec="raw"))
     assert restored.patch_features.dtype == torch.float32
     assert (restored.patch_features - features.patch_features).abs().max() <= 2 ** -11
-    seg = model.segment(restored, case.vocabulary(), return_probs=True)
+    seg = model.segment(restored, case.vocabulary(), return_probs=True, image=case.image)
     tol = tolerance(case.name)
     exp = case.expected
     diff = np.abs(seg.probs.astype(np.float16).astype(np.float32) - exp["probs"].astype(np.float32))

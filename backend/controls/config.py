@@ -65,6 +65,9 @@ class Controls:
     def __len__(self) -> int:
         return len(self.outputs)
 
+    def __getitem__(self, index):
+        return self.outputs[index]
+
     def __bool__(self) -> bool:
         return bool(self.outputs)
 
