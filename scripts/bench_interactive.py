@@ -41,7 +41,7 @@ from backend.controls.base import ADAPTERS  # noqa: E402
 from backend.controls.smart import Refiner  # noqa: E402
 from backend.service import Predictor  # noqa: E402
 from cass.bench import build_model, synthetic_photo  # noqa: E402
-from cass.cache import make_cache_from_env  # noqa: E402
+from cass.cache_env import make_cache_from_env  # noqa: E402
 
 LABELS = ["person", "dog", "cat", "car", "tree", "grass", "sky", "road", "building", "bicycle"]
 _LABEL_XML = "".join(f'<Label value="{n}"/>' for n in LABELS)
