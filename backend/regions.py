@@ -25,6 +25,22 @@ def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
     return flat.reshape(height, width, 4)[:, :, 3] > 0
 
 
+def mask_region(mask: np.ndarray, name: str, score: float, target: BrushTarget) -> dict:
+    """One ``brushlabels`` result of ``target`` for the ``(H, W)`` bool ``mask`` at the original size."""
+    height, width = mask.shape
+    return {
+        "id": uuid.uuid4().hex[:10],
+        "from_name": target.from_name,
+        "to_name": target.to_name,
+        "type": "brushlabels",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "score": round(float(score), 4),
+        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [name]},
+    }
+
+
 def brush_regions(segmentation, target: BrushTarget) -> tuple[list[dict], float, int]:
     """One region per label present in ``segmentation`` (background class and "no label" skipped).
 
@@ -41,17 +57,7 @@ def brush_regions(segmentation, target: BrushTarget) -> tuple[list[dict], float,
         if count == 0 or target.is_background(index):
             continue
         score = float(segmentation.scores[index])
-        regions.append({
-            "id": uuid.uuid4().hex[:10],
-            "from_name": target.from_name,
-            "to_name": target.to_name,
-            "type": "brushlabels",
-            "original_width": int(width),
-            "original_height": int(height),
-            "image_rotation": 0,
-            "score": round(score, 4),
-            "value": {"format": "rle", "rle": mask_to_rle(labels == index), "brushlabels": [name]},
-        })
+        regions.append(mask_region(labels == index, name, score, target))
         score_sum += score * count
         pixels += count
     return regions, score_sum, pixels

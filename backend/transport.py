@@ -102,7 +102,9 @@ class _Guard:
             self.on_connect(conn.host, conn.port, peer)
 
 
-class GuardedHTTPConnection(HTTPConnection):
+class _Guarded:
+    """Mixin for urllib3 connections: the fetch guard sees every socket right after it connects."""
+
     def __init__(self, *args, fetch_guard: _Guard, **kwargs):
         self.fetch_guard = fetch_guard
         super().__init__(*args, **kwargs)
@@ -112,14 +114,12 @@ class GuardedHTTPConnection(HTTPConnection):
         self.fetch_guard.connected(self)
 
 
-class GuardedHTTPSConnection(HTTPSConnection):
-    def __init__(self, *args, fetch_guard: _Guard, **kwargs):
-        self.fetch_guard = fetch_guard
-        super().__init__(*args, **kwargs)
+class GuardedHTTPConnection(_Guarded, HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self.fetch_guard.connected(self)
+
+class GuardedHTTPSConnection(_Guarded, HTTPSConnection):
+    pass
 
 
 class _HTTPPool(HTTPConnectionPool):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .backbones import _DinoBlock
 from .weights import WeightsError
 
 
@@ -42,35 +43,18 @@ class Dinov2Config:
         return self.grid * self.patch_size
 
 
-class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
-
-
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-
 class _LayerScale(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.gamma = nn.Parameter(torch.ones(dim))
 
 
-class _Block(nn.Module):
+class _Block(_DinoBlock):
+    """A DINO block with LayerScale on both residual branches (same attention, MLP and keys)."""
+
     def __init__(self, dim: int, heads: int, hidden: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = _Attention(dim, heads)
+        super().__init__(dim, heads, hidden)
         self.ls1 = _LayerScale(dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = _Mlp(dim, hidden)
         self.ls2 = _LayerScale(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,12 +64,6 @@ class _Block(nn.Module):
         y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         x = x + self.ls1.gamma * self.attn.proj(y.transpose(1, 2).reshape(b, n, c))
         return x + self.ls2.gamma * self.mlp.fc2(F.gelu(self.mlp.fc1(self.norm2(x))))
-
-    def keys(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N, C)`` -> ``(B, heads, N, C / heads)`` (``LN1(x) @ Wk^T + bk``, unscaled)."""
-        b, n, c = x.shape
-        k = F.linear(self.norm1(x), self.attn.qkv.weight[c:2 * c], self.attn.qkv.bias[c:2 * c])
-        return k.reshape(b, n, self.attn.heads, c // self.attn.heads).transpose(1, 2)
 
 
 class Dinov2ViT(nn.Module):
