@@ -22,67 +22,20 @@ An unreadable or incompatible entry is ignored, recomputed and overwritten. See 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import threading
 import time
 import uuid
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable
 
-from .features import FEATURES_FORMAT_VERSION, FeaturesFormatError, ImageFeatures
+from .cache_keys import (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_FALLBACK_MAX_BYTES, DEFAULT_LOCK_TTL_S,  # noqa: F401
+                         DEFAULT_LOCK_WAIT_S, DEFAULT_MAX_BYTES, DEFAULT_RETRY_INTERVAL_S,
+                         DEFAULT_SOCKET_TIMEOUT_S, DEFAULT_TEXT_MAX_ENTRIES, DEFAULT_TTL_S, KEY_PREFIX,
+                         MiB, FeatureCache, feature_key, image_digest, redact_url, text_cache_key)
+from .features import FeaturesFormatError, ImageFeatures
 from .lru import ByteLRU
 
 log = logging.getLogger("cass.cache")
-
-MiB = 1 << 20
-DEFAULT_MAX_BYTES = 512 * MiB
-DEFAULT_TTL_S = 7 * 24 * 3600
-DEFAULT_FALLBACK_MAX_BYTES = 64 * MiB
-DEFAULT_TEXT_MAX_ENTRIES = 16384
-DEFAULT_SOCKET_TIMEOUT_S = 1.0
-DEFAULT_CONNECT_TIMEOUT_S = 0.5
-DEFAULT_RETRY_INTERVAL_S = 5.0
-DEFAULT_LOCK_TTL_S = 60.0
-DEFAULT_LOCK_WAIT_S = 60.0
-KEY_PREFIX = "cass"
-
-
-# ---------------------------------------------------------------------------------------------
-# interface and keys
-# ---------------------------------------------------------------------------------------------
-@runtime_checkable
-class FeatureCache(Protocol):
-    """What the backend uses; :func:`make_cache` returns one."""
-
-    def get_or_compute(self, image_bytes: bytes, fingerprint: str,
-                       compute: Callable[[], ImageFeatures]) -> tuple[ImageFeatures, bool]:
-        """``(features, was_hit)``; ``was_hit`` is False only when this call ran ``compute``."""
-        ...
-
-    def get_text(self, key: str) -> bytes | None: ...
-
-    def set_text(self, key: str, value: bytes) -> None: ...
-
-    def stats(self) -> dict: ...
-
-    def health(self) -> dict: ...
-
-
-def image_digest(image_bytes: bytes) -> str:
-    """sha256 hex digest of the encoded image bytes (the URL is not part of the key)."""
-    return hashlib.sha256(image_bytes).hexdigest()
-
-
-def feature_key(digest: str, fingerprint: str, prefix: str = KEY_PREFIX) -> str:
-    """Cache key of an image's features: format version + engine fingerprint + image digest."""
-    return f"{prefix}:feat:v{FEATURES_FORMAT_VERSION}:{fingerprint}:{digest}"
-
-
-def text_cache_key(key: str, prefix: str = KEY_PREFIX) -> str:
-    """Key of a text embedding; ``key`` is the TextEncoder's ``"<model fingerprint>:<prompt>"``."""
-    return f"{prefix}:text:{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
-
 
 # ---------------------------------------------------------------------------------------------
 # building blocks
@@ -318,11 +271,6 @@ _FAILED = object()  # Redis answered with an error
 _RELEASE_LOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
 """
-
-
-def redact_url(url: str) -> str:
-    """``redis://:secret@host`` -> ``redis://***@host`` (for logs and health)."""
-    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 class RedisCache(_BaseCache):
