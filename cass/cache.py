@@ -29,6 +29,7 @@ import uuid
 from typing import Any, Callable
 
 from .cache_flight import _BaseCache, _Flight  # noqa: F401  (re-exported)
+from .cache_memory import MemoryCache
 from .cache_keys import (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_FALLBACK_MAX_BYTES, DEFAULT_LOCK_TTL_S,  # noqa: F401
                          DEFAULT_LOCK_WAIT_S, DEFAULT_MAX_BYTES, DEFAULT_RETRY_INTERVAL_S,
                          DEFAULT_SOCKET_TIMEOUT_S, DEFAULT_TEXT_MAX_ENTRIES, DEFAULT_TTL_S, KEY_PREFIX,
@@ -37,53 +38,6 @@ from .features import FeaturesFormatError, ImageFeatures
 from .lru import ByteLRU
 
 log = logging.getLogger("cass.cache")
-
-# ---------------------------------------------------------------------------------------------
-# in-process cache
-# ---------------------------------------------------------------------------------------------
-class MemoryCache(_BaseCache):
-    """In-process LRU bounded in bytes (features) and entries (text embeddings), with a TTL."""
-
-    backend = "memory"
-
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, ttl_s: float = DEFAULT_TTL_S, *,
-                 text_max_entries: int = DEFAULT_TEXT_MAX_ENTRIES, prefix: str = KEY_PREFIX,
-                 clock: Callable[[], float] = time.monotonic):
-        super().__init__(ttl_s, prefix)
-        self.max_bytes = int(max_bytes)
-        self._lru = ByteLRU(max_bytes, ttl_s=ttl_s, clock=clock)
-        self._text = ByteLRU(max_bytes, max_entries=text_max_entries, ttl_s=ttl_s, clock=clock)
-
-    def _load(self, key: str) -> bytes | None:
-        return self._lru.get(key)
-
-    def _store(self, key: str, blob: bytes) -> None:
-        if self._lru.put(key, blob):
-            self._count("bytes_stored", len(blob))
-        else:
-            self._count("not_stored")
-            log.debug("features of %d bytes exceed the cache size %d: not cached", len(blob), self.max_bytes)
-
-    def _discard(self, key: str) -> None:
-        self._lru.delete(key)
-
-    def _load_text(self, key: str) -> bytes | None:
-        return self._text.get(key)
-
-    def _store_text(self, key: str, value: bytes) -> None:
-        self._text.put(key, value)
-
-    def stats(self) -> dict:
-        out = super().stats()
-        out.update(entries=len(self._lru), bytes=self._lru.nbytes, max_bytes=self.max_bytes,
-                   evictions=self._lru.evictions, expirations=self._lru.expirations,
-                   text_entries=len(self._text), reachable=True)
-        return out
-
-    def health(self) -> dict:
-        return {"backend": "memory", "reachable": True, "entries": len(self._lru),
-                "bytes": self._lru.nbytes, "max_bytes": self.max_bytes}
-
 
 # ---------------------------------------------------------------------------------------------
 # Redis cache
