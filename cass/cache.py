@@ -14,8 +14,8 @@ features decoded from the blob it stores, so a hit segments bit-for-bit like a m
 (the ``external`` store of :class:`cass.text.TextEncoder`).
 
 Concurrent requests for the same uncached image compute it once: threads of one process wait for
-the thread that computes it; processes sharing Redis take a short-lived lock key
-(``SET NX PX``) and the others poll for the value, for a bounded time, and compute themselves when
+the thread that computes it; processes sharing Redis take a short-lived lock (redis-py's
+``Lock``: ``SET NX PX``, token-checked release) and the others poll for the value, for a bounded time, and compute themselves when
 the holder went away. Any Redis failure is logged once per outage and the request is served
 without Redis (computing, or from the fallback LRU); Redis is retried after ``retry_interval_s``.
 An unreadable or incompatible entry is ignored, recomputed and overwritten. See docs/cache.md.

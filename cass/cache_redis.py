@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from typing import Any, Callable
 
 from .cache_flight import _BaseCache
@@ -22,9 +21,6 @@ log = logging.getLogger("cass.cache")
 _DOWN = object()   # Redis unreachable (or in back-off): the call was not made or failed to connect
 _FAILED = object()  # Redis answered with an error
 
-_RELEASE_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
-"""
 
 
 class RedisCache(_BaseCache):
@@ -66,6 +62,8 @@ class RedisCache(_BaseCache):
         self._errors_other = (redis.exceptions.RedisError,)
         self.url = redact_url(url)
         self.retry_interval_s = float(retry_interval_s)
+        if not float(lock_ttl_s) > 0:
+            raise ValueError(f"lock_ttl_s must be > 0 seconds (the compute lock's lifetime), got {lock_ttl_s!r}")
         self.lock_ttl_s = float(lock_ttl_s)
         self.lock_wait_s = float(lock_wait_s)
         self.poll_interval_s = float(poll_interval_s)
@@ -77,7 +75,6 @@ class RedisCache(_BaseCache):
                 url, socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s,
                 retry=Retry(NoBackoff(), 1), retry_on_timeout=False)
         self._redis = client
-        self._release = client.register_script(_RELEASE_LOCK)
         self._fallback = ByteLRU(max(self.fallback_max_bytes, 0), ttl_s=ttl_s, clock=clock)
         self._text_fallback = ByteLRU(max(self.fallback_max_bytes, 0), max_entries=text_max_entries,
                                       ttl_s=ttl_s, clock=clock)
@@ -184,14 +181,32 @@ class RedisCache(_BaseCache):
             self._text_fallback.put(key, value)
 
     # -- cross-process single flight ---------------------------------------------------------
-    def _try_lock(self, lock_key: str, token: str) -> Any:
-        return self._call(lambda r: r.set(lock_key, token, nx=True, px=max(1, int(self.lock_ttl_s * 1000))))
+    def _lock(self, lock_key: str):
+        """A redis-py :class:`~redis.lock.Lock` on ``lock_key`` living ``lock_ttl_s`` (a fresh token
+        per acquisition; released only by the holder of that token)."""
+        return self._redis.lock(lock_key, timeout=self.lock_ttl_s, thread_local=False)
+
+    def _try_lock(self, lock) -> Any:
+        """True (ours), False (another process holds it), or ``_DOWN`` / ``_FAILED``."""
+        return self._call(lambda r: lock.acquire(blocking=False))
+
+    @staticmethod
+    def _release(lock) -> bool:
+        """Release ``lock`` if still ours; one that expired while computing (and perhaps is held by
+        another process now) is left alone."""
+        from redis.exceptions import LockNotOwnedError
+
+        try:
+            lock.release()
+            return True
+        except LockNotOwnedError:
+            log.debug("compute lock %s expired before it was released", lock.name)
+            return False
 
     def _fill(self, key: str, fingerprint: str, compute) -> tuple[ImageFeatures, bytes | None, bool]:
-        lock_key = key + ":lock"
-        token = uuid.uuid4().hex
-        got = self._try_lock(lock_key, token)
-        if got is None:  # another process computes it: poll for its result, for a bounded time
+        lock = self._lock(key + ":lock")
+        got = self._try_lock(lock)
+        if got is False:  # another process computes it: poll for its result, for a bounded time
             self._count("lock_waits")
             deadline = self.clock() + self.lock_wait_s
             delay = self.poll_interval_s
@@ -204,8 +219,8 @@ class RedisCache(_BaseCache):
                     self._count("lock_hits")
                     self._count("hits")
                     return found[0], found[1], True
-                got = self._try_lock(lock_key, token)  # succeeds once the holder is gone
-                if got is not None:
+                got = self._try_lock(lock)  # succeeds once the holder is gone
+                if got is not False:
                     break
             else:
                 self._count("lock_timeouts")
@@ -218,7 +233,7 @@ class RedisCache(_BaseCache):
             return features, blob, False
         finally:
             if got is True:
-                self._call(lambda r: self._release(keys=[lock_key], args=[token], client=r))
+                self._call(lambda r: self._release(lock))
 
     # -- reporting ---------------------------------------------------------------------------
     def stats(self) -> dict:
