@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from typing import Callable
+
+import cachetools
 
 from .urls import show_url
 
@@ -19,7 +20,8 @@ class DownloadHealth:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._lock = threading.Lock()
-        self._origins: "OrderedDict[str, dict]" = OrderedDict()
+        # the MAX_ORIGINS most recently recorded origins (LRU by record; iteration is that order)
+        self._origins: cachetools.LRUCache = cachetools.LRUCache(maxsize=self.MAX_ORIGINS)
 
     def record(self, base_url: str, error: str | None) -> None:
         key = show_url(base_url).split("?")[0].rstrip("/")
@@ -34,8 +36,6 @@ class DownloadHealth:
                 state["failures_in_a_row"] += 1
                 state["last_error"] = error
             self._origins[key] = state
-            while len(self._origins) > self.MAX_ORIGINS:
-                self._origins.popitem(last=False)
 
     def report(self) -> dict:
         now = self.clock()

@@ -1,4 +1,4 @@
-"""Per-project vocabulary limits (``CASS_MAX_CLASSES``, ``CASS_MAX_PROMPTS``) and a byte-bounded LRU.
+"""Per-project vocabulary limits (``CASS_MAX_CLASSES``, ``CASS_MAX_PROMPTS``) and a byte-bounded LRU (cass.lru).
 
 A project's label set is the vocabulary CASS encodes (80 templates per prompt through the CLIP text
 tower) and segments with (work and memory grow with the number of prompts). Beyond the limits,
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, Mapping, TypeVar
+from typing import Callable, Hashable, Mapping, TypeVar
+
+from cass.lru import BoundedLRU
 
 DEFAULT_MAX_CLASSES = 1000
 DEFAULT_MAX_PROMPTS = 2000
@@ -75,56 +75,10 @@ def deep_size(obj, _seen: set | None = None) -> int:
     return size
 
 
-class ByteBoundedLRU(Generic[K, V]):
-    """Thread-safe LRU whose entries' ``sizeof`` sum stays at most ``max_bytes`` (and at most
-    ``max_entries`` entries). An entry larger than ``max_bytes`` alone is not stored."""
+class ByteBoundedLRU(BoundedLRU[K, V]):
+    """:class:`cass.lru.BoundedLRU` (cachetools underneath) sized by ``sizeof(value)`` plus 256 bytes
+    for the key (a digest and a few small objects), at most ``max_entries`` entries. An entry larger
+    than ``max_bytes`` alone is not stored."""
 
     def __init__(self, max_bytes: int, max_entries: int = 1 << 30, sizeof: Callable[[object], int] = deep_size):
-        self.max_bytes = int(max_bytes)
-        self.max_entries = int(max_entries)
-        self.sizeof = sizeof
-        self._data: "OrderedDict[K, tuple[V, int]]" = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: K, default=None):
-        with self._lock:
-            item = self._data.get(key)
-            if item is None:
-                return default
-            self._data.move_to_end(key)
-            return item[0]
-
-    def put(self, key: K, value: V) -> bool:
-        """Store ``value``; False when it alone is over ``max_bytes`` (then nothing is kept for ``key``)."""
-        size = self.sizeof(value) + 256  # the key: a digest and a few small objects
-        with self._lock:
-            old = self._data.pop(key, None)
-            if old is not None:
-                self._bytes -= old[1]
-            if size > self.max_bytes:
-                return False
-            self._data[key] = (value, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes or len(self._data) > self.max_entries:
-                _, (_, dropped) = self._data.popitem(last=False)
-                self._bytes -= dropped
-            return True
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self._bytes = 0
-
-    @property
-    def bytes(self) -> int:
-        with self._lock:
-            return self._bytes
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._data)
-
-    def __contains__(self, key) -> bool:
-        with self._lock:
-            return key in self._data
+        super().__init__(max_bytes, max_entries=max_entries, sizeof=lambda value: sizeof(value) + 256)

@@ -8,8 +8,8 @@ result, several times less work).
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 
+import cachetools
 import torch
 from torch import nn
 
@@ -59,7 +59,7 @@ class TextEncoder:
         self.device = torch.device(device)
         self.max_entries = max_entries
         self.external = external
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_entries)
         self._lock = threading.Lock()
         self.context_length = int(clip.positional_embedding.shape[0])
         self.encoded_prompts = 0  # how many prompts were run through the tower (for tests/metrics)
@@ -86,9 +86,7 @@ class TextEncoder:
         out = []
         for q in queries:
             with self._lock:
-                hit = self._cache.get(q)
-                if hit is not None:
-                    self._cache.move_to_end(q)
+                hit = self._cache.get(q)  # a read makes it the most recently used
             if hit is None:
                 hit = self._external_get(q)
             if hit is None:
@@ -96,10 +94,7 @@ class TextEncoder:
                 self.encoded_prompts += 1
                 self._external_set(q, hit)
             with self._lock:
-                self._cache[q] = hit
-                self._cache.move_to_end(q)
-                while len(self._cache) > self.max_entries:
-                    self._cache.popitem(last=False)
+                self._cache[q] = hit  # evicts the least recently used beyond max_entries
             out.append(hit)
         return torch.stack(out) if out else torch.zeros(0, int(self.clip.text_projection.shape[1]))
 

@@ -679,3 +679,14 @@ def test_make_cache_from_env(redis_url):
     assert parse_size("512MiB") == 512 << 20 and parse_size("2g") == 2 << 30 and parse_size("10") == 10
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+def test_lru_bounds_are_checked_and_entries_capped():
+    with pytest.raises(ValueError, match="max_bytes"):
+        ByteLRU(-1)
+    with pytest.raises(ValueError, match="max_entries"):
+        ByteLRU(100, max_entries=0)
+    lru = ByteLRU(100, max_entries=2)
+    for key in "abc":
+        assert lru.put(key, b"x")
+    assert (lru.keys(), lru.nbytes, lru.evictions) == (["b", "c"], 2, 1)
