@@ -16,7 +16,6 @@ from label_studio_ml.model import LABEL_STUDIO_ML_BACKEND_V2_DEFAULT
 from . import metrics as prometheus
 from .config import Settings
 from .jobs.http import auto_preannotate, register as register_jobs
-from .jobs.metrics import render_job_metrics
 from .model import CASSBackend, CASSManager
 from .security import install as install_security
 from .service import Predictor, build_predictor
@@ -38,6 +37,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     warmer = make_task_warmer(predictor, settings)  # one per process, with the engine
     api._manager = CASSManager()  # the routes look the manager up at request time
     app = api.init_app(model_class=CASSBackend, predictor=predictor, settings=settings, warmer=warmer)
+    registry = prometheus.build_registry(predictor, warmer, settings.redis_url)  # jobs included (REDIS_URL)
 
     def health():
         return jsonify({"status": "UP", "model_dir": None,
@@ -47,9 +47,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     def metrics():
         if request.args.get("format") == "json":
             return jsonify({**predictor.stats(), "warmup": warmer.stats() if warmer is not None else None})
-        text = prometheus.render(predictor, warmer)
-        text += render_job_metrics(settings.redis_url).decode()  # pre-annotation jobs (backend.jobs.metrics)
-        return Response(text, mimetype=None,
+        return Response(prometheus.generate_latest(registry), mimetype=None,
                         content_type=prometheus.CONTENT_TYPE)
 
     def webhook():

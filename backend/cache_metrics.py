@@ -1,9 +1,14 @@
-"""Prometheus text lines for the feature cache's :meth:`~cass.cache.FeatureCache.stats` (``/metrics``)."""
+"""The feature cache's :meth:`~cass.cache.FeatureCache.stats` as Prometheus metrics (``/metrics``):
+:class:`CacheCollector` on the backend's ``prometheus_client`` registry."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
+
+from prometheus_client.core import Metric
 
 from cass.cache import FeatureCache
+
+from .prom_stats import family, render, stats_families
 
 
 # (stats key, metric name, type, help)
@@ -32,18 +37,20 @@ PROMETHEUS_METRICS = (
 )
 
 
+class CacheCollector:
+    """Collector of the feature cache's metrics; ``stats()`` is read at every scrape."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]]):
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats()
+        yield family("gauge", "cass_feature_cache_info", "Feature cache backend", 1,
+                     {"backend": str(stats.get("backend", "unknown"))})
+        yield from stats_families(PROMETHEUS_METRICS, stats)
+
+
 def render_prometheus(stats: Mapping[str, Any] | FeatureCache) -> str:
-    """Prometheus text-format lines for :meth:`FeatureCache.stats` (or a cache), for ``/metrics``."""
-    if not isinstance(stats, Mapping):
-        stats = stats.stats()
-    lines = []
-    backend = str(stats.get("backend", "unknown"))
-    lines += ["# HELP cass_feature_cache_info Feature cache backend",
-              "# TYPE cass_feature_cache_info gauge", f'cass_feature_cache_info{{backend="{backend}"}} 1']
-    for key, name, kind, help_text in PROMETHEUS_METRICS:
-        if key not in stats:
-            continue
-        value = stats[key]
-        value = float(value) if isinstance(value, float) else int(value)
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    return "\n".join(lines) + "\n"
+    """The cache's metrics alone in the Prometheus text format (``stats`` or a cache)."""
+    snapshot = dict(stats) if isinstance(stats, Mapping) else stats.stats()
+    return render(CacheCollector(lambda: snapshot))

@@ -1,18 +1,28 @@
-"""``GET /metrics`` in the Prometheus text format (version 0.0.4).
+"""``GET /metrics`` in the Prometheus text format, from one ``prometheus_client`` registry.
 
-One scrape = the predictor's request/task counters, the engine's cumulative encode/segment time
-(``cass.engine.Timings``), the feature cache (``backend.cache_metrics.render_prometheus``) and the warm-up
-queue (``backend.warmup.render_prometheus``). Everything is per process: with several gunicorn workers
-each exposes its own numbers (see docs/backend.md).
+:func:`build_registry` registers collectors that read the live stats at every scrape: the
+predictor's request/task counters, the engine's cumulative encode/segment time
+(``cass.engine.Timings``), the feature cache (``backend.cache_metrics.CacheCollector``), the warm-up
+queue (``backend.warmup.PROMETHEUS_METRICS``) and, with ``REDIS_URL``, the pre-annotation jobs
+(``backend.jobs.metrics.register_job_metrics``). A source that fails is left out (and logged),
+never the scrape. Everything is per process: with several gunicorn workers each exposes its own
+numbers (see docs/backend.md).
 """
 from __future__ import annotations
 
 import logging
 import re
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.core import Metric
+
+from .prom_stats import SafeCollector, StatsCollector, family
 
 log = logging.getLogger("backend.metrics")
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes
 
 # Predictor.counters key -> (metric name, help)
 PREDICTOR_COUNTERS = {
@@ -31,79 +41,89 @@ ENCODE_STAGES = ("dino", "clip", "spectral", "global")
 SEGMENT_STAGES = ("text", "head")
 
 
-def _metric(lines: list[str], name: str, kind: str, help_text: str, value, labels: str = "") -> None:
-    lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name}{labels} {_number(value)}"]
+# cass.engine.Timings fields per stage
+ENCODE_STAGES = ("dino", "clip", "spectral", "global")
+SEGMENT_STAGES = ("text", "head")
 
 
-def _number(value) -> str:
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int):
-        return str(value)
-    return repr(float(value))
+class PredictorCollector:
+    """The served model version and :meth:`Predictor.stats`'s numeric counters."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    def collect(self) -> Iterator[Metric]:
+        yield family("gauge", "cass_model_info", "The served model version", 1,
+                     {"model_version": str(self.predictor.model_version)})
+        for key, value in self.predictor.stats().items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if key in PREDICTOR_COUNTERS:
+                name, help_text = PREDICTOR_COUNTERS[key]
+                yield family("counter", name, help_text, value)
+            else:  # a counter added to Predictor.stats() without a name here yet
+                yield family("untyped", "cass_predictor_" + re.sub(r"[^a-zA-Z0-9_]", "_", key),
+                             f"Predictor.stats()[{key!r}]", value)
 
 
-def _label(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class EngineCollector:
+    """Cumulative seconds and calls of ``CASS.encode`` / ``CASS.segment`` and per engine stage."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    def collect(self) -> Iterator[Metric]:
+        timings = getattr(self.predictor.engine, "timings", None)
+        if timings is None:
+            return
+        seconds = {stage: float(getattr(timings, f"{stage}_s", 0.0)) for stage in ENCODE_STAGES + SEGMENT_STAGES}
+        yield family("counter", "cass_encode_seconds_total",
+                     "Seconds in CASS.encode (decode, resize, image towers, spectral fusion; cache misses and warm-up)",
+                     float(getattr(timings, "encode_s", sum(seconds[s] for s in ENCODE_STAGES))))
+        yield family("counter", "cass_encode_calls_total", "CASS.encode calls", int(timings.encode_calls))
+        yield family("counter", "cass_segment_seconds_total",
+                     "Seconds in CASS.segment (text embeddings and the label-dependent head)",
+                     float(getattr(timings, "segment_s", sum(seconds[s] for s in SEGMENT_STAGES))))
+        yield family("counter", "cass_segment_calls_total", "CASS.segment calls", int(timings.segment_calls))
+        stages = family("counter", "cass_engine_stage_seconds_total", "Seconds per engine stage", labels={"stage": ""})
+        for stage, value in seconds.items():
+            stages.add_metric([stage], value)
+        yield stages
 
 
-def predictor_lines(predictor) -> list[str]:
-    lines: list[str] = []
-    _metric(lines, "cass_model_info", "gauge", "The served model version", 1,
-            f'{{model_version="{_label(predictor.model_version)}"}}')
-    stats = predictor.stats()
-    for key, value in stats.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if key in PREDICTOR_COUNTERS:
-            name, help_text = PREDICTOR_COUNTERS[key]
-            _metric(lines, name, "counter", help_text, value)
-        else:  # a counter added to Predictor.stats() without a name here yet
-            name = "cass_predictor_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
-            _metric(lines, name, "untyped", f"Predictor.stats()[{key!r}]", value)
-    return lines
+class WarmupCollector:
+    """The warm-up queue's counters and ``cass_warmup_max_queue`` (0 when warm-up is off)."""
+
+    def __init__(self, warmer=None):
+        self.warmer = warmer
+
+    def collect(self) -> Iterator[Metric]:
+        from .warmup import PROMETHEUS_METRICS
+
+        if self.warmer is not None:
+            yield from StatsCollector(PROMETHEUS_METRICS, self.warmer.stats).collect()
+        yield family("gauge", "cass_warmup_max_queue", "CASS_WARMUP_QUEUE (0: warm-up on TASKS_CREATED is off)",
+                     self.warmer.max_queue if self.warmer is not None else 0)
 
 
-def engine_lines(engine) -> list[str]:
-    timings = getattr(engine, "timings", None)
-    if timings is None:
-        return []
-    seconds = {stage: float(getattr(timings, f"{stage}_s", 0.0)) for stage in ENCODE_STAGES + SEGMENT_STAGES}
-    lines: list[str] = []
-    _metric(lines, "cass_encode_seconds_total", "counter",
-            "Seconds in CASS.encode (decode, resize, image towers, spectral fusion; cache misses and warm-up)",
-            float(getattr(timings, "encode_s", sum(seconds[s] for s in ENCODE_STAGES))))
-    _metric(lines, "cass_encode_calls_total", "counter", "CASS.encode calls", int(timings.encode_calls))
-    _metric(lines, "cass_segment_seconds_total", "counter",
-            "Seconds in CASS.segment (text embeddings and the label-dependent head)",
-            float(getattr(timings, "segment_s", sum(seconds[s] for s in SEGMENT_STAGES))))
-    _metric(lines, "cass_segment_calls_total", "counter", "CASS.segment calls", int(timings.segment_calls))
-    lines += ["# HELP cass_engine_stage_seconds_total Seconds per engine stage",
-              "# TYPE cass_engine_stage_seconds_total counter"]
-    lines += [f'cass_engine_stage_seconds_total{{stage="{stage}"}} {_number(value)}'
-              for stage, value in seconds.items()]
-    return lines
+def build_registry(predictor, warmer=None, redis_url: str | None = None) -> CollectorRegistry:
+    """The process's ``/metrics`` registry: every collector above, each behind a :class:`SafeCollector`,
+    plus the job collector when ``redis_url`` is set."""
+    from .cache_metrics import CacheCollector
+    from .jobs.metrics import register_job_metrics
+
+    registry = CollectorRegistry(auto_describe=False)
+    for what, collector in (("predictor", PredictorCollector(predictor)), ("engine", EngineCollector(predictor)),
+                            ("cache", CacheCollector(lambda: predictor.cache.stats())),
+                            ("warm-up", WarmupCollector(warmer))):
+        registry.register(SafeCollector(what, collector))
+    try:
+        register_job_metrics(registry, redis_url)
+    except Exception:  # a bad REDIS_URL must not take /metrics down
+        log.exception("/metrics: job metrics not registered")
+    return registry
 
 
-def render(predictor, warmer=None) -> str:
-    """The whole ``/metrics`` page. A part that fails is left out (and logged), never the scrape."""
-    from backend.cache_metrics import render_prometheus as render_cache
-    from backend.warmup import render_prometheus as render_warmup
-
-    parts: list[str] = []
-    for what, make in (("predictor", lambda: "\n".join(predictor_lines(predictor)) + "\n"),
-                       ("engine", lambda: "\n".join(engine_lines(predictor.engine)) + "\n"),
-                       ("cache", lambda: render_cache(predictor.cache.stats())),
-                       ("warm-up", lambda: render_warmup(warmer.stats()) if warmer is not None else "")):
-        try:
-            text = make()
-        except Exception:  # metrics must keep answering whatever one source does
-            log.exception("/metrics: %s metrics failed", what)
-            continue
-        if text.strip():
-            parts.append(text if text.endswith("\n") else text + "\n")
-    lines: list[str] = []
-    _metric(lines, "cass_warmup_max_queue", "gauge", "CASS_WARMUP_QUEUE (0: warm-up on TASKS_CREATED is off)",
-            warmer.max_queue if warmer is not None else 0)
-    parts.append("\n".join(lines) + "\n")
-    return "".join(parts)
+def render(predictor, warmer=None, redis_url: str | None = None) -> str:
+    """The whole ``/metrics`` page (a registry built for this call; the app keeps one instead)."""
+    return generate_latest(build_registry(predictor, warmer, redis_url)).decode()

@@ -148,11 +148,8 @@ PROMETHEUS_METRICS = (
 
 
 def render_prometheus(stats: Mapping[str, Any] | Warmer) -> str:
-    """Prometheus text-format lines for :meth:`Warmer.stats`."""
-    if isinstance(stats, Warmer):
-        stats = stats.stats()
-    lines = []
-    for key, name, kind, help_text in PROMETHEUS_METRICS:
-        if key in stats:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {int(stats[key])}"]
-    return "\n".join(lines) + "\n"
+    """The warm-up queue's metrics alone in the Prometheus text format (``stats`` or a warmer)."""
+    from .prom_stats import StatsCollector, render
+
+    snapshot = stats.stats() if isinstance(stats, Warmer) else dict(stats)
+    return render(StatsCollector(PROMETHEUS_METRICS, lambda: snapshot))
