@@ -20,14 +20,14 @@ digest, bounded in bytes (the config text itself is not kept).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
 
 from cass.vocabulary import Vocabulary, VocabularyClass, VocabularyError
 
-from .limits import ByteBoundedLRU, VocabularyLimits
+from .digest_cache import DigestCache, config_digest  # noqa: F401  (config_digest re-exported)
+from .limits import VocabularyLimits
 
 log = logging.getLogger("backend.labels")
 
@@ -139,12 +139,7 @@ def targets_size(targets) -> int:
     return size
 
 
-_parsed: ByteBoundedLRU = ByteBoundedLRU(PARSED_CACHE_BYTES, max_entries=256, sizeof=targets_size)
-
-
-def config_digest(config: str) -> str:
-    """sha256 hex digest of a label config (what is remembered of it instead of its text)."""
-    return hashlib.sha256(config.encode("utf-8", "surrogatepass")).hexdigest()
+_parsed: DigestCache = DigestCache(PARSED_CACHE_BYTES, max_entries=256, sizeof=targets_size)
 
 
 def parse_label_config(config: str, default_rule: NothingRule = NothingRule(),
@@ -155,12 +150,7 @@ def parse_label_config(config: str, default_rule: NothingRule = NothingRule(),
         raise LabelConfigError("the label config is empty: CASS needs a <BrushLabels> control with "
                                "<Label> children and the <Image> it points to")
     limits = limits or VocabularyLimits()
-    key = (config_digest(config), default_rule, limits)
-    targets = _parsed.get(key)
-    if targets is None:
-        targets = _parse(config, default_rule, limits)
-        _parsed.put(key, targets)
-    return targets
+    return _parsed.get_or_parse(config, lambda text: _parse(text, default_rule, limits), default_rule, limits)
 
 
 def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits) -> tuple[BrushTarget, ...]:
