@@ -690,3 +690,19 @@ def test_lru_bounds_are_checked_and_entries_capped():
     for key in "abc":
         assert lru.put(key, b"x")
     assert (lru.keys(), lru.nbytes, lru.evictions) == (["b", "c"], 2, 1)
+
+
+def test_text_encoder_keeps_the_most_recently_used_prompts():
+    class FakeClip:
+        """Unit-test fake: only the shapes TextEncoder reads at construction."""
+        positional_embedding = torch.zeros(77, 8)
+        text_projection = torch.zeros(8, 4)
+
+    enc = TextEncoder(FakeClip(), "fp", max_entries=2)
+    enc.encode_uncached = lambda q: torch.full((4,), float(len(q)))
+    for batch in (["a"], ["bb"], ["a"], ["ccc"]):  # "bb" is the least recently used when "ccc" comes
+        enc(batch)
+    assert enc.encoded_prompts == 3
+    assert torch.equal(enc(["a"]), torch.full((1, 4), 1.0)) and enc.encoded_prompts == 3
+    enc(["bb"])
+    assert enc.encoded_prompts == 4
