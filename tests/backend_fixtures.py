@@ -3,6 +3,7 @@ the request bodies a real Label Studio 1.23.2 sent (``tests/data/label_studio_1.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import io
 import json
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -216,3 +218,21 @@ def cloud_server(files: dict[str, bytes]) -> _Server:
     for path, data in files.items():
         server.routes[path] = lambda req, data=data: (200, {"Content-Type": "image/png"}, data)
     return server
+
+
+@contextlib.contextmanager
+def label_studio(uploads: dict[str, bytes] | None = None, cloud: _Server | None = None) -> Iterator[FakeLabelStudio]:
+    """A running :class:`FakeLabelStudio` serving ``uploads`` (path -> PNG bytes); on exit it is
+    closed and the process-wide state it leaves behind is cleared (the Label Studio access tokens
+    and the download health of ``/health``). Each test file's ``ls`` fixture is this, with its files."""
+    from backend.images import DOWNLOADS, LabelStudioAuth
+
+    server = FakeLabelStudio(cloud)
+    try:
+        for path, data in (uploads or {}).items():
+            server.add_upload(path, data)
+        yield server
+    finally:
+        server.close()
+        LabelStudioAuth._access.clear()
+        DOWNLOADS.clear()

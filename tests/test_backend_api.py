@@ -11,11 +11,10 @@ with warnings.catch_warnings():  # Flask 1.1.2 (pinned by label-studio-ml) impor
     warnings.simplefilter("ignore", DeprecationWarning)
     from backend.app import create_app
 from backend.config import Settings
-from backend.images import LabelStudioAuth
 from backend.regions import rle_to_mask
 from backend.service import Predictor
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
-from tests.backend_fixtures import (LEGACY_TOKEN, FakeEngine, FakeLabelStudio, ls_request, png_bytes,
+from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, ls_request, png_bytes,
                                     three_band_image)
 
 # label-studio-ml 1.0.9 pins Flask 1.1.2, which warns about itsdangerous on every JSON response
@@ -28,11 +27,8 @@ RECT_CONFIG = ("<View><Image name='image' value='$image'/><RectangleLabels name=
 
 @pytest.fixture
 def ls():
-    server = FakeLabelStudio()
-    server.add_upload(UPLOAD, png_bytes(three_band_image(6, 9)))
-    yield server
-    server.close()
-    LabelStudioAuth._access.clear()
+    with label_studio({UPLOAD: png_bytes(three_band_image(6, 9))}) as server:
+        yield server
 
 
 @pytest.fixture

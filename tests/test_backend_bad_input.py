@@ -22,10 +22,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from backend.app import create_app
 from backend.config import Settings
-from backend.images import DOWNLOADS, LabelStudioAuth
 from backend.regions import rle_to_mask
 from backend.service import Predictor
-from tests.backend_fixtures import (LEGACY_TOKEN, FakeEngine, FakeLabelStudio, ls_request, png_bytes,
+from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, ls_request, png_bytes,
                                     three_band_image)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Importing 'itsdangerous.json' is deprecated:DeprecationWarning")
@@ -37,12 +36,8 @@ CONFIG = ("<View><Image name='image' value='$image'/><BrushLabels name='tag' toN
 
 @pytest.fixture
 def ls():
-    server = FakeLabelStudio()
-    server.add_upload(GOOD, png_bytes(three_band_image(6, 9)))
-    yield server
-    server.close()
-    LabelStudioAuth._access.clear()
-    DOWNLOADS.clear()
+    with label_studio({GOOD: png_bytes(three_band_image(6, 9))}) as server:
+        yield server
 
 
 @pytest.fixture

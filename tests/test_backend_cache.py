@@ -17,12 +17,11 @@ with warnings.catch_warnings():  # Flask 1.1.2 (pinned by label-studio-ml) impor
     warnings.simplefilter("ignore", DeprecationWarning)
     from backend.app import create_app
 from backend.config import ConfigError, Settings
-from backend.images import LabelStudioAuth
 from backend.labels import parse_label_config
 from backend.model import setup_project_key
 from backend.service import Predictor, make_feature_cache
 from cass.engine import Timings
-from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio, ls_request, png_bytes, three_band_image
+from tests.backend_fixtures import label_studio, LEGACY_TOKEN, ls_request, png_bytes, three_band_image
 from tests.redis_fixtures import redis_server, redis_server_fn, redis_url  # noqa: F401
 from tests.test_cache import parse_metrics, wait_until
 
@@ -89,12 +88,8 @@ def tower_calls(engine) -> tuple[int, int]:
 
 @pytest.fixture
 def ls():
-    server = FakeLabelStudio()
-    for path, data in ((A, image(0)), (A_AGAIN, image(0)), (B, image(1)), (C, image(2))):
-        server.add_upload(path, data)
-    yield server
-    server.close()
-    LabelStudioAuth._access.clear()
+    with label_studio({A: image(0), A_AGAIN: image(0), B: image(1), C: image(2)}) as server:
+        yield server
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -23,9 +23,9 @@ with warnings.catch_warnings():
 from backend import faults
 from backend.config import Settings
 from backend.health import CacheProbe
-from backend.images import DOWNLOADS, DownloadHealth, LabelStudioAuth
+from backend.images import DOWNLOADS, DownloadHealth
 from backend.service import NoCache, Predictor, make_feature_cache
-from tests.backend_fixtures import (LEGACY_TOKEN, FakeEngine, FakeLabelStudio, _Server, ls_request, png_bytes,
+from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, _Server, ls_request, png_bytes,
                                     three_band_image)
 from tests.redis_fixtures import free_port, redis_server_fn  # noqa: F401
 
@@ -36,13 +36,9 @@ HANG_S = 60  # liveness limits only
 
 @pytest.fixture
 def ls():
-    server = FakeLabelStudio()
-    for i in range(4):
-        server.add_upload(f"/data/upload/1/{i}.png", png_bytes(np.full((6, 9, 3), (40 + 50 * i, 200, 30), np.uint8)))
-    yield server
-    server.close()
-    LabelStudioAuth._access.clear()
-    DOWNLOADS.clear()
+    with label_studio({f"/data/upload/1/{i}.png": png_bytes(np.full((6, 9, 3), (40 + 50 * i, 200, 30), np.uint8))
+                       for i in range(4)}) as server:
+        yield server
 
 
 def body(*refs):

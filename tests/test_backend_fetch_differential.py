@@ -18,11 +18,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from backend.app import create_app
 from backend.config import Settings
-from backend.images import DOWNLOADS, FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth
+from backend.images import FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth
 from backend.model import CASSManager
 from backend.service import Predictor
 from backend.urls import URLRefused, normal_host, parse_http_url
-from tests.backend_fixtures import (LEGACY_TOKEN, PERSONAL_TOKEN, FakeEngine, FakeLabelStudio, ls_request,
+from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, PERSONAL_TOKEN, FakeEngine, FakeLabelStudio, ls_request,
                                     png_bytes, three_band_image)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -66,12 +66,8 @@ class Recorder:
 
 @pytest.fixture
 def ls():
-    server = FakeLabelStudio()
-    server.add_upload(UPLOAD, PNG)
-    yield server
-    server.close()
-    LabelStudioAuth._access.clear()
-    DOWNLOADS.clear()
+    with label_studio({UPLOAD: PNG}) as server:
+        yield server
 
 
 @pytest.fixture

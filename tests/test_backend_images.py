@@ -13,8 +13,8 @@ from PIL import Image
 
 from backend.images import (FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth, show_url)
 from cass.images import ImageError, load_image
-from tests.backend_fixtures import (ACCESS_TOKEN, _jwt, LEGACY_TOKEN, PERSONAL_TOKEN, FakeLabelStudio, cloud_server,
-                                    png_bytes, three_band_image)
+from tests.backend_fixtures import (label_studio, ACCESS_TOKEN, _jwt, LEGACY_TOKEN, PERSONAL_TOKEN,
+                                    cloud_server, png_bytes, three_band_image)
 
 PNG = png_bytes(three_band_image())
 
@@ -28,10 +28,8 @@ def cloud():
 
 @pytest.fixture
 def ls(cloud):
-    server = FakeLabelStudio(cloud)
-    server.add_upload("/data/upload/3/abc-photo.png", PNG)
-    yield server
-    server.close()
+    with label_studio({"/data/upload/3/abc-photo.png": PNG}, cloud) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -19,12 +19,11 @@ with warnings.catch_warnings():
     from backend.app import create_app
 from backend import security
 from backend.config import Settings
-from backend.images import (DOWNLOADS, FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth,
-                            policy_from_settings)
+from backend.images import FetchPolicy, ImageFetcher, ImageFetchError, policy_from_settings
 from backend.model import CASSManager
 from backend.service import Predictor
-from tests.backend_fixtures import (LEGACY_TOKEN, FakeEngine, FakeLabelStudio, cloud_server, ls_request, png_bytes,
-                                    three_band_image)
+from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, cloud_server, ls_request,
+                                    png_bytes, three_band_image)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Importing 'itsdangerous.json' is deprecated:DeprecationWarning")
 
@@ -36,12 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def ls():
-    server = FakeLabelStudio()
-    server.add_upload(UPLOAD, PNG)
-    yield server
-    server.close()
-    LabelStudioAuth._access.clear()
-    DOWNLOADS.clear()
+    with label_studio({UPLOAD: PNG}) as server:
+        yield server
 
 
 @pytest.fixture
