@@ -139,3 +139,22 @@ def test_a_bad_payload_calls_no_listener():
     with pytest.raises(EventError):
         dispatch(action, data, controls_for)
     assert called == []
+
+
+@pytest.mark.parametrize("name, kind, label", [("webhook_annotation_created_brush.json", "created", "cat"),
+                                               ("webhook_annotation_updated_brush.json", "updated", "dog"),
+                                               ("webhook_annotations_deleted_brush.json", "deleted", None)])
+def test_real_brush_payloads_decode_to_the_submitted_mask(name, kind, label):
+    """Recorded from Label Studio 1.23.2 by tests/e2e/test_corrections.py (CASS_RECORD_LS_PAYLOADS; the
+    project token redacted): the annotation submitted a cat rectangle rows 5-19, columns 10-29 of a
+    48x64 image, then relabelled it dog, then deleted it."""
+    action, data = recorded(name)
+    [event] = parse_event(action, data, controls_for)
+    assert (event.kind, event.annotation_id) == (kind, 1)
+    if label is None:
+        assert event.task_id is None and event.masks == {}
+        return
+    expected = np.zeros((48, 64), bool)
+    expected[5:20, 10:30] = True
+    assert set(event.masks) == {label} and np.array_equal(event.masks[label], expected)
+    assert event.size == (48, 64) and event.task_id == data["task"]["id"]
