@@ -108,14 +108,16 @@ class WarmupCollector:
 
 def build_registry(predictor, warmer=None, redis_url: str | None = None) -> CollectorRegistry:
     """The process's ``/metrics`` registry: every collector above, each behind a :class:`SafeCollector`,
-    plus the job collector when ``redis_url`` is set."""
+    the agreement gauges (backend.corrections), plus the job collector when ``redis_url`` is set."""
     from .cache_metrics import CacheCollector
+    from .corrections.metrics import collector as agreement_collector
     from .jobs.metrics import register_job_metrics
 
     registry = CollectorRegistry(auto_describe=False)
     for what, collector in (("predictor", PredictorCollector(predictor)), ("engine", EngineCollector(predictor)),
                             ("cache", CacheCollector(lambda: predictor.cache.stats())),
-                            ("warm-up", WarmupCollector(warmer))):
+                            ("warm-up", WarmupCollector(warmer)),
+                            ("agreement", agreement_collector(redis_url))):
         registry.register(SafeCollector(what, collector))
     try:
         register_job_metrics(registry, redis_url)
