@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         from .jobs.cli import main as jobs_main
 
         return jobs_main(argv)
+    if argv and argv[0] == "report":  # agreement per label (docs/corrections.md)
+        from .corrections.report import main as report_main
+
+        return report_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=9090, help="port (default 9090)")

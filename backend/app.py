@@ -18,6 +18,7 @@ from .config import Settings
 from .jobs.http import auto_preannotate, register as register_jobs
 from .jobs.metrics import render_job_metrics
 from .memory import install as install_memory
+from .corrections.metrics import render_agreement_metrics
 from .model import CASSBackend, CASSManager
 from .security import install as install_security
 from .service import Predictor, build_predictor
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             return jsonify({**predictor.stats(), "warmup": warmer.stats() if warmer is not None else None})
         text = prometheus.render(predictor, warmer)
         text += render_job_metrics(settings.redis_url).decode()  # pre-annotation jobs (backend.jobs.metrics)
+        text += render_agreement_metrics(settings.redis_url).decode()  # backend.corrections.metrics
         return Response(text, mimetype=None,
                         content_type=prometheus.CONTENT_TYPE)
 

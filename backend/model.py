@@ -110,6 +110,17 @@ class CASSBackend(LabelStudioMLBase):
             return None
         return self.warmer.submit_tasks(tasks, self.targets, fetcher)
 
+    def process_event(self, event, data, job_id, additional_params):
+        """Annotation events go to the corrections dispatcher (``backend.corrections.events``: agreement,
+        memory); the others to the library's ``fit`` (a no-op)."""
+        from .corrections.events import EVENTS
+
+        if event in EVENTS:
+            from .corrections.wiring import handle_annotation_event
+
+            return handle_annotation_event(event, data, self)
+        return super().process_event(event, data, job_id, additional_params)
+
     def fit(self, *args, **kwargs):
         """Training-free: nothing to learn, and returning None keeps ``model_version`` unchanged."""
         return None
@@ -203,6 +214,8 @@ class CASSManager(LabelStudioMLManager):
                      "no warm-up (off, or no usable label config)" if warmup is None else
                      "warm-up: {queued} image(s) queued, {rejected} rejected, {skipped} task(s) "
                      "skipped".format(**warmup))
+        elif isinstance(result, dict):  # annotation events: what each listener did (backend.corrections)
+            log.info("webhook %s for project %s: %s", event, project_id, result)
         else:
             log.info("webhook %s for project %s: nothing to train", event, project_id)
         return out

@@ -61,3 +61,17 @@ def brush_regions(segmentation, target: BrushTarget) -> tuple[list[dict], float,
         score_sum += score * count
         pixels += count
     return regions, score_sum, pixels
+
+
+def confidence_sums(segmentation) -> tuple[float, int]:
+    """``(sum of top-1 probabilities, pixels)`` over the whole label map, for the prediction score.
+
+    The prediction's ``score`` is ``sum / pixels``: the mean top-1 probability over every pixel of the
+    image, where a pixel labelled ``c`` (background class included) counts the class's mean
+    probability over its pixels (``segmentation.scores[c]``, so the sum is exact) and an unlabelled
+    pixel (below the threshold) counts 0. Low = the model is unsure of much of the image: sorting the
+    data manager by prediction score ascending puts those tasks first (docs/corrections.md).
+    """
+    total = int(segmentation.labels.size)
+    counts = np.asarray(segmentation.pixel_counts, dtype=np.float64)
+    return float((np.asarray(segmentation.scores, dtype=np.float64) * counts).sum()), total

@@ -27,6 +27,7 @@ from .images import ImageFetchError
 from .labels import BrushTarget, TaskDataError
 from .controls.base import regions_for
 from .memory import memory_kwargs
+from .regions import confidence_sums
 from .slots import InferenceSlots
 
 if TYPE_CHECKING:
@@ -140,7 +141,10 @@ class Predictor:
     def predict(self, tasks: list[dict], targets: tuple[BrushTarget, ...],
                 fetch: Callable[[str, object], bytes]) -> list[dict]:
         """One entry per task, in order: a prediction ``{result, score, model_version}`` or an error
-        entry ``{error, task, model_version}`` (no ``result``: Label Studio skips it, see docs)."""
+        entry ``{error, task, model_version}`` (no ``result``: Label Studio skips it, see docs).
+        ``score``: the mean top-1 probability over every pixel of the task's image(s), unlabelled
+        pixels 0 (:func:`backend.regions.confidence_sums`); each region's ``score``: its class's mean
+        probability over the class's pixels."""
         start = self.clock()
         out = []
         for task in tasks:
@@ -196,8 +200,9 @@ class Predictor:
             versions.add(self.version_for(params))
             segmentation = self.segment(features_by_url[url], target, info, images_by_url[url])
             with self._lock:  # mask encoding is CPU work at the original size: it takes a slot too
-                target_regions, target_sum, target_pixels = regions_for(segmentation, target)
+                target_regions, _, _ = regions_for(segmentation, target)
             regions.extend(target_regions)
+            target_sum, target_pixels = confidence_sums(segmentation)  # the score: regions.confidence_sums
             score_sum += target_sum
             pixels += target_pixels
         return {"result": regions, "score": round(score_sum / pixels, 4) if pixels else 0.0,
