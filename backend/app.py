@@ -16,6 +16,7 @@ from label_studio_ml.model import LABEL_STUDIO_ML_BACKEND_V2_DEFAULT
 from . import metrics as prometheus
 from .config import Settings
 from .jobs.http import auto_preannotate, register as register_jobs
+from .memory import install as install_memory
 from .model import CASSBackend, CASSManager
 from .security import install as install_security
 from .service import Predictor, build_predictor
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     if previous is not None:  # a re-targeted app (tests): stop the old warm-up thread
         previous.close(timeout=0)
     warmer = make_task_warmer(predictor, settings)  # one per process, with the engine
+    install_memory(settings, predictor)  # project memory listener (backend.memory; off unless asked)
     api._manager = CASSManager()  # the routes look the manager up at request time
     app = api.init_app(model_class=CASSBackend, predictor=predictor, settings=settings, warmer=warmer)
     registry = prometheus.build_registry(predictor, warmer, settings.redis_url)  # jobs included (REDIS_URL)

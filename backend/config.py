@@ -53,6 +53,9 @@ class Settings:
     inference_slots: int = 1                     # CASS_INFERENCE_SLOTS: tasks computed at once
     max_queue: int = 8                           # CASS_MAX_QUEUE: /predict requests waiting beyond the slots
     limits: VocabularyLimits = VocabularyLimits()  # CASS_MAX_CLASSES, CASS_MAX_PROMPTS per project
+    project_memory: bool = False                 # CASS_PROJECT_MEMORY: a project memory of corrected annotations
+                                                 # for every project (per project: cass_memory on the control;
+                                                 # docs/memory.md)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -100,6 +103,7 @@ class Settings:
             predict_budget_s=_number(get("CASS_PREDICT_BUDGET_S"), "CASS_PREDICT_BUDGET_S", float,
                                      minimum=1.0) or cls.predict_budget_s,
             warmup=_flag(get("CASS_WARMUP"), "CASS_WARMUP", cls.warmup),
+            project_memory=_flag(get("CASS_PROJECT_MEMORY"), "CASS_PROJECT_MEMORY", cls.project_memory),
             warmup_queue=_default(_number(get("CASS_WARMUP_QUEUE"), "CASS_WARMUP_QUEUE", int, minimum=0),
                                   cls.warmup_queue),
         )

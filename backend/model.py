@@ -28,6 +28,7 @@ from .controls.config import Controls, parse_controls
 from .controls.smart import ContextError, refiner_for
 from .labels import LabelConfigError, config_digest, targets_size
 from .limits import ByteBoundedLRU
+from .memory import predicting, versioned
 from .service import TASK_ERRORS
 
 log = logging.getLogger("backend.model")
@@ -172,9 +173,10 @@ class CASSManager(LabelStudioMLManager):
         model = cls._build(label_config, **params)
         cls._remember(project, {**params, "targets": model.targets,
                                 "digest": config_digest(label_config) if isinstance(label_config, str) else None})
-        cls._current_model = ModelWrapper(model=model, model_version=model.model_version)
+        version = versioned(model.model_version, project, label_config)  # + project memory digest
+        cls._current_model = ModelWrapper(model=model, model_version=version)
         log.info("setup project %s: %d brush control(s), model_version %s", project,
-                 len(model.targets), model.model_version)
+                 len(model.targets), version)
         return cls._current_model
 
     @classmethod
@@ -186,10 +188,16 @@ class CASSManager(LabelStudioMLManager):
         setup_targets = remembered.pop("targets", None)
         model = cls._build(label_config, targets=setup_targets, **remembered)
         try:
-            predictions = model.predict(tasks, **kwargs)
+            with predicting(project, label_config):  # the project's memory, when on (backend.memory)
+                predictions = model.predict(tasks, **kwargs)
+                version = versioned(model.model_version, project, label_config)
         except (LabelConfigError, ContextError) as exc:
             raise AnswerException(400, f"{type(exc).__name__}: {exc}", {}) from exc
-        return predictions, ModelWrapper(model=model, model_version=model.model_version)
+        if version != model.model_version:  # + the memory digest, on every prediction
+            for p in predictions:
+                if isinstance(p, dict) and isinstance(p.get("model_version"), str):
+                    p["model_version"] += version[len(model.model_version):]
+        return predictions, ModelWrapper(model=model, model_version=version)
 
     @classmethod
     def webhook(cls, event, data):

@@ -26,6 +26,7 @@ from .faults import TaskOutOfMemory, is_out_of_memory, recover_from_oom
 from .images import ImageFetchError
 from .labels import BrushTarget, TaskDataError
 from .controls.base import regions_for
+from .memory import memory_kwargs
 from .regions import confidence_sums
 from .slots import InferenceSlots
 
@@ -265,9 +266,10 @@ class Predictor:
         with self._lock:
             t0 = time.perf_counter()
             try:
+                memory = memory_kwargs()  # the project's memory inside backend.memory.predicting, else {}
                 if pamr:  # PAMR recomputes the image's pixels (features stay label- and PAMR-free)
-                    return self.engine.segment(features, target.vocabulary, params=params, image=image)
-                return self.engine.segment(features, target.vocabulary, params=params)
+                    return self.engine.segment(features, target.vocabulary, params=params, image=image, **memory)
+                return self.engine.segment(features, target.vocabulary, params=params, **memory)
             finally:
                 if info is not None:
                     info.segment_s += time.perf_counter() - t0

@@ -389,7 +389,7 @@ class CASS:
 
     def segment(self, features: ImageFeatures, vocabulary: Vocabulary, *,
                 output_size: tuple[int, int] | None = None, return_probs: bool = False,
-                params: TextParams | None = None, image=None) -> Segmentation:
+                params: TextParams | None = None, image=None, memory=None) -> Segmentation:
         """Label-dependent head: text embeddings, object-guided adjustment, stitching, softmax.
 
         Args:
@@ -400,14 +400,17 @@ class CASS:
             params: :class:`~cass.presets.TextParams` overriding the preset's text side.
             image: the encoded image again (path, bytes, PIL or array); needed only when PAMR is on
                 (its pixels are recomputed, not stored in the features; see docs/options.md).
+            memory: a :class:`cass.memory.ProjectMemory` fused with the text logits (docs/memory.md);
+                None or empty: plain CASS, bit for bit.
         """
         with torch_threads(self.threads):
-            return self._segment(features, vocabulary, output_size, return_probs, params, image)
+            return self._segment(features, vocabulary, output_size, return_probs, params, image,
+                                 memory=memory)
 
     @torch.inference_mode()
     def _segment(self, features: ImageFeatures, vocabulary: Vocabulary, output_size=None,
                  return_probs: bool = False, params: TextParams | None = None, image=None,
-                 trace: dict | None = None) -> Segmentation:
+                 trace: dict | None = None, memory=None) -> Segmentation:
         """:meth:`segment` with the parity trace (see :func:`cass.testing.segment`)."""
         if not isinstance(vocabulary, Vocabulary):
             raise VocabularyError(f"expected a Vocabulary, got {type(vocabulary).__name__}")
@@ -427,6 +430,8 @@ class CASS:
         clusters = cluster_queries(text, tp.h_threshold)
         grids = window_logits(features, text, clusters, tp.global_semantics_weight, tp.mean_vector_weight,
                               tp.topk, trace, global_text=global_text)
+        if memory is not None:  # project memory (cass.memory); empty: grids unchanged
+            grids = memory.fuse(grids, features, vocabulary, tp.memory_weight, tp.memory_temperature)
         stitcher = Stitcher(features.windows.tolist(), features.grid, features.input_size,
                             tuple(output_size or features.original_size), features.valid_size)
         if tp.pamr is not None:

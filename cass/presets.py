@@ -81,6 +81,11 @@ class TextParams:
         ``None`` (off, the default). JSON: ``null``, ``true`` (official 10 steps, dilations 8, 16) or
         ``{"steps": 10, "dilations": [8, 16]}``. Label-independent but text-side: it runs on the
         logits, so switching it reuses cached features.
+    memory_weight / memory_temperature: fusion of a project memory (:mod:`cass.memory`, used only
+        when ``segment`` gets a non-empty one): each class's window logits get
+        ``memory_weight * exp(-(1 - s) / memory_temperature)`` added, ``s`` = the patch's best cosine
+        similarity to the class's prototypes (cosine units, before ``logit_scale``). Defaults are
+        unmeasured on real weights (docs/memory.md).
     """
 
     global_semantics_weight: float = 0.25
@@ -90,6 +95,8 @@ class TextParams:
     logit_scale: float = 40.0
     topk: int = 2
     pamr: PamrParams | None = None
+    memory_weight: float = 0.5
+    memory_temperature: float = 0.1
 
     def __post_init__(self) -> None:
         try:
@@ -104,6 +111,8 @@ class TextParams:
             raise PresetError("prob_thd must be in [0, 1]")
         if self.topk < 1:
             raise PresetError("topk must be >= 1")
+        if not self.memory_weight >= 0.0 or not self.memory_temperature > 0.0:
+            raise PresetError("memory_weight must be >= 0 and memory_temperature > 0")
 
 
 @dataclass(frozen=True)
