@@ -5,7 +5,9 @@ versions) from Label Studio; record tasks that are not in the project as failed 
 already have a prediction of this ``model_version`` as skipped; then, for the rest, download the
 next ``prefetch`` tasks' images in threads while the current one is encoded, predict each task
 (``Predictor.predict_task``: feature cache, engine, brush RLE), and post the predictions in bulk
-(``post_every`` per Label Studio call, and whatever is left at the end).
+(``post_every`` per Label Studio call, and whatever is left at the end). With ``batch`` > 1
+(``CASS_JOB_BATCH``), the cache misses among each next ``batch`` tasks' images are encoded in one
+``engine.encode_many`` call first (:mod:`.batching`); the tasks then find their features ready.
 
 Exactly once: every post takes a per-task Redis lock, asks Label Studio again which of its tasks
 already have a prediction of this version, and posts only the others; a chunk retried after a
