@@ -148,3 +148,51 @@ def test_batch_1_never_calls_encode_many(conn):
 def test_worker_batch_setting_reaches_the_context():
     assert Settings.from_env({"CASS_JOB_BATCH": "6"}).jobs.batch_for("cpu") == 6
     assert Settings.from_env({}).jobs.batch_for("cuda:0") == 4
+
+
+def test_real_engine_batches_two_images_per_backbone_call(conn, tmp_path, monkeypatch):
+    """The real engine (tiny weights, cass.engine.CASS.encode_many), the real Predictor and its
+    in-process feature cache; Label Studio is FakeProjects, images come from PngFetcher (a fake)."""
+    import io
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from backend.service import build_predictor
+
+    repo = Path(__file__).resolve().parents[1]
+    tiny = Path(__import__("os").environ.get("CASS_SHARED_DIR", repo.parent / "shared")) / "parity" / "weights"
+    if not (tiny / "clip_tiny.safetensors").is_file():
+        pytest.skip(f"tiny weights not found under {tiny}")
+    preset = json.loads((repo / "cass" / "presets" / "default.json").read_text())
+    preset["name"] = "batch-fast"
+    preset["image"].update({"short_side": 224, "slide_crop": 224, "slide_stride": 224})
+    (tmp_path / "fast.json").write_text(json.dumps(preset))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    predictor = build_predictor(Settings(clip_weights=str(tiny / "clip_tiny.safetensors"), threads=1,
+                                         dino_weights=str(tiny / "dino_tiny.safetensors"), warmup=False,
+                                         preset=str(tmp_path / "fast.json")))
+    calls = {"many": [], "one": 0}
+    real_many, real_one = predictor.engine.encode_many, predictor.engine.encode
+    monkeypatch.setattr(predictor.engine, "encode_many",
+                        lambda images, **kw: calls["many"].append(len(images)) or real_many(images, **kw))
+    monkeypatch.setattr(predictor.engine, "encode",
+                        lambda image, **kw: calls.__setitem__("one", calls["one"] + 1) or real_one(image, **kw))
+
+    class PngFetcher:
+        def fetch(self, url, task_id):
+            buf = io.BytesIO()
+            Image.fromarray(np.random.default_rng(task_id).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+                buf, "PNG")
+            return buf.getvalue()
+
+    projects = FakeProjects(4)
+    rec = Jobs(conn, projects).start(JobSpec(1), predictor.model_version)
+    ctx = WorkerContext(predictor, Settings(), projects, JobStore(conn), post_every=4, batch=2, prefetch=1)
+    ctx.fetcher = PngFetcher
+    counts = ChunkRun(ctx, rec["id"], [1, 2, 3, 4]).run()
+    assert counts == {"done": 4, "skipped": 0, "failed": 0, "cancelled": False}
+    assert calls == {"many": [2, 2], "one": 0}
+    assert all(len(p) == 1 and p[0]["model_version"] == predictor.model_version for p in projects.preds.values())
