@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -56,6 +57,7 @@ class Settings:
     project_memory: bool = False                 # CASS_PROJECT_MEMORY: a project memory of corrected annotations
                                                  # for every project (per project: cass_memory on the control;
                                                  # docs/memory.md)
+    jobs: "JobSettings" = field(default_factory=lambda: JobSettings())  # CASS_JOB_*: pre-annotation jobs
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -85,6 +87,7 @@ class Settings:
                 raise ConfigError(str(exc)) from None
         return cls(
             **_deployment(get),
+            jobs=JobSettings.from_env(env),
             clip_weights=get("CASS_CLIP_WEIGHTS") or cls.clip_weights,
             dino_weights=get("CASS_DINO_WEIGHTS") or cls.dino_weights,
             global_clip_weights=get("CASS_GLOBAL_CLIP_WEIGHTS"),
@@ -174,3 +177,57 @@ def _deployment(get) -> dict:
         limits=VocabularyLimits(number("CASS_MAX_CLASSES", int, 1, defaults.limits.max_classes),
                                 number("CASS_MAX_PROMPTS", int, 1, defaults.limits.max_prompts)),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# pre-annotation jobs (backend.jobs, docs/jobs.md): the CASS_JOB_* block
+# ---------------------------------------------------------------------------------------------
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Settings of pre-annotation jobs (workers, ``preannotate``, ``/jobs``); ``Settings().jobs``."""
+
+    heartbeat_s: float = 10.0        # CASS_JOB_HEARTBEAT_S: worker heartbeat; a dead worker's chunk is
+                                     # requeued ~3x this after it died
+    maintenance_s: int = 30          # CASS_JOB_MAINTENANCE_S: how often a worker looks for abandoned chunks
+    prefetch: int = 2                # CASS_JOB_PREFETCH: images downloaded ahead of the one being encoded
+    post_every: int = 8              # CASS_JOB_POST_EVERY: predictions per bulk import call
+    redis_wait_s: float = 300.0      # CASS_JOB_REDIS_WAIT_S: how long a Redis outage may pause a chunk
+    queue: str = "cass-preannotate"  # CASS_JOB_QUEUE: the RQ queue name
+    batch: int | None = None         # CASS_JOB_BATCH: images per backbone call (default: 1 on CPU, 4 on CUDA)
+    chunk_timeout_s: int = 1800      # CASS_JOB_CHUNK_TIMEOUT_S: RQ job timeout of one chunk
+    auto_preannotate: bool = False   # CASS_AUTO_PREANNOTATE: TASKS_CREATED starts a job for the new tasks
+
+    def batch_for(self, device: str | None) -> int:
+        """Images per backbone call on ``device`` ("cpu", "cuda", "cuda:1", ...)."""
+        if self.batch is not None:
+            return self.batch
+        return 4 if str(device or "cpu").startswith("cuda") else 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "JobSettings":
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() else None
+
+        def number(name: str, kind, minimum: float, default):
+            return _default(_number(get(name), name, kind, minimum=minimum), default)
+
+        queue = get("CASS_JOB_QUEUE") or cls.queue
+        if not _QUEUE_NAME.fullmatch(queue):
+            raise ConfigError(f"CASS_JOB_QUEUE = {queue!r} is not a queue name (1-100 of A-Z a-z 0-9 _ . : -)")
+        return cls(
+            heartbeat_s=number("CASS_JOB_HEARTBEAT_S", float, 0.5, cls.heartbeat_s),
+            maintenance_s=number("CASS_JOB_MAINTENANCE_S", int, 1, cls.maintenance_s),
+            prefetch=number("CASS_JOB_PREFETCH", int, 0, cls.prefetch),
+            post_every=number("CASS_JOB_POST_EVERY", int, 1, cls.post_every),
+            redis_wait_s=number("CASS_JOB_REDIS_WAIT_S", float, 1, cls.redis_wait_s),
+            queue=queue,
+            batch=_number(get("CASS_JOB_BATCH"), "CASS_JOB_BATCH", int, minimum=1),
+            chunk_timeout_s=number("CASS_JOB_CHUNK_TIMEOUT_S", int, 60, cls.chunk_timeout_s),
+            auto_preannotate=_flag(get("CASS_AUTO_PREANNOTATE"), "CASS_AUTO_PREANNOTATE", cls.auto_preannotate),
+        )

@@ -7,6 +7,11 @@ optionally the full-size random ViT-B/16 + ViT-B/8 for ``--full`` tasks with 1 w
 JSON line: tasks/s per worker count (from enqueue to the job's end; worker start-up excluded), the
 2-worker scaling ratio, duplicates found in Label Studio (must be 0), failed tasks, seconds from
 enqueue to the first prediction visible in Label Studio.
+
+``--full-size``: only the full-size random ViT-B/16 + ViT-B/8 (built by ``cass.bench``'s random
+state dicts, the official layouts), ``--tasks`` 480x640 images (default 4) on 1 worker: images/s on
+this CPU (or GPU with ``CASS_DEVICE``). Every line says its mode, the CPU, its load and the batch
+setting (``CASS_JOB_BATCH``), since the figures mean little without them.
 """
 from __future__ import annotations
 
@@ -115,40 +120,67 @@ def full_size_weights(root: Path) -> dict:
     return {"CASS_CLIP_WEIGHTS": str(clip), "CASS_DINO_WEIGHTS": str(dino)}
 
 
+def machine() -> dict:
+    """CPU model, cores, 1-minute load, torch device and the batch setting, for the JSON line."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+            "device": os.environ.get("CASS_DEVICE") or "default", "job_batch": os.environ.get("CASS_JOB_BATCH") or "auto"}
+
+
 def main(argv: list[str] | None = None) -> int:
     from tests.redis_fixtures import REDIS_SERVER, RedisServer
 
     p = argparse.ArgumentParser(prog="python -m backend.jobbench", description=__doc__)
-    p.add_argument("--tasks", type=int, default=200)
+    p.add_argument("--tasks", type=int, default=None, help="tasks per phase (default 200; 4 with --full-size)")
+    p.add_argument("--full-size", action="store_true",
+                   help="only the full-size random ViT-B/16 + ViT-B/8 on 1 worker (images/s)")
     p.add_argument("--full", type=int, default=4, help="tasks on the full-size random weights (0: skip)")
     p.add_argument("--chunk-size", type=int, default=8)
     p.add_argument("--label-studio", help="URL of a running Label Studio (default: start one)")
     p.add_argument("--token", help="its personal access token")
     args = p.parse_args(argv)
+    if args.tasks is None:
+        args.tasks = 4 if args.full_size else 200
+    if args.tasks < 1 or args.chunk_size < 1 or args.full < 0:
+        p.error("--tasks and --chunk-size must be at least 1, --full at least 0")
     tmp = Path(tempfile.mkdtemp(prefix="jobbench-"))
     ls_proc = None
-    if not args.label_studio:
-        from tests.e2e.conftest import LEGACY_TOKEN, start_label_studio, wait_until_healthy
+    if not args.label_studio:  # Label Studio as the e2e tests run it (legacy tokens off): a personal access token
+        from tests.e2e.conftest import running_label_studio
+        from tests.e2e.label_studio_api import create_personal_access_token
 
         ls_bin = Path(os.environ.get("LS_VENV", "/opt/ls-venv")) / "bin" / "label-studio"
-        args.label_studio, ls_proc, log, _ = start_label_studio(ls_bin, tmp)
-        wait_until_healthy(f"{args.label_studio}/health", ls_proc, log, 900, "Label Studio")
-        args.token = requests.post(f"{args.label_studio}/api/token/", timeout=30,
-                                   headers={"Authorization": f"Token {LEGACY_TOKEN}"}).json()["token"]
+        service = running_label_studio(ls_bin, tmp)
+        ls_proc = service.proc
+        args.label_studio, args.token = service.url, create_personal_access_token(service.url, service.headers)
     server = RedisServer(REDIS_SERVER, tmp).start()
     shared = Path(os.environ.get("CASS_SHARED_DIR", REPO.parent / "shared")) / "parity" / "weights"
     tiny = {"CASS_CLIP_WEIGHTS": str(shared / "clip_tiny.safetensors"),
             "CASS_DINO_WEIGHTS": str(shared / "dino_tiny.safetensors")}
     try:
+        if args.full_size:
+            full = phase(args, server.url, 1, args.tasks, 3, full_size_weights(tmp), (480, 640))
+            print(json.dumps({"bench": "jobs", "mode": "full-size", "weights": "random ViT-B/16 + ViT-B/8",
+                              "tasks": args.tasks, "image": "480x640", "images_per_s": full["tasks_per_s"],
+                              "seconds": full["seconds"], "duplicates": full["duplicates"],
+                              "failed": full["failed"], "missing": full["missing"], **machine()}), flush=True)
+            return 0
         one = phase(args, server.url, 1, args.tasks, 1, tiny, (24, 32))
         two = phase(args, server.url, 2, args.tasks, 2, tiny, (24, 32))
-        out = {"bench": "jobs", "weights": "tiny", "tasks": args.tasks, "chunk_size": args.chunk_size,
+        out = {"bench": "jobs", "mode": "tiny", "weights": "tiny", "tasks": args.tasks, "chunk_size": args.chunk_size,
                "tasks_per_s": {"1": one["tasks_per_s"], "2": two["tasks_per_s"]},
                "scaling_2_workers": round(two["tasks_per_s"] / one["tasks_per_s"], 3),
                "duplicates": one["duplicates"] + two["duplicates"], "missing": one["missing"] + two["missing"],
                "failed": one["failed"] + two["failed"],
                "first_prediction_s": {"1": one["first_prediction_s"], "2": two["first_prediction_s"]},
-               "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+               **machine()}
         if args.full:
             full = phase(args, server.url, 1, args.full, 3, full_size_weights(tmp), (480, 640))
             out["full_size_random"] = {"tasks": args.full, "images_per_s": full["tasks_per_s"],

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -107,6 +108,27 @@ def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tup
             x2 = min(b * stride + crop, width)
             out.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
     return out
+
+
+@dataclass
+class _Prepared:
+    """One image ready for the backbones.
+
+    ``x``: ``(1, 3, H, W)`` float32 CLIP-normalised inference image; ``crops``: ``(n_windows, 3, ch, cw)``
+    float32 CLIP windows; ``dino_in``: ``(n_windows, 3, S, S)`` float32 ImageNet-normalised DINO input.
+    """
+
+    x: torch.Tensor
+    original_size: tuple[int, int]
+    valid_size: tuple[int, int] | None
+    windows: list[tuple[int, int, int, int]]
+    crops: torch.Tensor
+    dino_in: torch.Tensor
+
+    @property
+    def batch_key(self) -> tuple:
+        """Images with equal keys can share backbone calls."""
+        return tuple(self.crops.shape[1:]) + tuple(self.dino_in.shape[1:])
 
 
 class CASS:
@@ -225,31 +247,97 @@ class CASS:
         std = torch.tensor(p.pixel_std, dtype=torch.float32).view(3, 1, 1)
         return ((img - mean) / std).unsqueeze(0), original_size, valid_size
 
+    def encode_many(self, images: Sequence[Image.Image | np.ndarray | str | os.PathLike | bytes], *,
+                    resize: bool = True) -> list[ImageFeatures]:
+        """:meth:`encode` of several images, their windows batched into shared backbone calls.
+
+        Images whose windows have the same shape (CLIP crop ``(3, ch, cw)`` and DINO input
+        ``(3, S, S)``) are encoded together: one DINO and one CLIP call over all their windows
+        (``(sum n_windows, 3, ch, cw)`` float32), one batched spectral step, and - for the
+        whole-image global prior - one CLIP call per group of equal inference sizes. Images of
+        other window shapes form their own groups. The results equal per-image :meth:`encode`
+        within float tolerance (the randomized SVD draws are seeded per image, as in ``encode``).
+
+        Args:
+            images: PIL images, ``(H, W, 3)`` uint8 RGB arrays, paths or encoded bytes.
+            resize: as in :meth:`encode`.
+        Returns:
+            one :class:`ImageFeatures` per image, in order. ``timings`` count one encode call per
+            image; the stage times are those of the shared calls.
+        Raises:
+            ImageError: naming the index of the first image that cannot be decoded.
+        """
+        if isinstance(images, (str, bytes, os.PathLike, np.ndarray, Image.Image)):
+            raise TypeError("encode_many expects a sequence of images; use encode() for one image")
+        images = list(images)
+        with torch_threads(self.threads), torch.inference_mode():
+            t_start = time.perf_counter()
+            preps = []
+            for i, image in enumerate(images):
+                try:
+                    preps.append(self._prepare(image, resize))
+                except ImageError as exc:
+                    raise ImageError(f"image {i}: {exc}") from exc
+            groups: dict[tuple, list[int]] = {}
+            for i, prep in enumerate(preps):
+                groups.setdefault(prep.batch_key, []).append(i)
+            out: list[ImageFeatures | None] = [None] * len(preps)
+            for members in groups.values():
+                for i, feats in zip(members, self._encode_group([preps[i] for i in members])):
+                    out[i] = feats
+            self._count_encode(len(preps), t_start)
+        return out  # type: ignore[return-value]
+
+    def _count_encode(self, n_images: int, t_start: float) -> None:
+        self.timings.encode_s += time.perf_counter() - t_start
+        self.timings.encode_calls += n_images
+
+    def _prepare(self, image, resize: bool, trace: dict | None = None) -> "_Prepared":
+        """Decode, resize, normalise, cut the windows and build the DINO input of one image."""
+        x, original_size, valid_size = self._normalized_input(image, resize)
+        p = self.preset.image
+        height, width = x.shape[-2:]
+        windows = sliding_windows(height, width, p.slide_crop, p.slide_stride)
+        crops = torch.cat([x[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in windows])
+        return _Prepared(x, original_size, valid_size, windows, crops, self._dino_input(x, windows, trace))
+
     @torch.inference_mode()
     def _encode(self, image, resize: bool = True, head_pairing: np.ndarray | torch.Tensor | None = None,
                 seed: int = 0, trace: dict | None = None) -> ImageFeatures:
         """:meth:`encode` with the parity hooks (see :func:`cass.testing.encode`)."""
         t_start = time.perf_counter()
-        x, original_size, valid_size = self._normalized_input(image, resize)
-        p = self.preset.image
-        height, width = x.shape[-2:]
+        prep = self._prepare(image, resize, trace)
+        feats = self._encode_group([prep], head_pairing=head_pairing, seed=seed)[0]
+        self._count_encode(1, t_start)
+        height, width = prep.x.shape[-2:]
+        log.debug("encoded %dx%d image: %d windows in %.2fs", width, height, len(prep.windows),
+                  time.perf_counter() - t_start)
+        return feats
 
-        windows = sliding_windows(height, width, p.slide_crop, p.slide_stride)
-        crops = torch.cat([x[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in windows])
+    def _encode_group(self, preps: list["_Prepared"], head_pairing=None, seed: int = 0) -> list[ImageFeatures]:
+        """Backbones, spectral distillation and global prior of images with one window shape.
+
+        All windows of all ``preps`` go through each backbone in one call; ``head_pairing``
+        (``(n_windows, heads)``) is allowed only for a single image.
+        """
+        p = self.preset.image
+        counts = [len(prep.windows) for prep in preps]
+        bsz = sum(counts)
+        crops = torch.cat([prep.crops for prep in preps]) if len(preps) > 1 else preps[0].crops
+        dino_in = torch.cat([prep.dino_in for prep in preps]) if len(preps) > 1 else preps[0].dino_in
         ch, cw = crops.shape[-2:]
         gh, gw = ch // self.patch_size, cw // self.patch_size
         n = gh * gw
 
         # --- DINO keys per window ------------------------------------------------------------
         t0 = time.perf_counter()
-        dino_in = self._dino_input(x, windows, trace)
         with self._autocast():
             dkeys = self.dino.last_keys(dino_in.to(self.device)).float()  # (B, H, g*g, d)
         g = int(round(dkeys.shape[2] ** 0.5))
         dkeys = spectral._fp16(dkeys)
-        grid = dkeys.transpose(2, 3).reshape(len(windows) * self.heads, HEAD_DIM, g, g)
+        grid = dkeys.transpose(2, 3).reshape(bsz * self.heads, HEAD_DIM, g, g)
         grid = spectral._fp16(F.interpolate(grid, size=(gh, gw), mode="bilinear", align_corners=False))
-        dkeys = grid.reshape(len(windows), self.heads, HEAD_DIM, n).transpose(2, 3)
+        dkeys = grid.reshape(bsz, self.heads, HEAD_DIM, n).transpose(2, 3)
         self.timings.dino_s += time.perf_counter() - t0
 
         # --- CLIP trunk per window -----------------------------------------------------------
@@ -264,7 +352,6 @@ class CASS:
             xin = last.ln_1(tokens)
             qkv = F.linear(xin, last.attn.in_proj_weight, last.attn.in_proj_bias).float()
         _, k, v = qkv[:, 1:].chunk(3, dim=-1)
-        bsz = len(windows)
         k = k.reshape(bsz, n, self.heads, HEAD_DIM).transpose(1, 2)
         v = v.reshape(bsz, n, self.heads, HEAD_DIM).transpose(1, 2)
         self.timings.clip_s += time.perf_counter() - t0
@@ -280,43 +367,67 @@ class CASS:
         cost = spectral.wasserstein_cost(spectral.top_spectra(dino_gram, kk),
                                          spectral.top_spectra(clip_gram, kk))
         if head_pairing is not None:
+            if len(preps) != 1:
+                raise ValueError("head_pairing is for a single image")
             col = torch.as_tensor(np.asarray(head_pairing), dtype=torch.int64).reshape(bsz, self.heads)
         else:
             col = torch.stack([spectral.match_heads(c) for c in cost])
         rank = min(p.lowrank_rank, n)
-        gen = torch.Generator().manual_seed(seed)
-        draws = [torch.randn(n, rank, dtype=torch.float64, generator=gen) for _ in range(bsz * self.heads)]
+        draws = []
+        for count in counts:  # one generator per image, seeded like a lone encode
+            gen = torch.Generator().manual_seed(seed)
+            draws += [torch.randn(n, rank, dtype=torch.float64, generator=gen) for _ in range(count * self.heads)]
         fused = spectral.fuse_heads(clip_gram.cpu(), dino_gram.cpu(), cost.cpu(), col, draws, rank,
                                     p.eigenvalue_scaling, p.scale_factor).to(self.device)
         attn = torch.softmax(fused + self._gaussian_prior(gh, gw, p.gaussian_std), dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(bsz, n, self.width)
         out = last.attn.out_proj(out)
-        patch = F.normalize(visual.ln_post(out) @ visual.proj, dim=-1)
+        patch = F.normalize(visual.ln_post(out) @ visual.proj, dim=-1).float().cpu()
         self.timings.spectral_s += time.perf_counter() - t0
 
         # --- global prior ----------------------------------------------------------------------
         t0 = time.perf_counter()
-        if self.global_clip is not None:  # scale_up: the second CLIP's CLS, on the crops or the image
-            with self._autocast():
-                source = crops if need_window_cls else x
-                g = self._global_cls(self.global_clip, source.to(self.device)).float()
-            global_vectors = F.normalize(g, dim=-1).expand(bsz, -1)
-        elif need_window_cls:
-            global_vectors = F.normalize(window_cls, dim=-1)
-        else:
-            with self._autocast():
-                whole = self._cls_head(last(self._clip_trunk(x.to(self.device)))).float()
-            global_vectors = F.normalize(whole, dim=-1).expand(bsz, -1)
+        global_vectors = self._global_vectors(preps, crops, window_cls, need_window_cls).float().cpu()
         self.timings.global_s += time.perf_counter() - t0
-        self.timings.encode_s += time.perf_counter() - t_start
-        self.timings.encode_calls += 1
-        log.debug("encoded %dx%d image: %d windows in %.2fs", width, height, bsz, time.perf_counter() - t_start)
-        return ImageFeatures(
-            patch_features=patch.float().cpu().contiguous(),
-            global_vectors=global_vectors.float().cpu().contiguous(),
-            windows=torch.tensor(windows, dtype=torch.int64),
-            grid=(gh, gw), input_size=(height, width), original_size=original_size, valid_size=valid_size,
-            head_pairing=col.cpu(), matching_cost=cost.float().cpu(), fingerprint=self.fingerprint)
+
+        results, start = [], 0
+        cost, col = cost.float().cpu(), col.cpu()
+        for prep, count in zip(preps, counts):
+            sl = slice(start, start + count)
+            start += count
+            results.append(ImageFeatures(
+                patch_features=patch[sl].contiguous(), global_vectors=global_vectors[sl].contiguous(),
+                windows=torch.tensor(prep.windows, dtype=torch.int64), grid=(gh, gw),
+                input_size=tuple(prep.x.shape[-2:]), original_size=prep.original_size,
+                valid_size=prep.valid_size, head_pairing=col[sl].clone(), matching_cost=cost[sl].clone(),
+                fingerprint=self.fingerprint))
+        return results
+
+    def _global_vectors(self, preps: list["_Prepared"], crops: torch.Tensor, window_cls: torch.Tensor | None,
+                        need_window_cls: bool) -> torch.Tensor:
+        """``(sum n_windows, D_g)`` L2-normalised global prior vector of every window of ``preps``."""
+        counts = [len(prep.windows) for prep in preps]
+        if self.global_clip is None and need_window_cls:
+            return F.normalize(window_cls, dim=-1)
+        if self.global_clip is not None and need_window_cls:  # scale_up CLS of every crop
+            with self._autocast():
+                g = self._global_cls(self.global_clip, crops.to(self.device)).float()
+            return F.normalize(g, dim=-1)
+        last = self.clip.visual.transformer.resblocks[-1]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, prep in enumerate(preps):
+            by_size.setdefault(tuple(prep.x.shape[-2:]), []).append(i)
+        per_image: list[torch.Tensor | None] = [None] * len(preps)
+        for members in by_size.values():  # one whole-image pass per inference size
+            x = torch.cat([preps[i].x for i in members]).to(self.device)
+            with self._autocast():
+                if self.global_clip is not None:
+                    g = self._global_cls(self.global_clip, x).float()
+                else:
+                    g = self._cls_head(last(self._clip_trunk(x))).float()
+            for j, i in enumerate(members):
+                per_image[i] = F.normalize(g[j:j + 1], dim=-1)
+        return torch.cat([v.expand(c, -1) for v, c in zip(per_image, counts)])
 
     def _dino_input(self, x: torch.Tensor, windows, trace: dict | None) -> torch.Tensor:
         """ImageNet-normalised DINO input ``(B, 3, S, S)``, derived from the CLIP-normalised image.

@@ -29,7 +29,7 @@ def _jobs():
 
     settings = Settings.from_env()
     return Jobs(connect(settings.redis_url),
-                Projects(settings.label_studio_url or "", settings.label_studio_api_key or ""))
+                Projects(settings.label_studio_url or "", settings.label_studio_api_key or ""), settings.jobs)
 
 
 def progress_line(rec: dict, elapsed_s: float) -> str:

@@ -10,7 +10,6 @@ tasks.
 from __future__ import annotations
 
 import logging
-import os
 
 import redis
 from flask import Blueprint, current_app, jsonify, request
@@ -41,7 +40,8 @@ def jobs_for(state: dict):
         from .queue import Jobs, connect
 
         s = state["settings"]
-        state["jobs"] = Jobs(connect(s.redis_url), Projects(s.label_studio_url or "", s.label_studio_api_key or ""))
+        state["jobs"] = Jobs(connect(s.redis_url), Projects(s.label_studio_url or "", s.label_studio_api_key or ""),
+                             s.jobs)
     return state["jobs"]
 
 
@@ -91,21 +91,21 @@ def cancel_job(job_id: str):
     return _guard(lambda: jsonify(jobs_for(_state()).cancel(job_id)))
 
 
-def auto_enabled(env=None) -> bool:
-    return (env if env is not None else os.environ).get("CASS_AUTO_PREANNOTATE", "").strip().lower() in \
-        ("1", "true", "yes", "on")
+def auto_enabled(settings) -> bool:
+    """``CASS_AUTO_PREANNOTATE`` (``settings.jobs.auto_preannotate``, :class:`backend.config.JobSettings`)."""
+    return settings.jobs.auto_preannotate
 
 
 def auto_preannotate(app, data: dict) -> dict | None:
     """``TASKS_CREATED`` with ``CASS_AUTO_PREANNOTATE=true``: a job for the new tasks (None when off)."""
-    if not auto_enabled():
+    state = app.extensions["cass_jobs"]
+    if not auto_enabled(state["settings"]):
         return None
     project = data.get("project") if isinstance(data, dict) else None
     tasks = data.get("tasks") if isinstance(data, dict) else None
     ids = tuple(t["id"] for t in tasks or () if isinstance(t, dict) and isinstance(t.get("id"), int))
     if not isinstance(project, dict) or not isinstance(project.get("id"), int) or not ids:
         return {"error": "no project id or task ids in the webhook"}
-    state = app.extensions["cass_jobs"]
     try:
         rec = jobs_for(state).start(JobSpec(project=project["id"], task_ids=ids), state["predictor"].model_version)
     except (JobConflict, JobSpecError, LabelStudioError, redis.exceptions.RedisError) as exc:

@@ -8,7 +8,6 @@ again, and the runner skips every task that already has a prediction of its ``mo
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 
 import redis
@@ -22,7 +21,7 @@ from .store import TERMINAL, JobStore
 
 log = logging.getLogger("backend.jobs")
 
-QUEUE_NAME = os.environ.get("CASS_JOB_QUEUE", "cass-preannotate")
+QUEUE_NAME = "cass-preannotate"  # the default of CASS_JOB_QUEUE (backend.config.JobSettings.queue)
 CHUNK_RETRIES = 3
 
 
@@ -47,14 +46,19 @@ def connect(redis_url: str | None) -> redis.Redis:
 
 
 class Jobs:
-    """``conn``: Redis; ``projects``: a :class:`~.lsclient.Projects` (or a fake in unit tests)."""
+    """``conn``: Redis; ``projects``: a :class:`~.lsclient.Projects` (or a fake in unit tests);
+    ``settings``: a :class:`backend.config.JobSettings` (queue name, chunk timeout; default: the
+    environment's)."""
 
-    def __init__(self, conn: redis.Redis, projects: Projects, *, chunk_timeout_s: int = 1800):
+    def __init__(self, conn: redis.Redis, projects: Projects, settings=None):
+        from ..config import JobSettings
+
+        settings = settings if settings is not None else JobSettings.from_env()
         self.conn = conn
         self.store = JobStore(conn)
         self.projects = projects
-        self.queue = Queue(QUEUE_NAME, connection=conn)
-        self.chunk_timeout_s = chunk_timeout_s
+        self.queue = Queue(settings.queue, connection=conn)
+        self.chunk_timeout_s = settings.chunk_timeout_s
 
     def model_version(self) -> str | None:
         """The running workers' ``model_version`` (None when there is none, or they disagree)."""

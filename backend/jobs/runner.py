@@ -5,7 +5,9 @@ versions) from Label Studio; record tasks that are not in the project as failed 
 already have a prediction of this ``model_version`` as skipped; then, for the rest, download the
 next ``prefetch`` tasks' images in threads while the current one is encoded, predict each task
 (``Predictor.predict_task``: feature cache, engine, brush RLE), and post the predictions in bulk
-(``post_every`` per Label Studio call, and whatever is left at the end).
+(``post_every`` per Label Studio call, and whatever is left at the end). With ``batch`` > 1
+(``CASS_JOB_BATCH``), the cache misses among each next ``batch`` tasks' images are encoded in one
+``engine.encode_many`` call first (:mod:`.batching`); the tasks then find their features ready.
 
 Exactly once: every post takes a per-task Redis lock, asks Label Studio again which of its tasks
 already have a prediction of this version, and posts only the others; a chunk retried after a
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from ..images import ImageFetcher, LabelStudioAuth, policy_from_settings
 from ..labels import LabelConfigError, TaskDataError, parse_label_config
 from ..service import TASK_ERRORS, TaskInfo
+from .batching import Prefilled, prefill
 from .lsclient import Projects
 from .store import TERMINAL, JobStore, job_key, retrying
 
@@ -43,6 +46,7 @@ class WorkerContext:
     prefetch: int = 2                  # images downloaded ahead of the one being encoded
     post_every: int = 8                # predictions per bulk import call
     redis_wait_s: float = 300.0        # how long a Redis outage may pause a chunk
+    batch: int = 1                     # images per backbone call (engine.encode_many; .batching)
     counters: dict = field(default_factory=lambda: {"chunks": 0, "tasks_done": 0, "tasks_failed": 0,
                                                     "tasks_skipped": 0})
 
@@ -110,7 +114,10 @@ class ChunkRun:
     # -------------------------------------------------------------------------------------------
     def predict_all(self, project: int, tasks: list[dict], targets, version: str) -> None:
         fetcher = self.ctx.fetcher()
-        window = max(1, self.ctx.prefetch + 1)
+        batch = max(1, self.ctx.batch)
+        window = max(1, self.ctx.prefetch + batch)
+        ready: dict = {}
+        encoded: set = set()
         with ThreadPoolExecutor(max_workers=max(1, self.ctx.prefetch), thread_name_prefix="cass-prefetch") as pool:
             futures: dict[int, dict[str, Future]] = {}
 
@@ -136,13 +143,16 @@ class ChunkRun:
                         for f in fs.values():
                             f.cancel()
                     break
+                if batch > 1 and i % batch == 0:  # the next `batch` tasks' cache misses in one backbone call
+                    ready, encoded = self.prefill([futures[k] for k in range(i, min(i + batch, len(tasks)))])
                 mine = futures.pop(i)
                 payload = {"id": task["id"], "data": task["data"]}
                 t0 = time.perf_counter()
                 info = TaskInfo()
+                predictor = Prefilled(self.ctx.predictor, ready, encoded) if ready else self.ctx.predictor
                 try:
-                    prediction = self.ctx.predictor.predict_task(
-                        payload, targets, lambda url, task_id: mine[url].result(), info)
+                    prediction = type(self.ctx.predictor).predict_task(
+                        predictor, payload, targets, lambda url, task_id: mine[url].result(), info)
                 except Exception as exc:  # one bad task never fails the chunk
                     if isinstance(exc, TASK_ERRORS):
                         log.warning("job %s: task %s: no prediction: %s", self.job_id, task["id"], exc)
@@ -158,6 +168,24 @@ class ChunkRun:
                 if len(self.pending) >= self.ctx.post_every:
                     self.post(project, version)
         self.post(project, version)
+
+    def prefill(self, group: list[dict[str, Future]]) -> tuple[dict, set]:
+        """Batch-encode the cache misses among the downloaded images of ``group`` (see :mod:`.batching`);
+        a failed download is left to its task (which records it)."""
+        images = []
+        for fs in group:
+            for f in fs.values():
+                try:
+                    images.append(f.result())
+                except Exception:
+                    continue
+        timing: dict = {}
+        ready, encoded = prefill(self.ctx.predictor, images, self.ctx.batch, timing)
+        if timing["batches"] or timing["batch_failures"]:
+            log.info("job %s: %d image(s): %d cache hit(s), %d encoded in %d batched call(s) (%.2fs), %d batch(es) "
+                     "failed", self.job_id, len(images), timing["hits"], timing["misses"], timing["batches"],
+                     timing["encode_s"], timing["batch_failures"])
+        return ready, encoded
 
     def post(self, project: int, version: str) -> None:
         """Post ``pending`` once per task (see the module docstring)."""

@@ -28,7 +28,7 @@ import redis
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
-from .queue import QUEUE_NAME, connect
+from .queue import connect
 from .runner import WorkerContext, install
 from .store import JobStore
 
@@ -62,19 +62,6 @@ class CASSWorker(SimpleWorker):
             stop.set()
             thread.join(timeout=5)
         self.set_state(WorkerStatus.IDLE)
-
-
-def env_number(name: str, default: float, minimum: float) -> float:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise SystemExit(f"configuration error: {name} = {text!r} is not a number") from None
-    if value < minimum:
-        raise SystemExit(f"configuration error: {name} = {text!r} must be at least {minimum:g}")
-    return value
 
 
 def wait_for_redis(conn: redis.Redis, stopping: threading.Event) -> None:
@@ -114,21 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LabelStudioError, ValueError) as exc:
         print(f"configuration error: {exc}", flush=True)
         return 2
-    heartbeat_s = env_number("CASS_JOB_HEARTBEAT_S", 10.0, 0.5)
-    maintenance_s = int(env_number("CASS_JOB_MAINTENANCE_S", 30, 1))
+    job = settings.jobs  # CASS_JOB_* (backend.config.JobSettings)
+    heartbeat_s, maintenance_s, queue = job.heartbeat_s, job.maintenance_s, job.queue
     predictor = build_predictor(settings)  # once, for every chunk of this process
     name = args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     store = JobStore(conn)
     ctx = WorkerContext(predictor, settings, projects, store, name=name,
-                        prefetch=int(env_number("CASS_JOB_PREFETCH", 2, 0)),
-                        post_every=int(env_number("CASS_JOB_POST_EVERY", 8, 1)),
-                        redis_wait_s=env_number("CASS_JOB_REDIS_WAIT_S", 300, 1))
+                        prefetch=job.prefetch, post_every=job.post_every, redis_wait_s=job.redis_wait_s,
+                        batch=job.batch_for(getattr(predictor.engine, "device", "cpu")))
     install(ctx)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # between worker runs; RQ installs its own while working
         signal.signal(sig, lambda *_: stopping.set())
-    log.info("worker %s: %s, queue %s, heartbeat %.1fs, maintenance every %ds", name, predictor.model_version,
-             QUEUE_NAME, heartbeat_s, maintenance_s)
+    log.info("worker %s: %s, queue %s, heartbeat %.1fs, maintenance every %ds, %d image(s) per backbone call",
+             name, predictor.model_version, queue, heartbeat_s, maintenance_s, ctx.batch)
     CASSWorker.heartbeat_s = heartbeat_s
     runs = 0
     try:
@@ -138,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             try:
                 store.register_worker(name, predictor.model_version)
-                worker = CASSWorker([QUEUE_NAME], connection=conn, name=f"{name}-{runs}" if runs else name,
+                worker = CASSWorker([queue], connection=conn, name=f"{name}-{runs}" if runs else name,
                                     maintenance_interval=maintenance_s,
                                     worker_ttl=max(16, maintenance_s + 15))
                 runs += 1
