@@ -113,9 +113,43 @@ def _smart_tool(page, name: str) -> None:
 
 
 def _image_box(page) -> dict:
-    return page.evaluate("""() => { const i = [...document.querySelectorAll('img')].find(
-        i => i.src.includes('/data/upload/')); const r = (i || document.querySelector('canvas')).getBoundingClientRect();
+    """The editor's image on the page (the largest one: the Data Manager's thumbnails come first)."""
+    return page.evaluate("""() => { const r = [...document.querySelectorAll('img')]
+        .filter(i => i.src.includes('/data/upload/')).map(i => i.getBoundingClientRect())
+        .sort((a, b) => b.width * b.height - a.width * a.height)[0];
         return {x: r.x, y: r.y, width: r.width, height: r.height}; }""")
+
+
+HIDE_ALL_JS = """() => { const t = [...document.querySelectorAll('*')].find(n => n.children.length === 0 &&
+  n.textContent.trim() === 'By Time'); if (!t) return false; let box = t.parentElement;
+  while (box && box.querySelectorAll('button, [role=button]').length < 2) box = box.parentElement;
+  if (!box) return false; const b = [...box.querySelectorAll('button, [role=button]')]; b[b.length - 1].click();
+  return true; }"""
+
+
+def _negative_keypoint(page, proxy: RecordingProxy, at, shot: Path, log) -> dict:
+    """Best effort: hide every region (the regions panel's eye, so no polygon takes the click), then
+    alt-click a smart keypoint (a negative one) labelled dog; ``sent``: whether a /predict came."""
+    try:
+        page.keyboard.press("Escape")
+        hidden = page.evaluate(HIDE_ALL_JS)
+        page.wait_for_timeout(500)
+        page.get_by_text("dog", exact=True).nth(2).click()
+        _smart_tool(page, "key-point-tool")
+        before = len(proxy.interactive())
+        page.keyboard.down("Alt")
+        page.mouse.click(*at(0.85, 0.85))
+        page.keyboard.up("Alt")
+        sent = _wait_for_calls(proxy, before + 1, 30)
+        path = shot.with_name(f"{shot.stem}_negative_keypoint{shot.suffix}")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(path))
+        last = proxy.interactive()[-1]["body"]["params"]["context"]["result"][-1] if sent else None
+        return {"regions_hidden": hidden, "sent": sent, "is_positive": (last or {}).get("is_positive"),
+                "screenshot": str(path)}
+    except Exception as exc:  # noqa: BLE001 - best effort, reported
+        log(f"negative keypoint: {type(exc).__name__}: {exc}")
+        return {"sent": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def check_polygons_and_smart_tools(page, read_editor, proxy: RecordingProxy, want: int, shot: Path, log) -> dict:
@@ -163,6 +197,7 @@ def check_polygons_and_smart_tools(page, read_editor, proxy: RecordingProxy, wan
     out["suggestions_bar"] = page.evaluate(
         "() => [...document.querySelectorAll('*')].filter(n => n.children.length === 0 && "
         "/suggestion/i.test(n.textContent)).map(n => n.textContent.trim()).slice(0, 3)")
+    out["negative_keypoint"] = _negative_keypoint(page, proxy, at, shot, log)
     out["screenshot_smart_rectangle"] = str(paths["smart_rectangle"])
     out["screenshot_smart_keypoint"] = str(paths["smart_keypoint"])
     out["interactive_calls"] = [
