@@ -246,3 +246,15 @@ def test_predict_route_bad_context_is_a_400_naming_it(client):
     body = interactive_body({"result": [rect("red", 0, 0, 5, 5)]})
     body["tasks"] = [TASK, TASK]
     assert client.post("/predict", json=body).status_code == 400
+
+
+def test_the_image_is_decoded_once_for_later_smart_regions(setup, monkeypatch):
+    import backend.controls.smart as smart
+
+    refiner, controls, fetch, _, _ = setup
+    decodes = []
+    real = smart.load_image
+    monkeypatch.setattr(smart, "load_image", lambda data: decodes.append(1) or real(data))
+    refiner.answer(TASK, controls, {"result": [rect("green", 10, 25, 50, 50)]}, fetch)
+    refiner.answer(TASK, controls, {"result": [point("blue", 50, 50)]}, fetch)
+    assert len(decodes) == 1
