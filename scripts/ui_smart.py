@@ -113,9 +113,10 @@ def _smart_tool(page, name: str) -> None:
 
 
 def _image_box(page) -> dict:
-    """The editor's image on the page (the largest one: the Data Manager's thumbnails come first)."""
-    return page.evaluate("""() => { const r = [...document.querySelectorAll('img')]
-        .filter(i => i.src.includes('/data/upload/')).map(i => i.getBoundingClientRect())
+    """Where the editor draws the image: the largest canvas or upload image on the page (the Data
+    Manager's thumbnails are upload images too; the editor's own ``img`` may be hidden under its canvas)."""
+    return page.evaluate("""() => { const r = [...document.querySelectorAll('canvas, img')]
+        .filter(n => n.tagName === 'CANVAS' || n.src.includes('/data/upload/')).map(n => n.getBoundingClientRect())
         .sort((a, b) => b.width * b.height - a.width * a.height)[0];
         return {x: r.x, y: r.y, width: r.width, height: r.height}; }""")
 
@@ -163,6 +164,8 @@ def check_polygons_and_smart_tools(page, read_editor, proxy: RecordingProxy, wan
     page.get_by_text("Auto-Annotation").click()
     page.wait_for_timeout(1000)
     box = _image_box(page)
+    out["image_box"] = box
+    log(f"image on the page at {box}")
     at = lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])  # noqa: E731
     # the smart rectangle: label "cat" of the RectangleLabels (the second "cat" under the image)
     page.get_by_text("cat", exact=True).nth(1).click()
