@@ -52,7 +52,8 @@ def client():
         warnings.simplefilter("ignore", DeprecationWarning)
         from backend.app import create_app
     ls = FakeLabelStudio()
-    ls.add_upload(recorded("rectangle")["tasks"][0]["data"]["image"], scene())
+    for name in ("rectangle", "keypoint", "negative_keypoint"):
+        ls.add_upload(recorded(name)["tasks"][0]["data"]["image"], scene())
     settings = Settings(label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, warmup=False, warmup_queue=0)
     yield create_app(settings, Predictor(FakeEngine())).test_client()
     ls.close()
@@ -103,3 +104,14 @@ def test_the_recorded_smart_keypoint_answers_the_region_under_it(client):
     x, y = int(value["x"] / 100 * W), int(value["y"] / 100 * H)
     assert mask[y, x]  # the sky under the point, given the point's label
     assert not mask[200:, :].any() and not mask[110:130, 150:170].any()  # not the ground, not the ellipse
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_recorded_negative_keypoint_comes_with_the_positive_one_and_removes_nothing_outside(client):
+    body = recorded("negative_keypoint")
+    positive, negative = body["params"]["context"]["result"]  # the editor re-sent the first keypoint
+    assert positive["is_positive"] is True and negative["is_positive"] is False
+    mask = polygons(client.post("/predict", json=body), "dog")
+    at = lambda v: (int(v["y"] / 100 * H), int(v["x"] / 100 * W))  # noqa: E731
+    assert mask[at(positive["value"])] and not mask[at(negative["value"])]  # the sky; the ground stays out
+    assert not mask[200:, :].any()
