@@ -25,6 +25,14 @@ for this script; not a requirement of the backend; browsers are NOT downloaded, 
 is used).
 
     python scripts/ui_check.py [/tmp/ui_check.png] [--images 2] [--keep-dir]
+    python scripts/ui_check.py /tmp/ui/poly.png --project polygon [--record /tmp/ui/recorded]
+
+``--project polygon``: a PolygonLabels project with a smart RectangleLabels and a smart KeyPointLabels
+(``scripts/ui_smart.py``), the backend connected through a recording proxy with "interactive
+preannotations" on; on the first task: screenshot of the prediction's polygons (``<name>_polygons``),
+then *Auto-Annotation* on, a smart rectangle (cat) drawn and a smart keypoint (dog) clicked, each
+answer waited for and screenshot (``<name>_smart_rectangle``, ``<name>_smart_keypoint``); the
+``/predict`` bodies Label Studio sent are written to ``--record``.
 """
 from __future__ import annotations
 
@@ -129,7 +137,10 @@ def read_editor(page, want: int, what: str) -> tuple[list[dict], list[dict]]:
     return page.evaluate(READ_REGIONS_JS), page.evaluate(READ_TABS_JS)
 
 
-def check_in_browser(ls_url: str, pid: int, tasks: list[dict], shot: Path, workdir: Path) -> list[dict]:
+def check_in_browser(ls_url: str, pid: int, tasks: list[dict], shot: Path, workdir: Path,
+                     proxy=None) -> list[dict]:
+    """Per task: the editor's regions panel vs the stored prediction, screenshots. With ``proxy`` (a
+    ``ui_smart.RecordingProxy``; polygon project) the first task also gets the smart-tool steps."""
     from playwright.sync_api import sync_playwright
 
     results = []
@@ -170,6 +181,18 @@ def check_in_browser(ls_url: str, pid: int, tasks: list[dict], shot: Path, workd
                 rows.nth(row_ids.index(str(task["id"]))).click()
                 page.wait_for_url(f"**task={task['id']}**", timeout=60_000)
                 want = len(task["labels"])
+                if proxy is not None and n == 0:
+                    from ui_smart import check_polygons_and_smart_tools
+
+                    smart = check_polygons_and_smart_tools(page, read_editor, proxy, want, path, log)
+                    regions, tabs = smart["ui_regions"], smart["items"]
+                    path = Path(smart["screenshot_polygons"])
+                    ui_labels = [r["label"] for r in regions]
+                    results.append({"task_id": task["id"], "prediction_labels": sorted(task["labels"]),
+                                    "ui_region_labels": sorted(ui_labels), "screenshot": str(path),
+                                    "match": Counter(ui_labels) == Counter(task["labels"]), **smart})
+                    (workdir / f"task_{task['id']}.html").write_text(page.content())
+                    continue
                 regions, tabs = read_editor(page, want, f"task {task['id']} (draft from prediction)")
                 page.screenshot(path=str(path))
                 # 4. click the prediction item (robot icon, model version and score) to see the prediction
@@ -208,12 +231,18 @@ def main() -> int:
     ap.add_argument("screenshot", nargs="?", default="/tmp/ui_check.png")
     ap.add_argument("--images", type=int, choices=(1, 2), default=2, help="images to import (default 2)")
     ap.add_argument("--keep-dir", action="store_true", help="keep the work dir (logs, page HTML)")
+    ap.add_argument("--project", choices=("brush", "polygon"), default="brush",
+                    help="brush: BrushLabels (default); polygon: PolygonLabels + smart RectangleLabels and "
+                         "KeyPointLabels, interactive pre-annotation on, a smart rectangle and keypoint drawn")
+    ap.add_argument("--record", default=None, help="polygon: write the interactive /predict bodies here")
     args = ap.parse_args()
     shot = Path(args.screenshot).resolve()
     shot.parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="ui_check_"))
     procs: list[subprocess.Popen] = []
-    ls_log = be_log = None
+    ls_log = be_log = proxy = None
+    polygon = args.project == "polygon"
+    kind = "polygonlabels" if polygon else "brushlabels"
     try:
         ls_url, ls_proc, ls_log = start_label_studio(root)
         procs.append(ls_proc)
@@ -227,11 +256,17 @@ def main() -> int:
         up = wait_until_healthy(f"{be_url}/health", be_proc, be_log, BACKEND_START_TIMEOUT_S, "the backend")
         log(f"backend up at {be_url} in {up:.0f}s")
 
-        pid = ls("POST", "/api/projects", json={"title": "CASS UI check", "label_config": CONFIG})["id"]
-        images = dict(list(make_images().items())[: args.images])
+        if polygon:
+            from ui_smart import CONFIG as SMART_CONFIG, RecordingProxy
+
+            proxy = RecordingProxy(be_url)
+        pid = ls("POST", "/api/projects", json={"title": "CASS UI check",
+                                                 "label_config": SMART_CONFIG if polygon else CONFIG})["id"]
+        images = dict(list(make_images().items())[: 1 if polygon else args.images])
         ls("POST", f"/api/projects/{pid}/import", files={n: (n, b, "image/png") for n, b in images.items()})
         ids = sorted(t["id"] for t in ls("GET", "/api/tasks", params={"project": pid, "page_size": 100})["tasks"])
-        ml = ls("POST", "/api/ml", json={"url": be_url, "project": pid, "title": "CASS"})
+        ml = ls("POST", "/api/ml", json={"url": proxy.url if proxy else be_url, "project": pid, "title": "CASS",
+                                         "is_interactive": polygon})
         if ml.get("readable_state") != "Connected":
             raise RuntimeError(f"backend not connected: {ml}")
         action = ls("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
@@ -243,16 +278,20 @@ def main() -> int:
             if len(preds) != 1:
                 raise RuntimeError(f"task {tid}: expected one stored prediction, got {len(preds)}")
             result = preds[0]["result"]
-            labels = [label for r in result for label in r["value"]["brushlabels"]]
-            scores = {"/".join(r["value"]["brushlabels"]): r.get("score") for r in result}
+            labels = [label for r in result for label in r["value"][kind]]
+            scores = {"/".join(r["value"][kind]): r.get("score") for r in result}
             tasks.append({"id": tid, "labels": labels, "scores": scores, "model_version": preds[0]["model_version"]})
         log(f"stored prediction labels: {[(t['id'], t['labels']) for t in tasks]}")
 
-        results = check_in_browser(ls_url, pid, tasks, shot, root)
+        results = check_in_browser(ls_url, pid, tasks, shot, root, proxy)
         first = results[0]
         report = {k: first[k] for k in ("task_id", "prediction_labels", "ui_region_labels", "match", "screenshot")}
         report["match"] = all(r["match"] for r in results)
         report["tasks"] = results
+        if proxy is not None:
+            report["recorded"] = proxy.save(Path(args.record)) if args.record else []
+            report["match"] = report["match"] and bool(first.get("rectangle_answered")) and bool(
+                first.get("keypoint_answered"))
         print(json.dumps(report), flush=True)
         return 0 if report["match"] else 1
     except Exception as exc:  # noqa: BLE001 - report what failed, with the logs
@@ -263,6 +302,8 @@ def main() -> int:
         print(json.dumps({"match": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return 2
     finally:
+        if proxy is not None:
+            proxy.close()
         for proc in reversed(procs):
             stop(proc)
         if args.keep_dir:

@@ -97,16 +97,44 @@ def test_rectangle_answers_its_label_inside_the_box_with_the_others_competing(se
     assert answer["model_version"] == engine.model_version and 0 < answer["score"] <= 1
 
 
-def test_the_crop_is_encoded_once_and_cached_under_its_own_key(setup):
+def test_a_new_rectangle_is_answered_from_the_whole_image_and_its_crop_encoded_in_the_background(setup):
     refiner, controls, fetch, engine, cache = setup
     context = {"result": [rect("red", 0, 0, 50, 50)]}
-    refiner.answer(TASK, controls, context, fetch)
-    refiner.answer(TASK, controls, context, fetch)
-    assert engine.encodes == 1 and cache.computes == 1
-    (crop_bytes, _), = cache.store
-    assert crop_bytes != fetch(None, None)  # the crop, not the whole image
+    first = masks(refiner.answer(TASK, controls, context, fetch))
+    expected = np.zeros((H, W), bool)
+    expected[:20, :20] = True
+    expected[5:15, 5:15] = False  # the blue square inside the red band
+    assert np.array_equal(first["red"], expected)
+    assert refiner.crops.wait(10)
+    # the whole image (answered from) and, in the background, the crop under its own key
+    assert engine.encodes == 2 and cache.computes == 2
+    assert fetch(None, None) in {k for k, _ in cache.store}
+    segments = len(engine.segments)
+    again = masks(refiner.answer(TASK, controls, context, fetch))  # now from the crop's features
+    assert np.array_equal(again["red"], expected)
+    assert engine.encodes == 2 and len(engine.segments) == segments + 1  # no encode, one crop segment
     refiner.answer(TASK, controls, {"result": [rect("red", 0, 0, 40, 50)]}, fetch)
-    assert engine.encodes == 2  # another crop: another key
+    assert refiner.crops.wait(10) and engine.encodes == 3  # another crop: another key
+
+
+def test_the_crop_path_is_used_only_once_its_background_encode_finished(setup):
+    refiner, controls, fetch, engine, cache = setup
+    gate = __import__("threading").Event()
+    real_encode = engine.encode
+
+    def slow_encode(data):  # the FAKE engine's crop encode waits for the gate
+        if data != fetch(None, None):
+            assert gate.wait(10)
+        return real_encode(data)
+
+    engine.encode = slow_encode
+    context = {"result": [rect("green", 10, 25, 50, 50)]}
+    refiner.answer(TASK, controls, context, fetch)
+    segments = len(engine.segments)
+    refiner.answer(TASK, controls, context, fetch)  # crop still encoding: the whole image's map again
+    assert len(engine.segments) == segments  # (the label map is cached: no segment at all)
+    gate.set()
+    assert refiner.crops.wait(10) and engine.encodes == 2
 
 
 def test_keypoint_on_its_label_answers_the_connected_region(setup):
@@ -218,3 +246,15 @@ def test_predict_route_bad_context_is_a_400_naming_it(client):
     body = interactive_body({"result": [rect("red", 0, 0, 5, 5)]})
     body["tasks"] = [TASK, TASK]
     assert client.post("/predict", json=body).status_code == 400
+
+
+def test_the_image_is_decoded_once_for_later_smart_regions(setup, monkeypatch):
+    import backend.controls.smart as smart
+
+    refiner, controls, fetch, _, _ = setup
+    decodes = []
+    real = smart.load_image
+    monkeypatch.setattr(smart, "load_image", lambda data: decodes.append(1) or real(data))
+    refiner.answer(TASK, controls, {"result": [rect("green", 10, 25, 50, 50)]}, fetch)
+    refiner.answer(TASK, controls, {"result": [point("blue", 50, 50)]}, fetch)
+    assert len(decodes) == 1
