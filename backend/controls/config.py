@@ -18,9 +18,9 @@ import math
 from dataclasses import dataclass, fields
 
 from .. import labels as brush_labels
-from ..labels import (BrushTarget, LabelConfigError, NothingRule, check_limits, config_digest,
-                      parse_label_config, targets_size)
-from ..limits import ByteBoundedLRU, VocabularyLimits
+from ..digest_cache import DigestCache
+from ..labels import BrushTarget, LabelConfigError, NothingRule, check_limits, parse_label_config, targets_size
+from ..limits import VocabularyLimits
 
 OUTPUT_TAGS = ("brushlabels", "polygonlabels")
 SMART_TAGS = {"rectanglelabels": "rectangle", "keypointlabels": "keypoint"}
@@ -80,8 +80,8 @@ class Controls:
 
 
 #: Parsed configs by (digest, rule, limits), bounded in bytes (the config text itself is not kept).
-_parsed: ByteBoundedLRU = ByteBoundedLRU(32 * 1024 * 1024, max_entries=256,
-                                         sizeof=lambda c: targets_size(tuple(c.outputs)) + 200 * len(c.smart))
+_parsed: DigestCache = DigestCache(32 * 1024 * 1024, max_entries=256,
+                                   sizeof=lambda c: targets_size(tuple(c.outputs)) + 200 * len(c.smart))
 
 
 def parse_controls(config: str, default_rule: NothingRule = NothingRule(),
@@ -92,12 +92,7 @@ def parse_controls(config: str, default_rule: NothingRule = NothingRule(),
         raise LabelConfigError("the label config is empty: CASS needs a <BrushLabels> or <PolygonLabels> "
                                "control with <Label> children and the <Image> it points to")
     limits = limits or VocabularyLimits()
-    key = (config_digest(config), default_rule, limits)
-    controls = _parsed.get(key)
-    if controls is None:
-        controls = _parse(config, default_rule, limits)
-        _parsed.put(key, controls)
-    return controls
+    return _parsed.get_or_parse(config, lambda text: _parse(text, default_rule, limits), default_rule, limits)
 
 
 def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits) -> Controls:
