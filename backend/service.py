@@ -315,7 +315,8 @@ def build_predictor(settings) -> Predictor:
     log.info("loaded %s on %s in %.1fs (cache: %s)", engine.model_version, engine.device,
              time.perf_counter() - t0, type(cache).__name__)
     predictor = Predictor(engine, cache, predict_budget_s=settings.predict_budget_s,
-                          slots=InferenceSlots(settings.inference_slots, settings.max_queue))
+                          slots=InferenceSlots(settings.inference_slots, settings.max_queue,
+                                               grace_s=getattr(settings, "reservation_grace_s", 5.0)))
     if settings.warmup:
         predictor.warm_up()
     return predictor
