@@ -28,6 +28,7 @@ import os
 from flask import Flask, jsonify, request
 
 from .download import _size
+from .memory import trim
 from .slots import TICKET_RE, Busy
 
 log = logging.getLogger("backend.security")
@@ -78,6 +79,8 @@ def install(app: Flask, settings, predictor) -> Flask:
                 resp.set_cookie(TICKET_COOKIE, exc.ticket, max_age=MAX_TICKET_AGE_S, httponly=True,
                                 samesite="Strict", path="/predict")
             return resp
+        finally:
+            trim()  # give the freed working set of this request back to the system (backend.memory)
         if request.cookies.get(TICKET_COOKIE):
             resp.delete_cookie(TICKET_COOKIE, path="/predict")  # used (or stale): not sent again
         return resp

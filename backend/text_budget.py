@@ -3,9 +3,10 @@
 A label set's prompts are encoded through the CLIP text tower (80 templates each) in chunks of
 :data:`TEXT_CHUNK`, one inference slot turn per chunk, each embedding cached as it is computed (by
 the engine's text encoder: in-process, and in Redis with ``REDIS_URL``). One request spends at most
-``budget_s`` seconds *encoding* (time inside the slot; cached chunks cost next to nothing, so a long
-batch over a known label set never trips it), and stops too once the request as a whole has run for
-the predictor's ``predict_budget_s``. It then raises :class:`TextNotReady` (each task gets an error
+``budget_s`` seconds *encoding* new prompts (time inside the slot), and stops too once the request
+as a whole has run for the predictor's ``predict_budget_s`` before a chunk with new prompts. A chunk
+the text encoder already holds (``is_cached``) takes no slot turn and no budget, so a long batch over
+a known label set never trips it. It then raises :class:`TextNotReady` (each task gets an error
 entry saying to retry) and hands the remaining chunks to a background thread, at most
 ``max_background`` label sets at once (beyond that nothing is started, and the next request continues
 where this one stopped, since what was encoded is cached). A request for a label set that is being
@@ -92,12 +93,16 @@ class TextPreparer:
             job = self._jobs.get(key)
         if job is not None:  # being encoded in the background: wait for it within the budget
             self._wait(job, len(queries))
+        is_cached = getattr(text, "is_cached", None)
         for i in range(0, len(queries), self.chunk):
+            chunk = queries[i:i + self.chunk]
+            if is_cached is not None and all(is_cached(q) for q in chunk):
+                continue  # nothing to encode: no slot turn, no budget
             if self._over():
                 self._stop(text, queries, key, i)
             with self.slots:
                 t0 = self.clock()
-                text(queries[i:i + self.chunk])
+                text(chunk)
                 took = max(0.0, self.clock() - t0)
             self._local.used = self._used() + took
             if took > 0:
@@ -132,7 +137,9 @@ class TextPreparer:
                 started = True
             else:
                 self.counters["background_refused"] += 1
-        raise TextNotReady(self._message(len(queries), done, background=started))
+        is_cached = getattr(text, "is_cached", None)
+        left = sum(1 for q in queries[done:] if is_cached is None or not is_cached(q))
+        raise TextNotReady(self._message(len(queries), len(queries) - left, background=started))
 
     def _background(self, text, queries: list[str], key: str, job: _Job) -> None:
         try:
