@@ -28,7 +28,7 @@ import os
 from flask import Flask, jsonify, request
 
 from .download import _size
-from .memory import trim
+from .allocator import trim
 from .slots import TICKET_RE, Busy
 
 log = logging.getLogger("backend.security")
@@ -80,7 +80,7 @@ def install(app: Flask, settings, predictor) -> Flask:
                                 samesite="Strict", path="/predict")
             return resp
         finally:
-            trim()  # give the freed working set of this request back to the system (backend.memory)
+            trim()  # give the freed working set of this request back to the system (backend.allocator)
         if request.cookies.get(TICKET_COOKIE):
             resp.delete_cookie(TICKET_COOKIE, path="/predict")  # used (or stale): not sent again
         return resp

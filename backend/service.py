@@ -313,9 +313,9 @@ def build_predictor(settings) -> Predictor:
     """Load the engine (once per process) with the feature cache; :class:`backend.config.Settings`."""
     import cass
 
-    from .memory import tune_malloc
+    from .allocator import tune_malloc
 
-    tune_malloc()  # before the request threads allocate (backend.memory: arenas, mmap threshold)
+    tune_malloc()  # before the request threads allocate (backend.allocator: arenas, mmap threshold)
     t0 = time.perf_counter()
     cache = make_feature_cache(settings.redis_url)
     preset = cass.load_preset(settings.preset)

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 
-log = logging.getLogger("backend.memory")
+log = logging.getLogger("backend.allocator")
 
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
