@@ -58,6 +58,11 @@ class Settings:
                                                  # for every project (per project: cass_memory on the control;
                                                  # docs/memory.md)
     jobs: "JobSettings" = field(default_factory=lambda: JobSettings())  # CASS_JOB_*: pre-annotation jobs
+    # fair admission and the /predict text budget (issue 9; docs/security.md)
+    reservation_grace_s: float = 5.0             # CASS_RESERVATION_GRACE_S: a refused caller's reservation
+                                                 # stays valid this long after its Retry-After
+    text_budget_s: float = 30.0                  # CASS_TEXT_BUDGET_S: new prompts one /predict encodes at
+                                                 # most for this long; the rest continue in the background
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -176,6 +181,9 @@ def _deployment(get) -> dict:
         max_queue=number("CASS_MAX_QUEUE", int, 0, defaults.max_queue),
         limits=VocabularyLimits(number("CASS_MAX_CLASSES", int, 1, defaults.limits.max_classes),
                                 number("CASS_MAX_PROMPTS", int, 1, defaults.limits.max_prompts)),
+        # fair admission and the /predict text budget
+        reservation_grace_s=number("CASS_RESERVATION_GRACE_S", float, 0.1, defaults.reservation_grace_s),
+        text_budget_s=number("CASS_TEXT_BUDGET_S", float, 0.1, defaults.text_budget_s),
     )
 
 

@@ -10,7 +10,8 @@
   one with ``tasks``; otherwise 400 naming what is wrong (label-studio-ml would answer 500 with a
   traceback);
 * **admission** of ``/predict`` to the inference slots (:mod:`backend.slots`): 503 with a JSON
-  ``{"error": "busy: ..."}`` and ``Retry-After`` when the queue is full;
+  ``{"error": "busy: ..."}``, ``Retry-After`` and a reservation ticket (``X-CASS-Ticket`` header and
+  ``cass_ticket`` cookie; a retry presenting either goes first when its turn comes) when full;
 * **no internals in answers**: label-studio-ml puts Python tracebacks in error bodies; they are
   removed (they stay in the log). Flask debug mode is forced off, and label-studio-ml's DEBUG logs
   of every request's headers and body (``Authorization``, the ``/setup`` token) are never emitted.
@@ -27,7 +28,8 @@ import os
 from flask import Flask, jsonify, request
 
 from .download import _size
-from .slots import Busy
+from .allocator import trim
+from .slots import TICKET_RE, Busy
 
 log = logging.getLogger("backend.security")
 
@@ -37,6 +39,8 @@ MAX_JSON_DEPTH = 64  # Label Studio's bodies nest about 8 deep
 PREDICT_ARGUMENTS = ("tasks", "project", "label_config", "force_reload", "try_fetch")
 OPEN_PATHS = ("/health",)
 REALM = "CASS ML backend"
+TICKET_HEADER = "X-CASS-Ticket"
+TICKET_COOKIE = "cass_ticket"
 
 
 def install(app: Flask, settings, predictor) -> Flask:
@@ -59,15 +63,47 @@ def install(app: Flask, settings, predictor) -> Flask:
 
     def predict_with_admission():
         predictor = state["predictor"]
+        ticket, problem = _ticket()
+        if problem:
+            return _answer(400, problem)
         try:
-            with predictor.slots.admit(_admission_key()):
-                return original()
+            with predictor.slots.admit(_admission_key(), ticket=ticket):
+                resp = app.make_response(original())
         except Busy as exc:
             log.warning("POST /predict refused: %s (Retry-After %ds)", exc, exc.retry_after_s)
-            return _answer(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            if exc.ticket:
+                headers[TICKET_HEADER] = exc.ticket
+            resp = _answer(503, str(exc), headers)
+            if exc.ticket:
+                resp.set_cookie(TICKET_COOKIE, exc.ticket, max_age=MAX_TICKET_AGE_S, httponly=True,
+                                samesite="Strict", path="/predict")
+            return resp
+        finally:
+            trim()  # give the freed working set of this request back to the system (backend.allocator)
+        if request.cookies.get(TICKET_COOKIE):
+            resp.delete_cookie(TICKET_COOKIE, path="/predict")  # used (or stale): not sent again
+        return resp
 
     app.view_functions["_predict"] = predict_with_admission
     return app
+
+
+MAX_TICKET_AGE_S = 300  # the cookie's lifetime; the reservation itself expires much sooner
+
+
+def _ticket() -> tuple[str | None, str | None]:
+    """The reservation ticket this ``/predict`` presents (header first, then cookie), or a reason it is
+    malformed. An unknown or expired but well-formed ticket counts as none (backend.slots)."""
+    for where, value in (("header " + TICKET_HEADER, request.headers.get(TICKET_HEADER)),
+                         ("cookie " + TICKET_COOKIE, request.cookies.get(TICKET_COOKIE))):
+        if value is None or value == "":
+            continue
+        if not TICKET_RE.fullmatch(value):
+            return None, (f"malformed {where}: a reservation ticket is 8-64 characters of A-Z, a-z, 0-9, "
+                          f"'_' and '-', as the backend's 503 answer handed it out (send none to queue afresh)")
+        return value, None
+    return None, None
 
 
 def _admission_key() -> str:

@@ -29,6 +29,7 @@ from .controls.base import regions_for
 from .memory import memory_kwargs
 from .regions import confidence_sums
 from .slots import InferenceSlots
+from .text_budget import TEXT_CHUNK, TextNotReady, TextPreparer
 
 if TYPE_CHECKING:
     from cass.cache import FeatureCache
@@ -37,11 +38,7 @@ log = logging.getLogger("backend.service")
 
 #: Failures of one task that are about its data, not a bug: logged as one line, no traceback.
 TASK_ERRORS = (TaskDataError, ImageFetchError, ImageError, VocabularyError, FeaturesFormatError,
-               TaskOutOfMemory)
-
-
-#: Prompts encoded per inference slot turn (80 templates each through the CLIP text tower).
-TEXT_CHUNK = 16
+               TaskOutOfMemory, TextNotReady)
 
 
 class NoCache:
@@ -118,17 +115,22 @@ class Predictor:
     ``predict_budget_s``: tasks not started within this many seconds of the batch's start get an
     error entry instead of a prediction (Label Studio gives the whole ``/predict`` call
     ``ML_TIMEOUT_PREDICT``, 100 s by default, and stores nothing when it times out).
+    ``text_budget_s``: seconds one request spends encoding new prompts at most; the rest continue in
+    the background, ``max_background_text`` label sets at once (:mod:`backend.text_budget`).
     """
 
     def __init__(self, engine: Engine, cache: "FeatureCache | None" = None, *,
                  predict_budget_s: float = 80.0, clock: Callable[[], float] = time.monotonic,
-                 slots: InferenceSlots | None = None):
+                 slots: InferenceSlots | None = None, text_budget_s: float = 30.0,
+                 max_background_text: int = 1):
         self.engine = engine
         self.cache = cache if cache is not None else NoCache()
         self.predict_budget_s = predict_budget_s
         self.clock = clock
         self.slots = slots if slots is not None else InferenceSlots()
         self._lock = self.slots  # the engine lock: one of the inference slots, FIFO
+        self.text = TextPreparer(self.slots, budget_s=text_budget_s, request_budget_s=predict_budget_s,
+                                 clock=clock, max_background=max_background_text)
         self._stats_lock = threading.Lock()
         self.counters = {"tasks": 0, "predictions": 0, "failed_tasks": 0, "skipped_tasks": 0,
                          "regions": 0, "cache_hits": 0, "requests": 0, "cache_misses": 0}
@@ -145,6 +147,14 @@ class Predictor:
         ``score``: the mean top-1 probability over every pixel of the task's image(s), unlabelled
         pixels 0 (:func:`backend.regions.confidence_sums`); each region's ``score``: its class's mean
         probability over the class's pixels."""
+        self.text.start_request()
+        try:
+            return self._predict(tasks, targets, fetch)
+        finally:
+            self.text.end_request()
+
+    def _predict(self, tasks: list[dict], targets: tuple[BrushTarget, ...],
+                 fetch: Callable[[str, object], bytes]) -> list[dict]:
         start = self.clock()
         out = []
         for task in tasks:
@@ -249,15 +259,14 @@ class Predictor:
         """Encode the vocabulary's prompts in chunks of :data:`TEXT_CHUNK`, one inference slot per
         chunk (released in between, so other requests' image work interleaves with a big new label
         set). Each embedding is cached as it is computed (in-process, and in Redis with REDIS_URL),
-        so an interrupted or timed-out request's retry continues where it stopped. No-op for an
-        engine without a ``text`` encoder (unit-test fakes)."""
+        so an interrupted or timed-out request's retry continues where it stopped. Within a
+        ``/predict``, encoding stops at ``text_budget_s`` with :class:`TextNotReady`, the rest going
+        on in the background (:mod:`backend.text_budget`). No-op for an engine without a ``text``
+        encoder (unit-test fakes)."""
         text = getattr(self.engine, "text", None)
         if not callable(text):
             return
-        queries = list(vocabulary.queries)
-        for i in range(0, len(queries), TEXT_CHUNK):
-            with self._lock:
-                text(queries[i:i + TEXT_CHUNK])
+        self.text.prepare(text, vocabulary.queries)
 
     def segment(self, features, target: BrushTarget, info: "TaskInfo | None" = None, image: bytes | None = None):
         self.prepare_text(target.vocabulary)
@@ -298,7 +307,7 @@ class Predictor:
             cache = self.cache.stats()
         except Exception as exc:
             cache = {"error": f"{type(exc).__name__}: {exc}"}
-        return {"model_version": self.model_version, **counters, "cache": cache}
+        return {"model_version": self.model_version, **counters, "cache": cache, "text": self.text.stats()}
 
     def health(self) -> dict:
         """Model, cache (probed off this thread), downloads, slots, memory, ``degraded`` (backend.health)."""
@@ -311,6 +320,9 @@ def build_predictor(settings) -> Predictor:
     """Load the engine (once per process) with the feature cache; :class:`backend.config.Settings`."""
     import cass
 
+    from .allocator import tune_malloc
+
+    tune_malloc()  # before the request threads allocate (backend.allocator: arenas, mmap threshold)
     t0 = time.perf_counter()
     cache = make_feature_cache(settings.redis_url)
     preset = cass.load_preset(settings.preset)
@@ -322,7 +334,9 @@ def build_predictor(settings) -> Predictor:
     log.info("loaded %s on %s in %.1fs (cache: %s)", engine.model_version, engine.device,
              time.perf_counter() - t0, type(cache).__name__)
     predictor = Predictor(engine, cache, predict_budget_s=settings.predict_budget_s,
-                          slots=InferenceSlots(settings.inference_slots, settings.max_queue))
+                          text_budget_s=getattr(settings, "text_budget_s", 30.0),
+                          slots=InferenceSlots(settings.inference_slots, settings.max_queue,
+                                               grace_s=getattr(settings, "reservation_grace_s", 5.0)))
     if settings.warmup:
         predictor.warm_up()
     return predictor

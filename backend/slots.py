@@ -5,10 +5,16 @@
 * **admission** (:meth:`InferenceSlots.admit`, around each ``/predict``, keyed by the request's
   project): at most ``slots + max_queue`` requests are in the backend at once, and while several
   projects are in, one project holds at most its fair share of those places
-  (``ceil(capacity / projects)``, the new one counted), so a project that re-sends at once cannot
-  keep the others out. One more is refused at once with :class:`Busy` (HTTP 503 with
-  ``Retry-After``), instead of piling up until Label Studio's timeout. ``Retry-After`` is estimated
-  from the measured request times (an exponentially weighted moving average) and the queue length;
+  (``ceil(capacity / projects)``, the new one counted). One more is refused at once with
+  :class:`Busy` (HTTP 503 with ``Retry-After``), instead of piling up until Label Studio's timeout.
+  A refusal is also a **reservation** (:class:`Ticket`): the caller is put in one FIFO line of
+  refused callers and told when its turn is likely (``Retry-After``, estimated from the measured
+  interval between request completions times its position in the line). A place that frees while
+  tickets wait is *held* for the oldest ticket whose project is under its share; a caller without
+  a (held) ticket cannot take a held place, so a client that re-sends the moment it is answered no
+  longer retakes the place it freed from the one that was told to come back. Tickets expire
+  ``grace_s`` after they fall due (Label Studio itself never retries a 503, so its reservations
+  must not keep places for long);
 * **slots** (``with slots:``, around each engine call and each mask encoding): at most ``slots`` of
   them run at once. Waiting calls are served round-robin across projects, first come first served
   within one project; a batch takes its turn per call, so an annotator's one-task request waits
@@ -21,45 +27,78 @@ thread was admitted for (calls outside :meth:`admit`, e.g. warm-up, share the ke
 from __future__ import annotations
 
 import math
+import re
+import secrets
 import threading
 import time
 from collections import OrderedDict, deque
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
 
-#: Weight of the newest request time in the moving average behind ``Retry-After``.
+#: Weight of the newest measurement in the moving averages behind ``Retry-After``.
 EWMA_ALPHA = 0.3
 MAX_RETRY_AFTER_S = 120
+#: Seconds a reservation stays valid after it falls due (or after its place was held, if later).
+DEFAULT_GRACE_S = 5.0
+#: What a ticket id looks like (``secrets.token_urlsafe``); anything else is refused by the HTTP edge.
+TICKET_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 class Busy(Exception):
-    """All places are taken (or the project holds its share): try again in ``retry_after_s`` seconds."""
+    """All places are taken (or the project holds its share): try again in ``retry_after_s`` seconds,
+    presenting ``ticket`` (None when the line of reservations is full)."""
 
-    def __init__(self, message: str, retry_after_s: int):
+    def __init__(self, message: str, retry_after_s: int, ticket: str | None = None):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.ticket = ticket
+
+
+@dataclass
+class Ticket:
+    """One refused caller's place in the line: ``due`` (when it was told to come back), ``held``
+    (a place is kept for it since ``held_at``), all on the slots' clock."""
+
+    key: Hashable
+    due: float
+    held: bool = False
+    held_at: float = 0.0
+
+    def expires(self, grace_s: float) -> float:
+        return max(self.due, self.held_at if self.held else self.due) + grace_s
 
 
 class InferenceSlots:
     """``slots`` concurrent model calls (round-robin over projects, FIFO within one), ``max_queue``
-    waiting ``/predict`` requests beyond them."""
+    waiting ``/predict`` requests beyond them, reservations for refused callers."""
 
-    def __init__(self, slots: int = 1, max_queue: int = 8, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, slots: int = 1, max_queue: int = 8, *, clock: Callable[[], float] = time.monotonic,
+                 grace_s: float = DEFAULT_GRACE_S, max_tickets: int | None = None):
         if slots < 1 or max_queue < 0:
             raise ValueError("slots must be >= 1 and max_queue >= 0")
+        if not grace_s > 0:
+            raise ValueError("grace_s must be > 0")
         self.slots = int(slots)
         self.max_queue = int(max_queue)
         self.clock = clock
+        self.grace_s = float(grace_s)
+        self.max_tickets = int(max_tickets) if max_tickets is not None else 8 * (self.slots + self.max_queue) + 64
         self._lock = threading.Lock()
         self._free = self.slots
         self._waiters: "OrderedDict[Hashable, deque[threading.Event]]" = OrderedDict()  # key -> FIFO
         self._waiting = 0
         self._requests = 0
-        self._per_key: dict[Hashable, int] = {}
+        self._per_key: dict[Hashable, int] = {}   # admitted requests + held places per key
+        self._tickets: "OrderedDict[str, Ticket]" = OrderedDict()  # the line, oldest first
+        self._held = 0
         self._ewma_s: float | None = None  # moving average of admitted requests' time in the backend
+        self._interval_s: float | None = None  # moving average of the time between completions
+        self._last_done: float | None = None
         self._local = threading.local()
         self.counters = {"admitted": 0, "rejected": 0, "rejected_share": 0, "peak_requests": 0,
-                         "peak_waiting_calls": 0}
+                         "peak_waiting_calls": 0, "admitted_with_ticket": 0, "tickets_expired": 0,
+                         "tickets_refused": 0}
 
     # -- admission ----------------------------------------------------------------------------
     @property
@@ -71,26 +110,59 @@ class InferenceSlots:
         keys = len(self._per_key) + (key not in self._per_key)
         return max(1, math.ceil(self.capacity / keys))
 
+    def _take(self, key: Hashable) -> None:
+        self._per_key[key] = self._per_key.get(key, 0) + 1
+
+    def _give(self, key: Hashable) -> None:
+        left = self._per_key[key] - 1
+        if left:
+            self._per_key[key] = left
+        else:
+            del self._per_key[key]
+
+    def _expire(self, now: float) -> None:
+        """Drop tickets past their grace, giving back held places (call locked)."""
+        for tid in [t for t, ticket in self._tickets.items() if now > ticket.expires(self.grace_s)]:
+            ticket = self._tickets.pop(tid)
+            self.counters["tickets_expired"] += 1
+            if ticket.held:
+                self._held -= 1
+                self._give(ticket.key)
+
+    def _assign(self, now: float) -> None:
+        """Hold each free place for the oldest waiting ticket whose project is under its share (locked)."""
+        for ticket in self._tickets.values():
+            if self._requests + self._held >= self.capacity:
+                return
+            if ticket.held or self._per_key.get(ticket.key, 0) >= self.fair_share(ticket.key):
+                continue
+            ticket.held, ticket.held_at = True, now
+            self._held += 1
+            self._take(ticket.key)
+
     @contextmanager
-    def admit(self, key: Hashable = "") -> Iterator[None]:
-        """One ``/predict`` request of project ``key``; :class:`Busy` when ``slots + max_queue`` are
-        already in, or when ``key`` already holds its fair share while other projects are in."""
+    def admit(self, key: Hashable = "", ticket: str | None = None) -> Iterator[None]:
+        """One ``/predict`` request of project ``key``, presenting the reservation ``ticket`` of an
+        earlier refusal (unknown or expired tickets count as none). :class:`Busy` (with a ticket)
+        when every place is taken or held for others, or when ``key`` holds its fair share."""
         with self._lock:
-            held = self._per_key.get(key, 0)
-            if self._requests >= self.capacity:
-                self.counters["rejected"] += 1
-                raise Busy(f"busy: {self._requests} prediction requests are being served or waiting "
-                           f"({self.slots} inference slot(s) + {self.max_queue} queued, CASS_INFERENCE_SLOTS / "
-                           f"CASS_MAX_QUEUE); retry later", self._retry_after())
-            share = self.fair_share(key)
-            if held >= share:
-                self.counters["rejected"] += 1
-                self.counters["rejected_share"] += 1
-                raise Busy(f"busy: this project already has {held} of {self._requests} prediction requests "
-                           f"in (its fair share of the {self.capacity} places while {len(self._per_key)} "
-                           f"projects are served); retry later", self._retry_after())
+            now = self.clock()
+            self._expire(now)
+            self._assign(now)
+            mine = self._tickets.get(ticket) if ticket else None
+            if mine is not None and mine.key != key:
+                mine = None  # a ticket is for the project it was issued to
+            if mine is not None and mine.held:
+                del self._tickets[ticket]
+                self._held -= 1  # the held place (already counted for key) becomes this request's
+                self.counters["admitted_with_ticket"] += 1
+            else:
+                self._refuse_unless_room(key, ticket if mine is not None else None, now)
+                self._take(key)
+                if mine is not None:
+                    del self._tickets[ticket]
+                    self.counters["admitted_with_ticket"] += 1
             self._requests += 1
-            self._per_key[key] = held + 1
             self.counters["admitted"] += 1
             self.counters["peak_requests"] = max(self.counters["peak_requests"], self._requests)
         previous = getattr(self._local, "key", "")
@@ -101,26 +173,66 @@ class InferenceSlots:
         finally:
             self._local.key = previous
             with self._lock:
+                now = self.clock()
                 self._requests -= 1
-                left = self._per_key[key] - 1
-                if left:
-                    self._per_key[key] = left
-                else:
-                    del self._per_key[key]
-                took = max(0.0, self.clock() - t0)
+                self._give(key)
+                took = max(0.0, now - t0)
                 self._ewma_s = took if self._ewma_s is None else EWMA_ALPHA * took + (1 - EWMA_ALPHA) * self._ewma_s
+                interval = max(0.0, now - max(t0, self._last_done if self._last_done is not None else t0))
+                self._interval_s = interval if self._interval_s is None else \
+                    EWMA_ALPHA * interval + (1 - EWMA_ALPHA) * self._interval_s
+                self._last_done = now
+                self._expire(now)
+                self._assign(now)
 
-    def _retry_after(self) -> int:
-        """Seconds until a place is likely free: the moving-average request time times the requests in
-        per slot (1..120; 5 before any request has finished). Call locked."""
-        if self._ewma_s is None:
+    def _refuse_unless_room(self, key: Hashable, ticket: str | None, now: float) -> None:
+        """Raise :class:`Busy` unless a free, unheld place is there for ``key`` within its share; a
+        refused caller keeps (or gets) its place in the line of tickets (call locked)."""
+        held = self._per_key.get(key, 0)
+        free = self.capacity - self._requests - self._held
+        if free > 0 and held < self.fair_share(key):
+            return
+        self.counters["rejected"] += 1
+        if free > 0:
+            self.counters["rejected_share"] += 1
+            message = (f"busy: this project already has {held} of {self._requests + self._held} places "
+                       f"(prediction requests in, or held for its callers told to retry; its fair share "
+                       f"of the {self.capacity} places while {len(self._per_key)} projects are served); "
+                       f"retry later")
+        elif self._requests >= self.capacity:
+            message = (f"busy: {self._requests} prediction requests are being served or waiting "
+                       f"({self.slots} inference slot(s) + {self.max_queue} queued, CASS_INFERENCE_SLOTS / "
+                       f"CASS_MAX_QUEUE); retry later")
+        else:
+            message = (f"busy: {self._requests} prediction requests are in and {self._held} place(s) are "
+                       f"held for callers told to retry earlier ({self.slots} inference slot(s) + "
+                       f"{self.max_queue} queued, CASS_INFERENCE_SLOTS / CASS_MAX_QUEUE); retry later")
+        if ticket is not None:  # keeps its place in the line; told again when
+            position = list(self._tickets).index(ticket) + 1
+            wait = self._retry_after(position)
+            self._tickets[ticket].due = now + wait
+            raise Busy(message + " (your reservation keeps its place in the line)", wait, ticket)
+        if len(self._tickets) >= self.max_tickets:
+            self.counters["tickets_refused"] += 1
+            raise Busy(message, self._retry_after(len(self._tickets) + 1))
+        position = sum(1 for t in self._tickets.values() if not t.held) + 1
+        wait = self._retry_after(position)
+        tid = secrets.token_urlsafe(12)
+        self._tickets[tid] = Ticket(key, now + wait)
+        raise Busy(message, wait, tid)
+
+    def _retry_after(self, position: int = 1) -> int:
+        """Seconds until ``position`` more places are likely free: the moving average of the time
+        between request completions times ``position`` (1..120; 5 before any request finished).
+        Call locked."""
+        if self._interval_s is None:
             return 5
-        ahead = max(1, self._requests - self.slots + 1)
-        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(round(self._ewma_s * ahead / self.slots, 2)))))
+        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(round(self._interval_s * position, 2)))))
 
     def retry_after(self) -> int:
+        """``Retry-After`` a caller refused now would get (behind the tickets waiting)."""
         with self._lock:
-            return self._retry_after()
+            return self._retry_after(sum(1 for t in self._tickets.values() if not t.held) + 1)
 
     # -- slots --------------------------------------------------------------------------------
     def __enter__(self) -> "InferenceSlots":
@@ -162,9 +274,12 @@ class InferenceSlots:
     # -- reporting ------------------------------------------------------------------------------
     def stats(self) -> dict:
         with self._lock:
+            waiting = sum(1 for t in self._tickets.values() if not t.held)
             return {"slots": self.slots, "max_queue": self.max_queue, "busy_slots": self.slots - self._free,
                     "waiting_calls": self._waiting, "requests": self._requests,
-                    "projects": len(self._per_key), "queue_full": self._requests >= self.capacity,
-                    "retry_after_s": self._retry_after(),
+                    "projects": len(self._per_key), "queue_full": self._requests + self._held >= self.capacity,
+                    "tickets": len(self._tickets), "held_places": self._held,
+                    "retry_after_s": self._retry_after(waiting + 1),
                     "mean_request_s": round(self._ewma_s, 3) if self._ewma_s is not None else None,
+                    "mean_interval_s": round(self._interval_s, 3) if self._interval_s is not None else None,
                     **self.counters}

@@ -81,6 +81,11 @@ class TextEncoder:
         mean = emb.mean(dim=0)
         return (mean / mean.norm()).cpu()
 
+    def is_cached(self, query: str) -> bool:
+        """Whether ``query``'s embedding is in the in-process cache (no encoding, no Redis call)."""
+        with self._lock:
+            return query in self._cache
+
     def __call__(self, queries: list[str] | tuple[str, ...]) -> torch.Tensor:
         """``(Q, embed_dim)`` float32 embeddings of ``queries`` (cached)."""
         out = []

@@ -6,7 +6,8 @@ this script runs on 127.0.0.1 (it plays Label Studio: ``LABEL_STUDIO_URL``, ``/d
 ``--clients`` threads send Label Studio-like ``/predict`` requests back to back, ``--batch-clients`` of
 them with ``--batch-size`` tasks (a "Retrieve predictions"), the others with one task (annotators
 opening tasks). Images come from a pool of ``--images`` generated pictures of a few sizes, so there are
-feature-cache misses and hits. A client that gets 503 waits for its Retry-After.
+feature-cache misses and hits. A client that gets 503 waits for its Retry-After and re-sends with the
+reservation ticket the 503 handed it (its ``requests.Session`` keeps the ``cass_ticket`` cookie).
 
 Prints one JSON line: requests, tasks, throughput, p50/p95/max latency, answers by status, transport
 errors, per-task errors, and the backend process's resident memory (start, end, peak, per-half maxima
@@ -205,6 +206,7 @@ def run_clients(args, url: str, deadline: float, auth) -> list[dict]:
                         rec["error"] = "wrong number of results"
                 elif resp.status_code == 503:
                     rec["retry_after"] = resp.headers.get("Retry-After")
+                    rec["ticket"] = bool(resp.headers.get("X-CASS-Ticket"))
                     rec["busy"] = str(resp.json().get("error", "")).startswith("busy")
             except requests.RequestException as exc:
                 rec["error"] = type(exc).__name__
@@ -360,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "busy_503": sum(1 for r in records if r.get("status") == 503),
         "busy_503_with_retry_after": sum(1 for r in records if r.get("status") == 503 and r.get("retry_after")
                                          and r.get("busy")),
+        "busy_503_with_ticket": sum(1 for r in records if r.get("status") == 503 and r.get("ticket")),
         "task_errors": sum(r.get("task_errors", 0) for r in ok),
         "rss_mb": {"start": round(start_mem[0], 1) if start_mem else None,
                    "end": round(end_mem[0], 1) if end_mem else None,

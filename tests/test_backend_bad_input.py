@@ -311,8 +311,10 @@ def test_predicted_values_with_empty_items(client, engine):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def tiny_client(ls, model):
+    # these tests are about labels and images, not the text budget (tests/test_predict_budget.py): 204
+    # new prompts on the tiny weights can take over the default 30 s on a loaded machine
     return create_app(Settings(label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, warmup=False),
-                      Predictor(model)).test_client()
+                      Predictor(model, text_budget_s=600.0)).test_client()
 
 
 def test_one_pixel_and_extreme_aspect_ratios_on_the_real_engine(ls, tiny_client, caplog):

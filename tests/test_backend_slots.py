@@ -101,9 +101,9 @@ def test_admission_is_bounded_and_busy_says_when_to_retry():
         with pytest.raises(Busy) as info:
             with slots.admit():
                 pass
-        # moving average (alpha 0.3) of three 0 s then three 4 s requests = 2.628 s, x 3 requests ahead
-        # of a new one on 1 slot = 7.9 -> 8
-        assert info.value.retry_after_s == 8
+        # moving average (alpha 0.3) of the intervals between completions, three 0 s then three 4 s =
+        # 2.628 s, x position 1 in the line of refused callers -> 3
+        assert info.value.retry_after_s == 3 and info.value.ticket
     with slots.admit():  # places free again
         pass
 
@@ -154,22 +154,25 @@ def test_calls_take_the_project_their_thread_was_admitted_for():
 
 
 def test_one_project_cannot_take_every_place_while_others_wait():
-    slots = InferenceSlots(1, max_queue=3)  # 4 places
+    now = [0.0]
+    slots = InferenceSlots(1, max_queue=3, clock=lambda: now[0])  # 4 places
     with slots.admit("a"), slots.admit("a"), slots.admit("a"):
         with slots.admit("b"):  # b's share: ceil(4 / 2) = 2; a holds 3 of 4 already (it came alone)
             with pytest.raises(Busy) as info:
                 with slots.admit("c"):
                     pass  # the backend is full
             assert "busy: 4 prediction requests" in str(info.value)
+    now[0] += 100  # c never came back: its reservation has expired
     with slots.admit("a"), slots.admit("b"):
         with slots.admit("a"):  # a: 2 of ceil(4 / 2) = 2 now
             with pytest.raises(Busy) as info:
                 with slots.admit("a"):
                     pass
-            assert "already has 2 of 3 prediction requests in (its fair share" in str(info.value)
+            assert "already has 2 of 3 places" in str(info.value) and "its fair share" in str(info.value)
             with slots.admit("b"):  # b still has a place
                 pass
     assert slots.stats()["rejected_share"] == 1 and slots.stats()["requests"] == 0
+    now[0] += 100
     with slots.admit("solo"), slots.admit("solo"), slots.admit("solo"), slots.admit("solo"):
         pass  # one project alone may use every place
 
@@ -185,7 +188,19 @@ def test_retry_after_follows_measured_times_and_queue_length():
             now[0] += 1.0
     assert slots.retry_after() == 1
     with slots.admit("a"), slots.admit("b"), slots.admit("c"), slots.admit("d"), slots.admit("e"):
-        assert slots.retry_after() == 5  # ~1 s x 5 requests ahead on one slot
+        assert slots.retry_after() == 1  # ~1 s between completions, first in the line
+        refused, inside = [], []
+        for key in "fghij":  # 4 places left, then a line of refused callers
+            inside.append(slots.admit(key))
+            try:
+                inside[-1].__enter__()
+            except Busy as exc:
+                refused.append(exc.retry_after_s)
+                inside.pop()
+        assert refused == [1]
+        assert slots.retry_after() == 2  # the next one refused is second in the line
+        for ctx in inside:
+            ctx.__exit__(None, None, None)
 
 
 def test_release_without_acquire_is_a_bug():
