@@ -13,11 +13,34 @@ Pure tensor functions, batched over a leading axis (windows x heads). Each follo
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from concurrent.futures import ThreadPoolExecutor
+
 from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
+
+_EIG_POOL: ThreadPoolExecutor | None = None
+
+
+def _eig_pool() -> ThreadPoolExecutor:
+    global _EIG_POOL
+    if _EIG_POOL is None:
+        _EIG_POOL = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="cass-eig")
+    return _EIG_POOL
+
+
+def _eigvalsh(mats: np.ndarray, workers: int) -> np.ndarray:
+    """``np.linalg.eigvalsh`` of a ``(B, n, n)`` float64 stack, split into ``workers`` chunks that run
+    on threads (LAPACK releases the GIL; each matrix gets the same single-threaded LAPACK call, so
+    the values are bit-identical to one call)."""
+    workers = max(1, min(workers, mats.shape[0]))
+    if workers == 1:
+        return np.linalg.eigvalsh(mats)
+    return np.concatenate(list(_eig_pool().map(np.linalg.eigvalsh, np.array_split(mats, workers))))
 
 
 def _fp16(x: torch.Tensor) -> torch.Tensor:
@@ -64,9 +87,12 @@ def top_spectra(adj: torch.Tensor, k: int) -> torch.Tensor:
     """
     # numpy's LAPACK: torch.linalg.eigvalsh runs ~10x slower when called from a non-main thread
     # (OpenMP pools of two threads competing), which is where web servers run requests.
-    # Single-threaded BLAS: the matrices are small, and OpenBLAS threads fight torch's OpenMP pool.
+    # Single-threaded BLAS: the matrices are small, and OpenBLAS threads fight torch's OpenMP pool;
+    # instead the batch is split over torch's thread count (bit-identical values, ~1.5x on 2 cores).
+    mats = adj.double().cpu().numpy().reshape(-1, *adj.shape[-2:])
     with threadpool_limits(1, user_api="blas"):
-        vals = torch.from_numpy(np.linalg.eigvalsh(adj.double().cpu().numpy())).to(adj.device)
+        vals = _eigvalsh(mats, torch.get_num_threads()).reshape(*adj.shape[:-1])
+    vals = torch.from_numpy(vals).to(adj.device)
     vals = vals.flip(-1)[..., :k]
     return F.normalize(vals, p=2, dim=-1)
 
