@@ -44,12 +44,17 @@ class FakeSlowTextEncoder:
     def __init__(self, clock: FakeClock):
         self.clock, self.seen, self.encoded_by = clock, set(), {}
         self.lock = threading.Lock()
+        self.owner = threading.current_thread()
+        self.background_gate = threading.Event()  # cleared: other threads wait until it is set
+        self.background_gate.set()
 
     def is_cached(self, query) -> bool:
         with self.lock:
             return query in self.seen
 
     def __call__(self, queries):
+        if threading.current_thread() is not self.owner and not self.background_gate.wait(HANG_S):
+            raise AssertionError("the background gate was never opened")
         for q in queries:
             with self.lock:
                 new = q not in self.seen
@@ -96,7 +101,9 @@ def wait_background(predictor):
 
 def test_a_request_stops_encoding_new_prompts_at_its_budget_and_the_rest_continues_in_background():
     predictor, engine, targets = make(200, budget=10.0)
+    engine.text.background_gate.clear()  # the background may not finish before this request ends
     out = predictor.predict(tasks(3), targets, fetch)
+    engine.text.background_gate.set()
     assert [("error" in r, "result" in r) for r in out] == [(True, False)] * 3
     message = out[0]["error"]
     assert "CASS_TEXT_BUDGET_S" in message and "10s" in message and "retrieve predictions again" in message
