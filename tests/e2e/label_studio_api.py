@@ -12,6 +12,7 @@ No pytest in here: ``scripts/docker_e2e.sh`` (via ``tests/e2e/compose_check.py``
 from __future__ import annotations
 
 import re
+import time
 
 import requests
 
@@ -74,3 +75,14 @@ def legacy_tokens_enabled(url: str, headers: dict[str, str], timeout_s: float = 
     if resp.status_code != 200:
         raise LabelStudioError(f"GET {url}/api/jwt/settings -> {resp.status_code}: {resp.text[:300]}")
     return bool(resp.json()["legacy_api_tokens_enabled"])
+
+
+def wait_for(cond, timeout_s: float, what: str):
+    """``cond()``'s first truthy value, polled every 0.5 s; AssertionError naming ``what`` after ``timeout_s``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

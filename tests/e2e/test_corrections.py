@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from backend.regions import mask_to_rle, rle_to_mask
 from tests.e2e.conftest import (BACKEND_START_TIMEOUT_S, REPO, TINY_WEIGHTS, free_port, require_tiny_weights, stop,
                                 tail, wait_until_healthy)
+from tests.e2e.label_studio_api import wait_for
 from tests.e2e.test_label_studio import LS, encoded
 from tests.redis_fixtures import redis_server  # noqa: F401
 
@@ -98,16 +99,6 @@ def report(env, pid, *extra) -> dict:
 
 def labels_now(env, pid) -> dict:
     return json.loads(report(env, pid, "--json").stdout)["labels"]
-
-
-def wait_for(cond, timeout_s: float, what: str):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def totals_annotations(redis_client, pid) -> int:

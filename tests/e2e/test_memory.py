@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from backend.regions import mask_to_rle
 from tests.e2e.conftest import REPO, require_tiny_weights, running_backend, stop, tail
+from tests.e2e.label_studio_api import wait_for
 from tests.e2e.test_label_studio import LS, encoded
 
 pytestmark = pytest.mark.e2e
@@ -36,16 +37,6 @@ def picture(shift: int) -> bytes:
     d.rectangle((0, 32, W, H), fill=(40, 150, 50))
     d.ellipse((10 + shift, 6, 38 + shift, 34), fill=(200, 120, 40))
     return encoded(img, "PNG")
-
-
-def wait_for(cond, timeout_s: float, what: str):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 @pytest.fixture
