@@ -11,7 +11,6 @@ Run: ``python -m pytest -m e2e tests/e2e/test_memory.py -s``
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
