@@ -33,7 +33,7 @@ ENV CASS_MODEL_DIR=/models \
     CASS_PRESET=default \
     PORT=9090 \
     WORKERS=1 \
-    THREADS=12 \
+    THREADS=20 \
     LOG_LEVEL=INFO \
     MALLOC_ARENA_MAX=2
 VOLUME ["/models"]
@@ -44,7 +44,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
     CMD curl -fsS "http://127.0.0.1:${PORT}/health" || exit 1
 
 # one worker holds one copy of the model; threads keep /health and /setup answering during /predict.
-# THREADS >= CASS_INFERENCE_SLOTS + CASS_MAX_QUEUE + 3 (defaults 1 + 8 + 3): a /predict beyond the queue is
+# THREADS >= CASS_INFERENCE_SLOTS + CASS_MAX_QUEUE + 3 (defaults 1 + 16 + 3): a /predict beyond the queue is
 # answered 503 "busy" at once instead of waiting for a free thread (docs/security.md). MALLOC_ARENA_MAX=2
 # keeps glibc from growing one malloc arena per thread (measured: ~450 MiB less resident memory under load).
 CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:${PORT} --workers ${WORKERS} --threads ${THREADS} --timeout 300 --graceful-timeout 30 backend._wsgi:app"]

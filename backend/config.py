@@ -52,7 +52,8 @@ class Settings:
     max_request_bytes: int = 64 * MiB            # CASS_MAX_REQUEST_MB: request body limit
     max_image_pixels: int = 40_000_000           # CASS_MAX_IMAGE_MP: declared width x height limit
     inference_slots: int = 1                     # CASS_INFERENCE_SLOTS: tasks computed at once
-    max_queue: int = 8                           # CASS_MAX_QUEUE: /predict requests waiting beyond the slots
+    max_queue: int = 16                          # CASS_MAX_QUEUE: /predict requests waiting beyond the slots
+    queue_wait_s: float = 60.0                   # CASS_QUEUE_WAIT_S: most seconds of queued work admitted
     limits: VocabularyLimits = VocabularyLimits()  # CASS_MAX_CLASSES, CASS_MAX_PROMPTS per project
     project_memory: bool = False                 # CASS_PROJECT_MEMORY: a project memory of corrected annotations
                                                  # for every project (per project: cass_memory on the control;
@@ -179,6 +180,7 @@ def _deployment(get) -> dict:
         max_image_pixels=int(number("CASS_MAX_IMAGE_MP", float, 0.001, defaults.max_image_pixels / 1e6) * 1e6),
         inference_slots=number("CASS_INFERENCE_SLOTS", int, 1, defaults.inference_slots),
         max_queue=number("CASS_MAX_QUEUE", int, 0, defaults.max_queue),
+        queue_wait_s=number("CASS_QUEUE_WAIT_S", float, 0.1, defaults.queue_wait_s),
         limits=VocabularyLimits(number("CASS_MAX_CLASSES", int, 1, defaults.limits.max_classes),
                                 number("CASS_MAX_PROMPTS", int, 1, defaults.limits.max_prompts)),
         # fair admission and the /predict text budget

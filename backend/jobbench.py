@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import requests
 from PIL import Image
+
+from .jobs.processes import start_workers, stop_workers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,9 +73,7 @@ def phase(args, redis_url: str, workers: int, n: int, seed: int, env_extra: dict
            "LABEL_STUDIO_API_KEY": args.token, "CASS_THREADS": "1", "CASS_WARMUP": "false",
            "CASS_JOB_HEARTBEAT_S": "2", "CASS_JOB_MAINTENANCE_S": "5", "LOG_LEVEL": "WARNING", **env_extra}
     logs = tempfile.mkdtemp(prefix="jobbench-")
-    procs = [subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=REPO, env=env,
-                              stdout=open(f"{logs}/w{i}.log", "wb"), stderr=subprocess.STDOUT,
-                              start_new_session=True) for i in range(workers)]
+    procs = start_workers([f"{logs}/w{i}.log" for i in range(workers)], env)
     try:
         while conn.hlen("cass:jobs:model_versions") < workers:
             if any(p.poll() is not None for p in procs):
@@ -100,13 +99,7 @@ def phase(args, redis_url: str, workers: int, n: int, seed: int, env_extra: dict
                 "missing": sum(c == 0 for c in counts) - rec["failed"], "failed": rec["failed"],
                 "first_prediction_s": round(first, 2) if first is not None else None, "status": rec["status"]}
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_workers(procs)
 
 
 def full_size_weights(root: Path) -> dict:

@@ -67,7 +67,7 @@ def install(app: Flask, settings, predictor) -> Flask:
         if problem:
             return _answer(400, problem)
         try:
-            with predictor.slots.admit(_admission_key(), ticket=ticket):
+            with predictor.slots.admit(_admission_key(), ticket=ticket, tasks=_task_count()):
                 resp = app.make_response(original())
         except Busy as exc:
             log.warning("POST /predict refused: %s (Retry-After %ds)", exc, exc.retry_after_s)
@@ -113,6 +113,13 @@ def _admission_key() -> str:
     if isinstance(project, (str, int)) and str(project):
         return f"project:{str(project)[:200]}"
     return f"client:{request.remote_addr}"
+
+
+def _task_count() -> int:
+    """Tasks of a ``/predict`` (its share of the queued work; ``_check_body`` checked the list)."""
+    data = request.get_json(silent=True)
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    return max(1, len(tasks)) if isinstance(tasks, list) else 1
 
 
 def _settings():

@@ -110,7 +110,7 @@ class Predictor:
     """Turns Label Studio tasks into brush predictions with one loaded engine.
 
     Thread-safe: the engine work (encode, segment) and mask encoding run in ``slots``
-    (:class:`~backend.slots.InferenceSlots`: ``slots.slots`` at once, first come first served; one
+    (:class:`~backend.slots.InferenceSlots`: ``slots.slots`` at once, the request due first first; one
     slot by default, i.e. one engine lock), downloads outside them.
     ``predict_budget_s``: tasks not started within this many seconds of the batch's start get an
     error entry instead of a prediction (Label Studio gives the whole ``/predict`` call
@@ -336,7 +336,8 @@ def build_predictor(settings) -> Predictor:
     predictor = Predictor(engine, cache, predict_budget_s=settings.predict_budget_s,
                           text_budget_s=getattr(settings, "text_budget_s", 30.0),
                           slots=InferenceSlots(settings.inference_slots, settings.max_queue,
-                                               grace_s=getattr(settings, "reservation_grace_s", 5.0)))
+                                               grace_s=getattr(settings, "reservation_grace_s", 5.0),
+                                               queue_wait_s=getattr(settings, "queue_wait_s", None)))
     if settings.warmup:
         predictor.warm_up()
     return predictor

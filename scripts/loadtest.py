@@ -148,7 +148,9 @@ def start_backend(args, images_url: str, log_path: Path) -> tuple[subprocess.Pop
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CASS_", "LABEL_STUDIO_", "BASIC_AUTH_"))}
     env.pop("REDIS_URL", None)
     env.update(PYTHONPATH=str(REPO), LABEL_STUDIO_URL=images_url, LOG_LEVEL=args.log_level,
-               CASS_CLIP_WEIGHTS=str(args.clip), CASS_DINO_WEIGHTS=str(args.dino), CASS_THREADS=str(args.torch_threads))
+               CASS_CLIP_WEIGHTS=str(args.clip), CASS_DINO_WEIGHTS=str(args.dino))
+    if args.torch_threads is not None:
+        env["CASS_THREADS"] = str(args.torch_threads)
     for item in args.env:
         key, _, value = item.partition("=")
         env[key] = value
@@ -246,6 +248,16 @@ def per_client(records: list[dict], clients: int, start: float, end: float) -> d
             "min_successes_per_minute": min_per_minute, "max_gap_between_successes_s": round(max_gap, 1)}
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -263,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--server", choices=["gunicorn", "module"], default="gunicorn",
                    help="how to start the backend: gunicorn (1 worker, --threads) or python -m backend")
-    p.add_argument("--threads", type=int, default=12, help="gunicorn threads (default 12)")
-    p.add_argument("--torch-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                   help="CASS_THREADS of the backend")
+    p.add_argument("--threads", type=int, default=20, help="gunicorn threads (default 20, the image's THREADS)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="CASS_THREADS of the backend (default: unset, as in the image: torch's own choice)")
     p.add_argument("--clip", type=Path, default=TINY / "clip_tiny.safetensors")
     p.add_argument("--dino", type=Path, default=TINY / "dino_tiny.safetensors")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra backend environment")
@@ -278,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--log-level", default="WARNING", help="backend LOG_LEVEL (default WARNING)")
     p.add_argument("--keep-log", type=Path, help="copy the backend log here")
+    p.add_argument("--records", type=Path, help="write every request (start, client, tasks, status, latency; "
+                                                "seconds from the start) here, one JSON object per line")
     args = p.parse_args(argv)
     if args.clients < 1 or args.duration <= 0 or not 0 <= args.batch_clients <= args.clients:
         p.error("need --clients >= 1, --duration > 0 and 0 <= --batch-clients <= --clients")
@@ -317,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 stop_sampling.wait(1.0)
 
         start_mem = memory_mb(pid) if pid else None
+        load_before = round(os.getloadavg()[0], 2)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         t0 = time.monotonic()
@@ -350,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
     report = {
         "clients": args.clients, "batch_clients": args.batch_clients, "batch_size": args.batch_size,
+        "torch_threads": args.torch_threads, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+        "load_avg_1m_before": load_before,
         "server": "external" if args.url else args.server, "duration_s": round(elapsed, 1),
         "requests": len(records), "tasks": sum(r["tasks"] for r in ok),
         "throughput_rps": round(len(ok) / elapsed, 2), "tasks_per_s": round(sum(r["tasks"] for r in ok) / elapsed, 2),
@@ -375,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         "inference": health.get("inference"),
     }
     report["per_client"] = per_client(records, args.clients, t0, t0 + elapsed)
+    if args.records:
+        with args.records.open("w") as f:
+            for r in sorted(records, key=lambda r: r["t"]):
+                f.write(json.dumps({**r, "t": round(r["t"] - t0, 3), "latency": round(r["latency"], 3)}) + "\n")
     report["server_errors_not_busy"] = sum(1 for r in records if str(r.get("status", "")).startswith("5")
                                            and not (r.get("status") == 503 and r.get("busy")))
     print(json.dumps(report), flush=True)

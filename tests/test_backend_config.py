@@ -49,3 +49,26 @@ def test_bad_values_name_the_variable(env, fragment):
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert fragment in str(info.value)
+
+
+def test_admission_is_bounded_by_count_and_by_time():
+    s = Settings.from_env({})
+    assert (s.inference_slots, s.max_queue, s.queue_wait_s) == (1, 16, 60.0)
+    s = Settings.from_env({"CASS_MAX_QUEUE": "4", "CASS_QUEUE_WAIT_S": "45"})
+    assert (s.max_queue, s.queue_wait_s) == (4, 45.0)
+    with pytest.raises(ConfigError, match="CASS_QUEUE_WAIT_S = '0' must be at least"):
+        Settings.from_env({"CASS_QUEUE_WAIT_S": "0"})
+
+
+def test_the_predictor_gets_the_time_bound(monkeypatch):
+    """``build_predictor`` builds its InferenceSlots from the settings (fake engine, no weights)."""
+    import cass
+    from backend.service import build_predictor
+    from tests.backend_fixtures import FakeEngine
+
+    engine = FakeEngine()
+    engine.device = "cpu"
+    monkeypatch.setattr(cass, "create_model", lambda *a, **k: engine)
+    predictor = build_predictor(Settings(warmup=False, max_queue=5, queue_wait_s=30.0))
+    stats = predictor.slots.stats()
+    assert (stats["max_queue"], stats["queue_wait_s"]) == (5, 30.0)

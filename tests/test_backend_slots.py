@@ -108,49 +108,143 @@ def test_admission_is_bounded_and_busy_says_when_to_retry():
         pass
 
 
-def test_waiting_calls_are_served_round_robin_across_projects_fifo_within():
-    slots = InferenceSlots(1)
-    order = []
-    slots.acquire()
+def _queue_requests(slots, requests, order):
+    """Start one thread per ``(name, tasks)`` request: admitted with ``tasks``, then ``tasks`` calls
+    that each append ``name`` to ``order``; each thread's first call is queued before the next starts."""
     threads = []
-    arrivals = [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("c", 1)]
-    for n, (key, i) in enumerate(arrivals):
-        def work(key=key, i=i):
-            slots.acquire(key)
-            order.append((key, i))
-            slots.release()
-        t = threading.Thread(target=work)
+    for name, tasks in requests:
+        before = slots.stats()["waiting_calls"]
+
+        def request(name=name, tasks=tasks):
+            with slots.admit(f"project:{name}", tasks=tasks):
+                for _ in range(tasks):
+                    with slots:
+                        order.append(name)
+        t = threading.Thread(target=request)
         t.start()
         threads.append(t)
-        wait_for(lambda n=n: slots.stats()["waiting_calls"] == n + 1, f"call {key}{i} to queue")
+        wait_for(lambda before=before: slots.stats()["waiting_calls"] == before + 1, f"request {name} to queue")
+    return threads
+
+
+def test_calls_are_served_earliest_due_first():
+    """A request is due ``DUE_FACTOR`` (1/2) x its tasks x the measured slot time per task after it
+    was admitted (when half of it would be done had it been alone); waiting calls are served earliest
+    due first. An annotator's one-task request admitted while a batch waits goes before the batch's
+    calls; a batch that is due goes before requests admitted after that, and keeps the slot between
+    its calls."""
+    now = [0.0]
+    slots = InferenceSlots(1, max_queue=16, clock=lambda: now[0])
+    order = []
+    slots.acquire()  # the slot is taken: everything below queues
+    threads = _queue_requests(slots, [("batch", 3), ("annotator", 1), ("other", 1)], order)
+    now[0] += 0.75  # after the annotators' due time (1/2 x 1 task x 1 s), before the batch's (1.5 s)
+    threads += _queue_requests(slots, [("late", 1)], order)  # due at 1.25 s
+    now[0] += 6.25  # the batch is due now: it goes before what is admitted from here on
+    threads += _queue_requests(slots, [("latest", 1)], order)
     slots.release()
     for t in threads:
         t.join(HANG_S)
-    # project "a" queued three calls first, yet "b" and "c" are not kept waiting behind all of them
-    assert order == [("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2), ("a", 3)]
+    assert order == ["annotator", "other", "late", "batch", "batch", "batch", "latest"]
+    assert slots.stats()["busy_slots"] == 0 and slots.stats()["waiting_calls"] == 0
 
 
-def test_calls_take_the_project_their_thread_was_admitted_for():
-    slots = InferenceSlots(1)
+def test_background_calls_wait_their_turn_but_are_not_starved():
+    """A call outside any admitted request (warm-up, a smart crop) is due like a one-task request
+    made when it queued."""
+    now = [0.0]
+    slots = InferenceSlots(1, max_queue=16, clock=lambda: now[0])
     order = []
     slots.acquire()
-    gate_in = []
+    threads = _queue_requests(slots, [("batch", 2)], order)  # due at 1 s
 
-    def request(key, n):
-        with slots.admit(key):
-            for i in range(n):
-                with slots:
-                    order.append(key)
-    threads = [threading.Thread(target=request, args=("batch", 3))]
-    threads[0].start()
-    wait_for(lambda: slots.stats()["waiting_calls"] == 1, "the batch to queue")
-    threads.append(threading.Thread(target=request, args=("annotator", 1)))
-    threads[1].start()
-    wait_for(lambda: slots.stats()["waiting_calls"] == 2, "the annotator to queue")
+    def background():
+        with slots:
+            order.append("background")
+    now[0] += 0.25
+    threads.append(threading.Thread(target=background))  # due at 0.25 + 0.5 = 0.75 s
+    threads[-1].start()
+    wait_for(lambda: slots.stats()["waiting_calls"] == 2, "the background call to queue")
+    now[0] += 2.5
+    threads += _queue_requests(slots, [("annotator", 1)], order)  # due at 3.25 s
     slots.release()
     for t in threads:
         t.join(HANG_S)
-    assert order[:2] == ["batch", "annotator"] and order.count("batch") == 3
+    assert order == ["background", "batch", "batch", "annotator"]
+
+
+def test_a_request_keeps_the_slot_between_its_calls_but_not_for_long():
+    """A request due before every waiting call keeps the freed slot for its next call, for at most
+    ``HOLD_S``: one that goes on with other work (a download) does not keep the others waiting."""
+    slots = InferenceSlots(1, max_queue=16)
+    first_call_done, downloaded, order = threading.Event(), threading.Event(), []
+
+    def early():
+        with slots.admit("a"):  # due first
+            with slots:
+                order.append("early call 1")
+                wait_for(lambda: slots.stats()["waiting_calls"] == 1, "the later request to queue")
+            first_call_done.set()
+            downloaded.wait(HANG_S)  # not coming back for the slot yet
+            with slots:
+                order.append("early call 2")
+
+    t = threading.Thread(target=early)
+    t.start()
+    wait_for(lambda: slots.stats()["busy_slots"] == 1, "the early request in its first call")
+    with slots.admit("b", tasks=5):  # due later
+        with slots:  # queued while the early request holds the slot; gets it once the hold lapses
+            order.append("later call")
+        downloaded.set()
+    t.join(HANG_S)
+    assert order == ["early call 1", "later call", "early call 2"]
+    assert slots.stats()["busy_slots"] == 0
+
+
+def test_the_slot_time_per_task_is_measured():
+    now = [0.0]
+    slots = InferenceSlots(1, max_queue=16, clock=lambda: now[0])
+    assert slots.stats()["task_s"] == 1.0  # before any measurement
+    with slots.admit("a", tasks=2):
+        for _ in range(2):
+            with slots:
+                now[0] += 5.0  # 5 s in the slot per call
+        now[0] += 100.0  # time outside the slot (downloads, waiting) is not slot time
+    assert slots.stats()["task_s"] == 5.0
+    with slots.admit("a", tasks=3):
+        pass  # a request that used no slot (e.g. refused tasks) teaches nothing
+    assert slots.stats()["task_s"] == 5.0
+    with slots.admit("b", tasks=3):  # three cache hits: 1 s in the slot in all
+        with slots:
+            now[0] += 1.0
+    assert slots.stats()["task_s"] == 11.0 / 5  # slot seconds / tasks over the latest requests
+
+
+def test_admission_is_bounded_by_the_estimated_wait():
+    """With ``queue_wait_s``, a request is refused when the tasks already in plus its own, at the
+    measured slot time per task, would take longer than ``queue_wait_s`` (unless nothing is in)."""
+    now = [0.0]
+    slots = InferenceSlots(1, max_queue=32, queue_wait_s=60.0, clock=lambda: now[0])
+    with slots.admit("m"):
+        with slots:
+            now[0] += 10.0  # 10 s per task
+    inside = [slots.admit(f"p{i}") for i in range(6)]
+    for ctx in inside:
+        ctx.__enter__()  # 6 tasks x 10 s = 60 s: within the bound
+    with pytest.raises(Busy) as info:
+        with slots.admit("p7"):
+            pass
+    message = str(info.value)
+    assert "about 70 s" in message and "CASS_QUEUE_WAIT_S" in message and "60" in message, message
+    assert info.value.ticket and info.value.retry_after_s >= 1
+    for ctx in inside:
+        ctx.__exit__(None, None, None)
+    now[0] += 100.0  # p7 never came back: its reservation (a held place) has expired
+    with slots.admit("big", tasks=20):  # nothing else in: admitted, however long it takes
+        with pytest.raises(Busy, match="about 210 s"):
+            with slots.admit("one"):
+                pass
+    assert slots.stats()["queue_wait_s"] == 60.0
 
 
 def test_one_project_cannot_take_every_place_while_others_wait():

@@ -16,8 +16,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +27,9 @@ import pytest
 import redis as redis_lib
 from PIL import Image
 
+from backend.jobs.processes import start_workers, stop_workers
 from tests.redis_fixtures import redis_server_fn  # noqa: F401
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(os.environ.get("CASS_SHARED_DIR", REPO.parent / "shared")) / "parity" / "weights"
@@ -122,15 +122,6 @@ class FakeLabelStudio:
         self.server.server_close()
 
 
-def wait_for(cond, timeout_s: float, what: str, logs=()):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}\n{tails}")
 
 
 def outage_run(server, tmp_path: Path, outage_s: float, tasks: int = 12) -> None:
@@ -152,13 +143,11 @@ def outage_run(server, tmp_path: Path, outage_s: float, tasks: int = 12) -> None
                "CASS_JOB_REDIS_WAIT_S": str(int(outage_s * 3 + 30)), "LOG_LEVEL": "INFO"}
         env.pop("RQ_KEY_PREFIX", None)
         logs = [tmp_path / f"worker{i}.log" for i in range(2)]
-        procs = [subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=REPO, env=env,
-                                  stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-                 for log in logs]
+        procs = start_workers(logs, env)
         try:
             conn = redis_lib.Redis.from_url(server.url, socket_timeout=5)
             wait_for(lambda: conn.hlen("cass:jobs:model_versions") == 2 or any(p.poll() is not None for p in procs),
-                     300, "two workers to register", logs)
+                     300, "two workers to register", poll_s=0.2, logs=logs)
             assert all(p.poll() is None for p in procs), "a worker exited at start"
             version = conn.hvals("cass:jobs:model_versions")[0].decode()
 
@@ -182,7 +171,7 @@ def outage_run(server, tmp_path: Path, outage_s: float, tasks: int = 12) -> None
             conn = redis_lib.Redis.from_url(server.url, socket_timeout=5)
             jobs = Jobs(conn, NoLS())
             final = wait_for(lambda: (lambda r: r if r["status"] in ("finished", "failed", "cancelled") else None)(
-                jobs.get(rec["id"])), 300, "the job to end after the outage", logs)
+                jobs.get(rec["id"])), 300, "the job to end after the outage", poll_s=0.2, logs=logs)
             counts = {i: len(v) for i, v in ls.predictions.items()}
             assert final["status"] == "finished", final
             assert final["failed"] == 0, final["failed_tasks"]
@@ -192,14 +181,7 @@ def outage_run(server, tmp_path: Path, outage_s: float, tasks: int = 12) -> None
                 assert p.poll() is None, f"a worker exited after the outage:\n{log.read_text()[-3000:]}"
             conn.close()
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_workers(procs)
 
 
 def test_workers_wait_out_a_redis_outage_and_the_job_completes_once(redis_server_fn, tmp_path):  # noqa: F811

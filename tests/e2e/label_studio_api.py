@@ -12,9 +12,10 @@ No pytest in here: ``scripts/docker_e2e.sh`` (via ``tests/e2e/compose_check.py``
 from __future__ import annotations
 
 import re
-import time
 
 import requests
+
+from tests.waiting import wait_for  # noqa: F401  (the e2e tests import it from here)
 
 # The settings docs/deployment.md tells users to give Label Studio when the backend (and the images)
 # are on the same machine or a private network: without the first two Label Studio refuses the model
@@ -77,12 +78,3 @@ def legacy_tokens_enabled(url: str, headers: dict[str, str], timeout_s: float = 
     return bool(resp.json()["legacy_api_tokens_enabled"])
 
 
-def wait_for(cond, timeout_s: float, what: str):
-    """``cond()``'s first truthy value, polled every 0.5 s; AssertionError naming ``what`` after ``timeout_s``."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

@@ -22,6 +22,7 @@ from PIL import Image
 from backend.regions import rle_to_mask
 from tests.e2e.conftest import REPO, TINY_WEIGHTS, stop, tail
 from tests.redis_fixtures import redis_server  # noqa: F401
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -123,14 +124,6 @@ def job(env, job_id) -> dict:
     return json.loads(json.dumps(rec))
 
 
-def wait_for(cond, timeout_s, what):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def busy_worker(env, procs) -> int:
