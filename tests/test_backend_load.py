@@ -22,8 +22,10 @@ def loadtest(*args: str) -> tuple[int, dict]:
     return out.returncode, json.loads(lines[-1])
 
 
-def test_concurrent_clients_are_all_served(tiny_weights):
-    rc, report = loadtest("--clients", "4", "--batch-clients", "1", "--batch-size", "4", "--duration", "8")
+def test_concurrent_clients_are_all_served(tiny_weights, tmp_path):
+    records = tmp_path / "records.jsonl"
+    rc, report = loadtest("--clients", "4", "--batch-clients", "1", "--batch-size", "4", "--duration", "8",
+                          "--records", str(records))
     assert rc == 0, report
     assert set(report["status"]) == {"200"} and report["requests"] >= 4
     assert report["errors"] == {} and report["server_errors"] == 0 and report["task_errors"] == 0
@@ -32,6 +34,11 @@ def test_concurrent_clients_are_all_served(tiny_weights):
     assert report["rss_mb"]["peak"] >= report["rss_mb"]["end"] > 0
     assert report["inference"]["rejected"] == 0 and report["inference"]["peak_requests"] <= 4
     assert report["health_degraded"] == []
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    assert len(rows) == report["requests"] and {r["client"] for r in rows} == {0, 1, 2, 3}
+    assert all(r["status"] == 200 and r["latency"] > 0 for r in rows)
+    assert [r["tasks"] for r in rows if r["client"] == 0][0] == 4  # the batch client
+    assert report["inference"]["task_s"] > 0 and report["cpu_count"] >= 1
 
 
 def test_clients_beyond_the_queue_get_busy_503_not_timeouts(tiny_weights):
