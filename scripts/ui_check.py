@@ -137,6 +137,17 @@ def read_editor(page, want: int, what: str) -> tuple[list[dict], list[dict]]:
     return page.evaluate(READ_REGIONS_JS), page.evaluate(READ_TABS_JS)
 
 
+def largest_box(result: list[dict], kind: str, label: str) -> tuple[float, float, float, float] | None:
+    """(x0, y0, x1, y1) in fractions of the image of the largest stored polygon labelled ``label``."""
+    boxes = []
+    for r in result:
+        points = r["value"].get("points")
+        if kind == "polygonlabels" and points and label in r["value"][kind]:
+            xs, ys = [p[0] / 100 for p in points], [p[1] / 100 for p in points]
+            boxes.append((min(xs), min(ys), max(xs), max(ys)))
+    return max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])) if boxes else None
+
+
 def check_in_browser(ls_url: str, pid: int, tasks: list[dict], shot: Path, workdir: Path,
                      proxy=None) -> list[dict]:
     """Per task: the editor's regions panel vs the stored prediction, screenshots. With ``proxy`` (a
@@ -184,7 +195,8 @@ def check_in_browser(ls_url: str, pid: int, tasks: list[dict], shot: Path, workd
                 if proxy is not None and n == 0:
                     from ui_smart import check_polygons_and_smart_tools
 
-                    smart = check_polygons_and_smart_tools(page, read_editor, proxy, want, path, log)
+                    smart = check_polygons_and_smart_tools(page, read_editor, proxy, want, path, log,
+                                                           around=task.get("cat_box"))
                     regions, tabs = smart["ui_regions"], smart["items"]
                     path = Path(smart["screenshot_polygons"])
                     ui_labels = [r["label"] for r in regions]
@@ -280,7 +292,8 @@ def main() -> int:
             result = preds[0]["result"]
             labels = [label for r in result for label in r["value"][kind]]
             scores = {"/".join(r["value"][kind]): r.get("score") for r in result}
-            tasks.append({"id": tid, "labels": labels, "scores": scores, "model_version": preds[0]["model_version"]})
+            tasks.append({"id": tid, "labels": labels, "scores": scores, "model_version": preds[0]["model_version"],
+                          "cat_box": largest_box(result, kind, "cat")})
         log(f"stored prediction labels: {[(t['id'], t['labels']) for t in tasks]}")
 
         results = check_in_browser(ls_url, pid, tasks, shot, root, proxy)

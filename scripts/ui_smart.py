@@ -104,6 +104,19 @@ def _wait_for_calls(proxy: RecordingProxy, count: int, timeout_s: float) -> bool
     return False
 
 
+def _sent(page, proxy: RecordingProxy, count: int, log, what: str, wait_s: float = 15) -> tuple[bool, str | None]:
+    """Wait for the ``count``-th smart-tool ``/predict``; if it has not come ``wait_s`` after the
+    mouse-up, press Escape (unselects the new region: Label Studio 1.23.2 often sends a smart region
+    only then, measured) and wait again. (sent, after which action)."""
+    for action in ("mouse-up", "Escape"):
+        if action == "Escape":
+            page.keyboard.press("Escape")
+        if _wait_for_calls(proxy, count, wait_s):
+            return True, action
+        log(f"no {what} /predict {wait_s:g} s after {action}")
+    return False, None
+
+
 def _smart_tool(page, name: str) -> None:
     """Pick a smart tool: hover the toolbar's smart group (it unfolds), click ``name``."""
     page.locator(".lsf-tool_smart:visible").first.hover()
@@ -119,6 +132,26 @@ def _image_box(page) -> dict:
         .filter(n => n.tagName === 'CANVAS' || n.src.includes('/data/upload/')).map(n => n.getBoundingClientRect())
         .sort((a, b) => b.width * b.height - a.width * a.height)[0];
         return {x: r.x, y: r.y, width: r.width, height: r.height}; }""")
+
+
+TOOLS_JS = """() => { const m = (window.ToolManager && window.ToolManager.allInstances()) || [];
+  const tools = m.flatMap(x => Object.entries(x.tools).map(([k, t]) => ({key: k, selected: !!t.selected,
+    dynamic: !!t.dynamic})));
+  const a = window.Htx && window.Htx.annotationStore.selected;
+  const regions = a ? a.regions.map(r => ({type: r.type, dynamic: !!r.dynamic})) : [];
+  return {tools, regions}; }"""
+#: Select a (non-smart) tool of the editor by name through its ToolManager, as its hotkey would.
+SELECT_TOOL_JS = """(name) => { for (const m of (window.ToolManager ? window.ToolManager.allInstances() : [])) {
+  const hit = Object.entries(m.tools).find(([k, t]) => k.endsWith('#' + name) && !t.dynamic);
+  if (hit) { m.selectTool(hit[1], true); return hit[0]; } } return null; }"""
+
+
+def _drag(page, a, b) -> None:
+    page.mouse.move(*a)
+    page.mouse.down()
+    page.mouse.move((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, steps=5)
+    page.mouse.move(*b, steps=5)
+    page.mouse.up()
 
 
 HIDE_ALL_JS = """() => { const t = [...document.querySelectorAll('*')].find(n => n.children.length === 0 &&
@@ -143,21 +176,24 @@ def _negative_keypoint(page, proxy: RecordingProxy, at, shot: Path, log, hidden:
         page.keyboard.down("Alt")
         page.mouse.click(*at(0.85, 0.85))
         page.keyboard.up("Alt")
-        sent = _wait_for_calls(proxy, before + 1, 30)
+        sent, after = _sent(page, proxy, before + 1, log, "negative keypoint")
         path = shot.with_name(f"{shot.stem}_negative_keypoint{shot.suffix}")
         page.wait_for_timeout(1500)
         page.screenshot(path=str(path))
         last = proxy.interactive()[-1]["body"]["params"]["context"]["result"][-1] if sent else None
-        return {"regions_hidden": hidden, "sent": sent, "is_positive": (last or {}).get("is_positive"),
-                "screenshot": str(path)}
+        return {"regions_hidden": hidden, "sent": sent, "sent_after": after,
+                "is_positive": (last or {}).get("is_positive"), "screenshot": str(path)}
     except Exception as exc:  # noqa: BLE001 - best effort, reported
         log(f"negative keypoint: {type(exc).__name__}: {exc}")
         return {"sent": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-def check_polygons_and_smart_tools(page, read_editor, proxy: RecordingProxy, want: int, shot: Path, log) -> dict:
+def check_polygons_and_smart_tools(page, read_editor, proxy: RecordingProxy, want: int, shot: Path, log,
+                                   around: tuple[float, float, float, float] | None = None) -> dict:
     """On the opened task (a stored polygon prediction, no annotation): screenshots
-    ``<stem>_polygons.png``, ``<stem>_smart_rectangle.png``, ``<stem>_smart_keypoint.png``."""
+    ``<stem>_polygons.png``, ``<stem>_smart_rectangle.png``, ``<stem>_smart_keypoint.png``. The smart
+    rectangle (label cat) is drawn around ``around`` (fractions x0, y0, x1, y1: the predicted cat),
+    with a margin, else over the middle of the image."""
     out: dict = {}
     regions, tabs = read_editor(page, want, "polygon prediction")
     paths = {k: shot.with_name(f"{shot.stem}_{k}{shot.suffix}") for k in ("polygons", "smart_rectangle", "smart_keypoint")}
@@ -176,16 +212,34 @@ def check_polygons_and_smart_tools(page, read_editor, proxy: RecordingProxy, wan
     page.wait_for_timeout(500)
     page.get_by_text("cat", exact=True).nth(1).click()
     _smart_tool(page, "rectangle-tool")
-    x0, y0 = at(0.41, 0.29)
-    x1, y1 = at(0.62, 0.70)
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
-    page.mouse.move(x1, y1, steps=5)
-    page.mouse.up()
-    t0 = time.monotonic()
-    out["rectangle_answered"] = _wait_for_calls(proxy, 1, 60)
+    x0, y0, x1, y1 = around or (0.41, 0.29, 0.62, 0.70)
+    mx, my = max(0.02, 0.15 * (x1 - x0)), max(0.02, 0.15 * (y1 - y0))
+    # inside the image, away from its right edge: the editor's toolbar lies over the canvas there, and
+    # a mouse-up on it leaves the box unfinished (no /predict)
+    rect = (max(0.03, x0 - mx), max(0.03, y0 - my), min(0.88, x1 + mx), min(0.97, y1 + my))
+    out["rectangle_box"] = [round(v, 3) for v in rect]
+    _drag(page, at(rect[0], rect[1]), at(rect[2], rect[3]))
+    center = at((rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2)
+
+    def nudge():  # what an annotator adjusting the box does: the move tool, drag the box by 4 px
+        page.evaluate(SELECT_TOOL_JS, "MoveTool")
+        page.wait_for_timeout(300)
+        _drag(page, center, (center[0] + 4, center[1] + 4))
+
+    # Label Studio 1.23.2 does not always send a new smart rectangle at the mouse-up (measured: the
+    # /predict often came only once the box was left or changed): try, in order, waiting, Escape
+    # (unselects the box), moving the box; say which one sent it
+    out["rectangle_answered"], out["rectangle_sent_after"] = False, None
+    for action, do in (("mouse-up", lambda: None), ("Escape", lambda: page.keyboard.press("Escape")),
+                       ("moving the box 4 px", nudge)):
+        do()
+        t0 = time.monotonic()
+        if _wait_for_calls(proxy, 1, 15):
+            out["rectangle_answered"], out["rectangle_sent_after"] = True, action
+            break
+        log(f"no smart-rectangle /predict 15 s after {action}")
     out["rectangle_answer_s"] = round(time.monotonic() - t0, 2)
+    out["rectangle_state"] = page.evaluate(TOOLS_JS)["regions"]
     out["rectangle_suggestion_shown"] = False  # only a suggestion that follows a rectangle call counts
     if out["rectangle_answered"]:
         try:
@@ -202,9 +256,7 @@ def check_polygons_and_smart_tools(page, read_editor, proxy: RecordingProxy, wan
     _smart_tool(page, "key-point-tool")
     before = len(proxy.interactive())
     page.mouse.click(*at(0.2, 0.18))
-    t0 = time.monotonic()
-    out["keypoint_answered"] = _wait_for_calls(proxy, before + 1, 120)
-    out["keypoint_answer_s"] = round(time.monotonic() - t0, 2)
+    out["keypoint_answered"], out["keypoint_sent_after"] = _sent(page, proxy, before + 1, log, "smart keypoint")
     page.wait_for_timeout(2500)
     page.screenshot(path=str(paths["smart_keypoint"]))
     out["suggestions_bar"] = page.evaluate(
