@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from typing import Callable
 
 import pytest
 
@@ -20,54 +21,77 @@ from backend.slots import Busy, InferenceSlots
 FAKE_SERVICE_S = 1.0
 
 
+class FakeLoop:
+    """The simulations' fake clock and event queue: a "send" of every client at 0, then events
+    ``(time, order, kind, client)`` in time order; clients refused keep their reservation ticket."""
+
+    def __init__(self, clients: int):
+        self.now = 0.0
+        self.events: list = []
+        self.order = itertools.count()
+        self.tickets: dict[int, str | None] = {c: None for c in range(clients)}
+        self.refused = 0
+        for c in range(clients):
+            self.at(0.0, "send", c)
+
+    def at(self, t: float, kind: str, c: int) -> None:
+        heapq.heappush(self.events, (t, next(self.order), kind, c))
+
+    def admit(self, slots: InferenceSlots, c: int, key: str, tasks: int = 1, returns: bool = True):
+        """``slots.admit`` entered for client ``c`` with its ticket: (context, admission), or None when
+        refused (the client re-sends after ``Retry-After`` if it ``returns``)."""
+        extra = {"ticket": self.tickets[c]} if self.tickets[c] else {}
+        ctx = slots.admit(key, tasks=tasks, **extra)
+        try:
+            admission = ctx.__enter__()
+        except Busy as exc:
+            self.refused += 1
+            self.tickets[c] = exc.ticket
+            if returns:
+                self.at(self.now + exc.retry_after_s, "send", c)
+            return None
+        self.tickets[c] = None
+        return ctx, admission
+
+    def run(self, duration: float, done: Callable[[int], None], send: Callable[[int], None]) -> None:
+        """Handle events until ``duration``: ``done(client)`` or ``send(client)``."""
+        while self.events:
+            t, _, kind, c = heapq.heappop(self.events)
+            if t > duration:
+                break
+            self.now = t
+            (done if kind == "done" else send)(c)
+
+
 def simulate(clients: int = 16, projects: int = 4, slots_n: int = 1, queue: int = 8, duration: float = 240.0,
              returns: bool = True):
     """Run the simulation; per client the (fake) times its requests were answered 200, and the slots."""
-    now = [0.0]
-    slots = InferenceSlots(slots_n, max_queue=queue, clock=lambda: now[0])
+    loop = FakeLoop(clients)
+    slots = InferenceSlots(slots_n, max_queue=queue, clock=lambda: loop.now)
     served: dict[int, list[float]] = {c: [] for c in range(clients)}
-    tickets: dict[int, str | None] = {c: None for c in range(clients)}
-    events: list = []  # (time, order, kind, client)
-    order = itertools.count()
     fifo: list[tuple[int, object]] = []  # admitted, waiting for the server: (client, context)
     in_service: list = [None]
 
     def send(c: int):
-        key = f"project:{c % projects}"
-        extra = {"ticket": tickets[c]} if tickets[c] else {}
-        ctx = slots.admit(key, **extra)
-        try:
-            ctx.__enter__()
-        except Busy as exc:
-            tickets[c] = getattr(exc, "ticket", None)
-            if returns:
-                heapq.heappush(events, (now[0] + exc.retry_after_s, next(order), "send", c))
-            return
-        tickets[c] = None
-        fifo.append((c, ctx))
-        start_next()
+        entered = loop.admit(slots, c, f"project:{c % projects}", returns=returns)
+        if entered is not None:
+            fifo.append((c, entered[0]))
+            start_next()
 
     def start_next():
         if in_service[0] is None and fifo:
             in_service[0] = fifo.pop(0)
-            heapq.heappush(events, (now[0] + FAKE_SERVICE_S, next(order), "done", in_service[0][0]))
+            loop.at(loop.now + FAKE_SERVICE_S, "done", in_service[0][0])
 
-    for c in range(clients):
-        heapq.heappush(events, (0.0, next(order), "send", c))
-    while events:
-        t, _, kind, c = heapq.heappop(events)
-        if t > duration:
-            break
-        now[0] = t
-        if kind == "done":
-            _, ctx = in_service[0]
-            in_service[0] = None
-            ctx.__exit__(None, None, None)
-            served[c].append(t)
-            start_next()
-            send(c)  # re-sends at once
-        else:
-            send(c)
+    def done(c: int):
+        _, ctx = in_service[0]
+        in_service[0] = None
+        ctx.__exit__(None, None, None)
+        served[c].append(loop.now)
+        start_next()
+        send(c)  # re-sends at once
+
+    loop.run(duration, done, send)
     return served, slots
 
 
@@ -125,65 +149,45 @@ def simulate_calls(clients: int = 16, projects: int = 4, batch_clients: int = 1,
     waiting call keeps the slot for its next call (``..._keeps_the_slot_between_its_calls``). The slot
     time is booked on the admission as the slots would.
     Per client the times its requests were answered, the refusals, and the slots' stats at the end."""
-    now = [0.0]
-    slots = InferenceSlots(1, max_queue=queue, clock=lambda: now[0], queue_wait_s=queue_wait_s)
+    loop = FakeLoop(clients)
+    slots = InferenceSlots(1, max_queue=queue, clock=lambda: loop.now, queue_wait_s=queue_wait_s)
     served: dict[int, list[float]] = {c: [] for c in range(clients)}
-    tickets: dict[int, str | None] = {c: None for c in range(clients)}
-    refused = [0]
-    events: list = []  # (time, order, kind, client)
-    order = itertools.count()
     waiting: list = []  # heap of (due, arrival, client)
     inside: dict[int, list] = {}  # client -> [context, admission, calls left]
     busy = [None]
 
     def send(c: int):
         tasks = batch if c < batch_clients else 1
-        extra = {"ticket": tickets[c]} if tickets[c] else {}
-        ctx = slots.admit(f"project:{c % projects}", tasks=tasks, **extra)
-        try:
-            admission = ctx.__enter__()
-        except Busy as exc:
-            refused[0] += 1
-            tickets[c] = exc.ticket
-            heapq.heappush(events, (now[0] + exc.retry_after_s, next(order), "send", c))
-            return
-        tickets[c] = None
-        inside[c] = [ctx, admission, tasks]
-        heapq.heappush(waiting, (admission.due, next(order), c))
+        entered = loop.admit(slots, c, f"project:{c % projects}", tasks=tasks)
+        if entered is not None:
+            inside[c] = [*entered, tasks]
+            heapq.heappush(waiting, (entered[1].due, next(loop.order), c))
+        serve_next()
 
     def serve_next():
         if busy[0] is None and waiting:
             _, _, c = heapq.heappop(waiting)
             busy[0] = c
-            heapq.heappush(events, (now[0] + service_s, next(order), "done", c))
+            loop.at(loop.now + service_s, "done", c)
 
-    for c in range(clients):
-        heapq.heappush(events, (0.0, next(order), "send", c))
-    while events:
-        t, _, kind, c = heapq.heappop(events)
-        if t > duration:
-            break
-        now[0] = t
-        if kind == "done":
-            busy[0] = None
-            ctx, admission, left = inside[c]
-            admission.slot_s += service_s
-            if left > 1:
-                inside[c][2] = left - 1
-                if not waiting or admission.due <= waiting[0][0]:
-                    heapq.heappush(waiting, (admission.due, next(order), c))  # kept: it is due first
-                else:
-                    serve_next()  # the slot goes to the call already waiting that is due first
-                    heapq.heappush(waiting, (admission.due, next(order), c))
-            else:
-                del inside[c]
-                ctx.__exit__(None, None, None)
-                served[c].append(t)
-                send(c)  # re-sends at once
+    def done(c: int):
+        busy[0] = None
+        ctx, admission, left = inside[c]
+        admission.slot_s += service_s
+        if left > 1:
+            inside[c][2] = left - 1
+            if waiting and admission.due > waiting[0][0]:
+                serve_next()  # the slot goes to the call already waiting that is due first
+            heapq.heappush(waiting, (admission.due, next(loop.order), c))  # else kept: it is due first
+            serve_next()
         else:
-            send(c)
-        serve_next()
-    return served, refused[0], slots.stats()  # (before the requests still in are dropped)
+            del inside[c]
+            ctx.__exit__(None, None, None)
+            served[c].append(loop.now)
+            send(c)  # re-sends at once
+
+    loop.run(duration, done, send)
+    return served, loop.refused, slots.stats()  # (before the requests still in are dropped)
 
 
 @pytest.mark.parametrize("service_s", [1.0, 2.0])
