@@ -115,15 +115,9 @@ def full_size_weights(root: Path) -> dict:
 
 def machine() -> dict:
     """CPU model, cores, 1-minute load, torch device and the batch setting, for the JSON line."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+    from cass.bench_floor import cpu_model
+
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
             "device": os.environ.get("CASS_DEVICE") or "default", "job_batch": os.environ.get("CASS_JOB_BATCH") or "auto"}
 
 

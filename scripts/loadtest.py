@@ -248,16 +248,6 @@ def per_client(records: list[dict], clients: int, start: float, end: float) -> d
             "min_successes_per_minute": min_per_minute, "max_gap_between_successes_s": round(max_gap, 1)}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -353,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             args.keep_log.write_bytes(log_path.read_bytes())
         tmp.cleanup()
 
+    from cass.bench_floor import cpu_model  # (imports torch: here, after the load, not at start)
+
     ok = [r for r in records if r.get("status") == 200]
     status = Counter(str(r["status"]) for r in records if "status" in r)
     errors = Counter(r["error"] for r in records if "error" in r)
@@ -365,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
     report = {
         "clients": args.clients, "batch_clients": args.batch_clients, "batch_size": args.batch_size,
-        "torch_threads": args.torch_threads, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+        "torch_threads": args.torch_threads, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "load_avg_1m_before": load_before,
         "server": "external" if args.url else args.server, "duration_s": round(elapsed, 1),
         "requests": len(records), "tasks": sum(r["tasks"] for r in ok),
