@@ -32,8 +32,8 @@ when the tasks already in plus its own would take longer than that at ``task_s``
 fewer, and an admitted request is answered before Label Studio gives up on it (100 s).
 
 Slots are taken per call (never held while waiting for anything else), so a slot cannot deadlock
-with the feature cache's single flight or the warm-up thread. The project of a call is the one its
-thread was admitted for (calls outside :meth:`admit`, e.g. warm-up, share the key ``""``).
+with the feature cache's single flight or the warm-up thread. A call is due when the request its
+thread was admitted for is due (calls outside :meth:`admit`, e.g. warm-up, as above).
 """
 from __future__ import annotations
 

@@ -104,17 +104,20 @@ def _wait_for_calls(proxy: RecordingProxy, count: int, timeout_s: float) -> bool
     return False
 
 
-def _sent(page, proxy: RecordingProxy, count: int, log, what: str, wait_s: float = 15) -> tuple[bool, str | None]:
+def _sent(page, proxy: RecordingProxy, count: int, log, what: str, more=(), wait_s: float = 15
+          ) -> tuple[bool, str | None, float]:
     """Wait for the ``count``-th smart-tool ``/predict``; if it has not come ``wait_s`` after the
     mouse-up, press Escape (unselects the new region: Label Studio 1.23.2 often sends a smart region
-    only then, measured) and wait again. (sent, after which action)."""
-    for action in ("mouse-up", "Escape"):
-        if action == "Escape":
-            page.keyboard.press("Escape")
+    only then, measured) and wait again, then try each ``(name, action)`` of ``more`` the same way.
+    (sent, after which action, seconds from that action to the call)."""
+    actions = (("mouse-up", lambda: None), ("Escape", lambda: page.keyboard.press("Escape")), *more)
+    for name, do in actions:
+        do()
+        t0 = time.monotonic()
         if _wait_for_calls(proxy, count, wait_s):
-            return True, action
-        log(f"no {what} /predict {wait_s:g} s after {action}")
-    return False, None
+            return True, name, round(time.monotonic() - t0, 2)
+        log(f"no {what} /predict {wait_s:g} s after {name}")
+    return False, None, round(time.monotonic() - t0, 2)
 
 
 def _smart_tool(page, name: str) -> None:
@@ -176,7 +179,7 @@ def _negative_keypoint(page, proxy: RecordingProxy, at, shot: Path, log, hidden:
         page.keyboard.down("Alt")
         page.mouse.click(*at(0.85, 0.85))
         page.keyboard.up("Alt")
-        sent, after = _sent(page, proxy, before + 1, log, "negative keypoint")
+        sent, after, _ = _sent(page, proxy, before + 1, log, "negative keypoint")
         path = shot.with_name(f"{shot.stem}_negative_keypoint{shot.suffix}")
         page.wait_for_timeout(1500)
         page.screenshot(path=str(path))
@@ -226,19 +229,9 @@ def check_polygons_and_smart_tools(page, read_editor, proxy: RecordingProxy, wan
         page.wait_for_timeout(300)
         _drag(page, center, (center[0] + 4, center[1] + 4))
 
-    # Label Studio 1.23.2 does not always send a new smart rectangle at the mouse-up (measured: the
-    # /predict often came only once the box was left or changed): try, in order, waiting, Escape
-    # (unselects the box), moving the box; say which one sent it
-    out["rectangle_answered"], out["rectangle_sent_after"] = False, None
-    for action, do in (("mouse-up", lambda: None), ("Escape", lambda: page.keyboard.press("Escape")),
-                       ("moving the box 4 px", nudge)):
-        do()
-        t0 = time.monotonic()
-        if _wait_for_calls(proxy, 1, 15):
-            out["rectangle_answered"], out["rectangle_sent_after"] = True, action
-            break
-        log(f"no smart-rectangle /predict 15 s after {action}")
-    out["rectangle_answer_s"] = round(time.monotonic() - t0, 2)
+    # after the mouse-up and Escape (see _sent), moving the box is the last try
+    out["rectangle_answered"], out["rectangle_sent_after"], out["rectangle_answer_s"] = _sent(
+        page, proxy, 1, log, "smart-rectangle", more=[("moving the box 4 px", nudge)])
     out["rectangle_state"] = page.evaluate(TOOLS_JS)["regions"]
     out["rectangle_suggestion_shown"] = False  # only a suggestion that follows a rectangle call counts
     if out["rectangle_answered"]:
@@ -256,7 +249,7 @@ def check_polygons_and_smart_tools(page, read_editor, proxy: RecordingProxy, wan
     _smart_tool(page, "key-point-tool")
     before = len(proxy.interactive())
     page.mouse.click(*at(0.2, 0.18))
-    out["keypoint_answered"], out["keypoint_sent_after"] = _sent(page, proxy, before + 1, log, "smart keypoint")
+    out["keypoint_answered"], out["keypoint_sent_after"], _ = _sent(page, proxy, before + 1, log, "smart keypoint")
     page.wait_for_timeout(2500)
     page.screenshot(path=str(paths["smart_keypoint"]))
     out["suggestions_bar"] = page.evaluate(
