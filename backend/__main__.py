@@ -5,8 +5,8 @@ import argparse
 import logging
 import sys
 
-from .config import ConfigError, Settings
-from .logs import setup_logging
+from backend.config import ConfigError, Settings
+from backend.ops.logs import setup_logging
 
 log = logging.getLogger("backend")
 
@@ -14,11 +14,11 @@ log = logging.getLogger("backend")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("preannotate", "jobs", "worker"):  # docs/jobs.md
-        from .jobs.cli import main as jobs_main
+        from backend.jobs.cli import main as jobs_main
 
         return jobs_main(argv)
     if argv and argv[0] == "report":  # agreement per label (docs/corrections.md)
-        from .corrections.report import main as report_main
+        from backend.corrections.report import main as report_main
 
         return report_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from cass import PresetError, WeightsError
 
-    from .app import create_app
-    from .weights_check import weights_error
+    from backend.http.app import create_app
+    from backend.predict.weights_check import weights_error
 
     problem = weights_error(settings)  # every missing file at once, before loading anything
     if problem is not None:

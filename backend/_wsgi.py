@@ -2,8 +2,8 @@
 
 Each worker process loads the engine once when it imports this module.
 """
-from .app import create_app
-from .logs import setup_logging
+from backend.http.app import create_app
+from backend.ops.logs import setup_logging
 
 setup_logging()
 app = create_app()

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from .images import MiB, parse_allowed_hosts
-from .limits import VocabularyLimits
-from .labels import LabelConfigError, NothingRule, parse_threshold, split_prompts
+from backend.fetch.images import MiB, parse_allowed_hosts
+from backend.controls.limits import VocabularyLimits
+from backend.controls.labels import LabelConfigError, NothingRule, parse_threshold, split_prompts
 
 
 class ConfigError(ValueError):

@@ -5,12 +5,12 @@
     features = model.encode("photo.jpg")                      # label-free, cacheable
     seg = model.segment(features, cass.Vocabulary.from_spec("cat,kitten;dog;grass"))
 """
-from .engine import CASS, create_model, sliding_windows
-from .features import FeaturesFormatError, ImageFeatures, Segmentation
-from .images import ImageError, load_image
-from .presets import ImageParams, Preset, PresetError, TextParams, list_presets, load_preset
-from .vocabulary import Vocabulary, VocabularyClass, VocabularyError
-from .weights import WeightsError
+from cass.engine import CASS, create_model, sliding_windows
+from cass.features import FeaturesFormatError, ImageFeatures, Segmentation
+from cass.images import ImageError, load_image
+from cass.presets import ImageParams, Preset, PresetError, TextParams, list_presets, load_preset
+from cass.vocabulary import Vocabulary, VocabularyClass, VocabularyError
+from cass.weights import WeightsError
 
 __all__ = [
     "CASS", "create_model", "sliding_windows", "ImageFeatures", "Segmentation", "FeaturesFormatError",

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import WeightsError
+from cass.weights import WeightsError
 
 HEAD_DIM = 64
 
@@ -167,7 +167,7 @@ def load_dino(state: dict[str, torch.Tensor]) -> nn.Module:
     """A DINO (:class:`DinoViT`) or DINOv2 (:class:`cass.dinov2.Dinov2ViT`) model, by the keys present
     (DINOv2 has LayerScale ``ls1.gamma`` and usually ``register_tokens``)."""
     if "register_tokens" in state or "blocks.0.ls1.gamma" in state:
-        from .dinov2 import Dinov2ViT
+        from cass.dinov2 import Dinov2ViT
 
         return Dinov2ViT.from_state_dict(state, HEAD_DIM)
     return DinoViT.from_state_dict(state)

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .engine import create_model
-from .features import Segmentation
-from .images import ImageError, load_image
-from .presets import PresetError, list_presets, load_preset
-from .vocabulary import Vocabulary, VocabularyError
-from .weights import WeightsError
+from cass.engine import create_model
+from cass.features import Segmentation
+from cass.images import ImageError, load_image
+from cass.presets import PresetError, list_presets, load_preset
+from cass.vocabulary import Vocabulary, VocabularyError
+from cass.weights import WeightsError
 
 
 def palette(n: int) -> np.ndarray:
@@ -138,7 +138,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from cass.evaluate import evaluate
 
     preset = load_preset(args.preset)
     if not preset.dataset:

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .backbones import _DinoBlock
-from .weights import WeightsError
+from cass.backbones import _DinoBlock
+from cass.weights import WeightsError
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class Dinov2ViT(nn.Module):
     def last_keys(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` ImageNet-normalised -> ``(B, heads, gh * gw, head_dim)`` last-block keys of
         the patch tokens (CLS and registers dropped), float32."""
-        from .backbones import interpolate_pos_grid
+        from cass.backbones import interpolate_pos_grid
 
         p = self.cfg.patch_size
         x = x[:, :, : x.shape[2] - x.shape[2] % p, : x.shape[3] - x.shape[3] % p]

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import spectral
-from .backbones import HEAD_DIM, interpolate_pos_grid
-from .features import ImageFeatures
-from .images import ImageError, load_image, pad_to_min_side, resize_for_inference
+from cass import spectral
+from cass.backbones import HEAD_DIM, interpolate_pos_grid
+from cass.features import ImageFeatures
+from cass.images import ImageError, load_image, pad_to_min_side, resize_for_inference
 
 log = logging.getLogger("cass")
 

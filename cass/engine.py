@@ -30,18 +30,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import pamr
-from .backbones import HEAD_DIM, build_clip, load_dino
-from .encoding import (IMAGENET_MEAN, IMAGENET_STD, _INV_MEAN, _INV_STD, ImageEncoding,  # noqa: F401
+from cass import pamr
+from cass.backbones import HEAD_DIM, build_clip, load_dino
+from cass.encoding import (IMAGENET_MEAN, IMAGENET_STD, _INV_MEAN, _INV_STD, ImageEncoding,  # noqa: F401
                        _Prepared, sliding_windows)  # re-exported: the image side used to live here
-from .features import ImageFeatures, Segmentation
-from .head import (DenseLogits, Stitcher, _resize_matrix, adjust_text, cluster_queries,  # noqa: F401
+from cass.features import ImageFeatures, Segmentation
+from cass.head import (DenseLogits, Stitcher, _resize_matrix, adjust_text, cluster_queries,  # noqa: F401
                    postprocess, window_logits)  # re-exported: the head used to live here
-from .images import ImageError, load_image  # noqa: F401 (load_image: patched by tests)
-from .presets import Preset, TextParams, load_preset
-from .text import TextEncoder
-from .vocabulary import Vocabulary, VocabularyError
-from .weights import (CLIP_SOURCES, DINO_SOURCES, GLOBAL_CLIP_SOURCES, WeightsError, file_digest,
+from cass.images import ImageError, load_image  # noqa: F401 (load_image: patched by tests)
+from cass.presets import Preset, TextParams, load_preset
+from cass.text import TextEncoder
+from cass.vocabulary import Vocabulary, VocabularyError
+from cass.weights import (CLIP_SOURCES, DINO_SOURCES, GLOBAL_CLIP_SOURCES, WeightsError, file_digest,
                       load_state_dict, resolve)
 
 log = logging.getLogger("cass")

@@ -14,8 +14,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .engine import CASS
-from .vocabulary import Vocabulary
+from cass.engine import CASS
+from cass.vocabulary import Vocabulary
 
 
 class DatasetError(ValueError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .feature_codec import decode_array, encode_array
+from cass.feature_codec import decode_array, encode_array
 
 FEATURES_FORMAT_VERSION = 2
 DEFAULT_CODEC = "f16z"

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .features import ImageFeatures, Segmentation
-from .vocabulary import Vocabulary
+from cass.features import ImageFeatures, Segmentation
+from cass.vocabulary import Vocabulary
 
 
 def cluster_queries(text: torch.Tensor, threshold: float) -> np.ndarray:

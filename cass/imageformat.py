@@ -93,7 +93,7 @@ def header_size(data: bytes, name: str = "the image") -> tuple[str, int, int] | 
     """
     from PIL import Image
 
-    from .images import ImageError
+    from cass.images import ImageError
 
     head = bytes(data[:64])
     fmt = sniff_format(head)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .imageformat import ALLOWED_TEXT, not_allowed_message, refused_format, sniff_format, webp_size
+from cass.imageformat import ALLOWED_TEXT, not_allowed_message, refused_format, sniff_format, webp_size
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger declared sizes are refused before decoding
 

@@ -3,7 +3,7 @@
 optionally in entries, with an optional sliding TTL (a read renews it).
 
 Users: the feature cache's in-process store and Redis fallback (:class:`ByteLRU`), the backend's
-parsed-config and project caches (``backend.limits.ByteBoundedLRU``).
+parsed-config and project caches (``backend.controls.limits.ByteBoundedLRU``).
 """
 from __future__ import annotations
 

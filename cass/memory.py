@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .features import ImageFeatures
+from cass.features import ImageFeatures
 
 MEMORY_FORMAT_VERSION = 1
 DEFAULT_MAX_PER_LABEL = 512

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .pamr import PamrError, PamrParams
+from cass.pamr import PamrError, PamrParams
 
 PRESET_DIR = Path(__file__).with_name("presets")
 

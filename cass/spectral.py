@@ -140,7 +140,7 @@ def randomized_svd(a: torch.Tensor, q: int, generators_draw: list[torch.Tensor],
         basis = torch.linalg.qr(a @ basis).Q
     b = basis.transpose(-1, -2) @ a
     # numpy's LAPACK with single-threaded BLAS: torch.linalg.svd of these (B, q, n) float64 stacks
-    # was 2.8x slower (0.071 s vs 0.025 s for 72 of 10 x 196, `python -m cass.bench_spectra`,
+    # was 2.8x slower (0.071 s vs 0.025 s for 72 of 10 x 196, `python -m cass.bench.spectra`,
     # svd_torch_s / svd_numpy_s, load 8.7). U diag(S) V^T agrees to ~5e-13 (signs cancel in it).
     with threadpool_limits(1, user_api="blas"):
         u, s, vh = (torch.from_numpy(m) for m in np.linalg.svd(b.cpu().numpy(), full_matrices=False))

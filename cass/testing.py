@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .engine import CASS, torch_threads
-from .features import ImageFeatures, Segmentation
+from cass.engine import CASS, torch_threads
+from cass.features import ImageFeatures, Segmentation
 
 
 def encode(model: CASS, image, *, resize: bool = True, head_pairing: np.ndarray | torch.Tensor | None = None,

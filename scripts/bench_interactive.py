@@ -3,10 +3,10 @@
 
     python scripts/bench_interactive.py [--runs 3] [--threads T] [--device cpu|cuda] [--size 1080x1920]
 
-Full-size CLIP ViT-B/16 + DINO ViT-B/8 with random weights (``cass.bench.build_model``; real weights
-with ``--clip-weights`` / ``--dino-weights``), a synthetic photo (``cass.bench.synthetic_photo``) at
+Full-size CLIP ViT-B/16 + DINO ViT-B/8 with random weights (``cass.bench.engine.build_model``; real weights
+with ``--clip-weights`` / ``--dino-weights``), a synthetic photo (``cass.bench.engine.synthetic_photo``) at
 ``--size`` (default 1920x1080), the default preset, 10 labels, an in-process feature cache, and the
-backend's own code path (``backend.controls.smart.Refiner`` over ``backend.service.Predictor``).
+backend's own code path (``backend.controls.smart.Refiner`` over ``backend.predict.predictor.Predictor``).
 
 text_s             the vocabulary's text embeddings, once per label set (cached; before any figure below)
 rectangle_first_s  the first smart rectangle on an image whose features are cached but whose label map
@@ -49,9 +49,9 @@ from backend.controls import parse_controls  # noqa: E402
 from backend.controls.base import ADAPTERS  # noqa: E402
 from backend.controls.crops import CropEncoder  # noqa: E402
 from backend.controls.smart import Refiner  # noqa: E402
-from backend.service import Predictor  # noqa: E402
-from cass.bench import build_model, synthetic_photo  # noqa: E402
-from cass.cache_env import make_cache_from_env  # noqa: E402
+from backend.predict.predictor import Predictor  # noqa: E402
+from cass.bench.engine import build_model, synthetic_photo  # noqa: E402
+from cass.cache.env import make_cache_from_env  # noqa: E402
 
 LABELS = ["person", "dog", "cat", "car", "tree", "grass", "sky", "road", "building", "bicycle"]
 _LABEL_XML = "".join(f'<Label value="{n}"/>' for n in LABELS)

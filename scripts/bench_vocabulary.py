@@ -33,11 +33,11 @@ def main() -> int:
     args = p.parse_args()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from backend.app import create_app
+        from backend.http.app import create_app
     from backend.config import Settings
-    from backend.labels import parse_label_config
-    from backend.limits import VocabularyLimits
-    from backend.service import Predictor
+    from backend.controls.labels import parse_label_config
+    from backend.controls.limits import VocabularyLimits
+    from backend.predict.predictor import Predictor
     from tests.backend_fixtures import FakeEngine, ls_request
 
     per = args.prompts // args.labels
@@ -69,7 +69,7 @@ def main() -> int:
         body = dict(small, project=f"{i}.1", schema=small["schema"].replace("</View>", f"<!--{i}{'x' * 5_000_000}--></View>"))
         client.post("/setup", json=body)
     rss2 = rss_mb()
-    from backend.model import CASSManager
+    from backend.http.mlbackend import CASSManager
     print(json.dumps({
         "prompts": args.prompts, "config_bytes": len(config),
         "limits": {"max_classes": settings.limits.max_classes, "max_prompts": settings.limits.max_prompts},

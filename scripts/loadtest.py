@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             args.keep_log.write_bytes(log_path.read_bytes())
         tmp.cleanup()
 
-    from cass.bench_floor import cpu_model  # (imports torch: here, after the load, not at start)
+    from cass.bench.floor import cpu_model  # (imports torch: here, after the load, not at start)
 
     ok = [r for r in records if r.get("status") == 200]
     status = Counter(str(r["status"]) for r in records if "status" in r)

@@ -5,7 +5,7 @@ default), ``--threads`` request threads (gunicorn's thread pool stands in), each
 
 Prints one JSON line: RSS (start, after warm-up, end, peak, samples), Python-level allocations that
 grew (tracemalloc top 8 by size difference, when ``--tracemalloc``), the feature cache's bytes, and
-the malloc settings used. ``--malloc tuned`` applies :func:`backend.allocator.tune_malloc` (arena count and
+the malloc settings used. ``--malloc tuned`` applies :func:`backend.ops.allocator.tune_malloc` (arena count and
 a fixed mmap threshold) and trims after each request, ``default`` leaves glibc's defaults, so the two
 runs show what the allocator keeps.
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     if args.threads < 1 or args.requests < 1 or args.images < 1:
         p.error("--threads, --requests and --images must be at least 1")
 
-    from backend import allocator as memory
+    from backend.ops import allocator as memory
 
     tuned = memory.tune_malloc() if args.malloc == "tuned" else {}
     import numpy as np
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
     from loadtest import LABEL_CONFIG, Images  # the load test's label set and images
 
     from backend.config import Settings
-    from backend.labels import parse_label_config
-    from backend.service import build_predictor
+    from backend.controls.labels import parse_label_config
+    from backend.predict.predictor import build_predictor
 
     start = rss_mb()
     settings = Settings(clip_weights=args.clip, dino_weights=args.dino, threads=args.torch_threads, warmup=True)

@@ -225,7 +225,7 @@ def label_studio(uploads: dict[str, bytes] | None = None, cloud: _Server | None 
     """A running :class:`FakeLabelStudio` serving ``uploads`` (path -> PNG bytes); on exit it is
     closed and the process-wide state it leaves behind is cleared (the Label Studio access tokens
     and the download health of ``/health``). Each test file's ``ls`` fixture is this, with its files."""
-    from backend.images import DOWNLOADS, LabelStudioAuth
+    from backend.fetch.images import DOWNLOADS, LabelStudioAuth
 
     server = FakeLabelStudio(cloud)
     try:

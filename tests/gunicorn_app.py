@@ -4,10 +4,10 @@ import warnings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
+    from backend.http.app import create_app
 from backend.config import Settings
-from backend.logs import setup_logging
-from backend.service import Predictor
+from backend.ops.logs import setup_logging
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import FakeEngine
 
 setup_logging()

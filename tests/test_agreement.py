@@ -10,7 +10,7 @@ from backend.corrections.events import AnnotationEvent
 from backend.corrections.predictions import choose
 from backend.corrections.store import MemoryStore, RedisStore
 from backend.controls import parse_controls
-from backend.regions import mask_to_rle
+from backend.controls.brush_rle import mask_to_rle
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
 
 H, W = 10, 20

@@ -1,4 +1,4 @@
-"""backend.annotations: Label Studio annotation results -> per-label bool masks at the original size."""
+"""backend.corrections.annotations: Label Studio annotation results -> per-label bool masks at the original size."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.annotations import AnnotationError, annotation_masks, result_size
+from backend.corrections.annotations import AnnotationError, annotation_masks, result_size
 from backend.controls import parse_controls
 from backend.controls.polygon import to_percent
-from backend.regions import mask_to_rle
+from backend.controls.brush_rle import mask_to_rle
 
 LS = Path(__file__).resolve().parent / "data" / "label_studio_1.23.2"
 CONFIG = """<View><Image name="image" value="$image"/>

@@ -1,4 +1,4 @@
-"""backend.allocator: glibc malloc settings (arenas, fixed mmap threshold) and the trim after a request.
+"""backend.ops.allocator: glibc malloc settings (arenas, fixed mmap threshold) and the trim after a request.
 
 The RSS check runs in a fresh subprocess (mallopt must precede the threads' first allocations): many
 threads each allocate and free a model-sized working set of 2-8 MiB blocks; with the settings applied
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from backend import allocator as memory
+from backend.ops import allocator as memory
 
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, sys, threading
 sys.path.insert(0, sys.argv[1])
-from backend import allocator as memory
+from backend.ops import allocator as memory
 settings = memory.tune_malloc({}) if sys.argv[2] == "tuned" else {}
 import numpy as np
 

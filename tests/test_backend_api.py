@@ -9,10 +9,10 @@ import pytest
 
 with warnings.catch_warnings():  # Flask 1.1.2 (pinned by label-studio-ml) imports itsdangerous.json
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
+    from backend.http.app import create_app
 from backend.config import Settings
-from backend.regions import rle_to_mask
-from backend.service import Predictor
+from backend.controls.brush_rle import rle_to_mask
+from backend.predict.predictor import Predictor
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
 from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, ls_request, png_bytes,
                                     three_band_image)
@@ -55,7 +55,7 @@ def test_health(client, engine):
 
 def test_setup_reports_the_engine_version_without_running_the_model(client, engine, monkeypatch):
     # Label Studio allows /setup about 3 s and calls it before every prediction batch: it must not
-    # touch the model (a behaviour, not a timing; timings are in scripts/ and cass/bench.py)
+    # touch the model (a behaviour, not a timing; timings are in scripts/ and cass/bench/engine.py)
     def no_model_work(*args, **kwargs):
         raise AssertionError("/setup ran the model")
 

@@ -20,10 +20,10 @@ from PIL import Image
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
+    from backend.http.app import create_app
 from backend.config import Settings
-from backend.regions import rle_to_mask
-from backend.service import Predictor
+from backend.controls.brush_rle import rle_to_mask
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, ls_request, png_bytes,
                                     three_band_image)
 
@@ -185,7 +185,7 @@ class DripServer:
 
 
 @pytest.mark.parametrize("send_headers, fragment", [
-    (False, "timed out after 1."),  # one deadline over connect + headers + body (backend.transport)
+    (False, "timed out after 1."),  # one deadline over connect + headers + body (backend.fetch.transport)
     (True, "timed out after 1."),
 ], ids=["hang", "drip"])
 def test_a_host_that_hangs_or_drips_times_out(ls, engine, caplog, send_headers, fragment):

@@ -15,11 +15,11 @@ import pytest
 
 with warnings.catch_warnings():  # Flask 1.1.2 (pinned by label-studio-ml) imports itsdangerous.json
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
+    from backend.http.app import create_app
 from backend.config import ConfigError, Settings
-from backend.labels import parse_label_config
-from backend.model import setup_project_key
-from backend.service import Predictor, make_feature_cache
+from backend.controls.labels import parse_label_config
+from backend.http.mlbackend import setup_project_key
+from backend.predict.predictor import Predictor, make_feature_cache
 from cass.engine import Timings
 from tests.backend_fixtures import label_studio, LEGACY_TOKEN, ls_request, png_bytes, three_band_image
 from tests.redis_fixtures import redis_server, redis_server_fn, redis_url  # noqa: F401
@@ -168,7 +168,7 @@ def tasks_created(config: str, *images: str) -> dict:
 def test_new_labels_on_a_cached_image_run_no_image_tower_and_match_a_miss(make_client, cache_url, engine, ls,
                                                                           caplog):
     client, predictor = make_client(cache_url)
-    caplog.set_level(logging.INFO, logger="backend.service")
+    caplog.set_level(logging.INFO, logger="backend.predict.predictor")
     first = predict(client, CATS, A)
     assert first[0]["result"]
     assert engine.dino.calls == 1 and engine.clip_calls >= 1

@@ -19,12 +19,12 @@ import requests
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
-from backend import faults
+    from backend.http.app import create_app
+from backend.predict import faults
 from backend.config import Settings
-from backend.health import CacheProbe
-from backend.images import DOWNLOADS, DownloadHealth
-from backend.service import NoCache, Predictor, make_feature_cache
+from backend.http.health import CacheProbe
+from backend.fetch.images import DOWNLOADS, DownloadHealth
+from backend.predict.predictor import NoCache, Predictor, make_feature_cache
 from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, _Server, ls_request, png_bytes,
                                     three_band_image)
 from tests.redis_fixtures import free_port, redis_server_fn  # noqa: F401

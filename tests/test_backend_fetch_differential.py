@@ -16,12 +16,12 @@ from urllib3.util import parse_url
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
+    from backend.http.app import create_app
 from backend.config import Settings
-from backend.images import FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth
-from backend.model import CASSManager
-from backend.service import Predictor
-from backend.urls import URLRefused, normal_host, parse_http_url
+from backend.fetch.images import FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth
+from backend.http.mlbackend import CASSManager
+from backend.predict.predictor import Predictor
+from backend.fetch.urls import URLRefused, normal_host, parse_http_url
 from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, PERSONAL_TOKEN, FakeEngine, FakeLabelStudio, ls_request,
                                     png_bytes, three_band_image)
 
@@ -188,7 +188,7 @@ def test_approved_host_is_the_connected_host(url):
     except URLRefused as exc:
         assert str(exc).startswith("refusing to fetch")
         return
-    from backend.transport import Deadline, Transport
+    from backend.fetch.transport import Deadline, Transport
 
     with Transport(Deadline(1.0)) as transport:
         pool = transport.pool(approved)

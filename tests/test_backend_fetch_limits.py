@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from backend.images import DOWNLOADS, FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth
-from backend.logs import install_redaction, redact
+from backend.fetch.images import DOWNLOADS, FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth
+from backend.ops.logs import install_redaction, redact
 from tests.backend_fixtures import (LEGACY_TOKEN, FakeLabelStudio, cloud_server, png_bytes, three_band_image)
 
 PNG = png_bytes(three_band_image(6, 9))

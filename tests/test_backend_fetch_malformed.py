@@ -8,10 +8,10 @@ import pytest
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
+    from backend.http.app import create_app
 from backend.config import Settings
-from backend.images import DOWNLOADS, LabelStudioAuth
-from backend.service import Predictor
+from backend.fetch.images import DOWNLOADS, LabelStudioAuth
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import LEGACY_TOKEN, FakeEngine, FakeLabelStudio, ls_request
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

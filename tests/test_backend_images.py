@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.images import (FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth, show_url)
+from backend.fetch.images import (FetchPolicy, ImageFetcher, ImageFetchError, LabelStudioAuth, show_url)
 from cass.images import ImageError, load_image
 from tests.backend_fixtures import (label_studio, ACCESS_TOKEN, _jwt, LEGACY_TOKEN, PERSONAL_TOKEN,
                                     cloud_server, png_bytes, three_band_image)

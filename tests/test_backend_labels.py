@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.labels import (BACKGROUND_CLASS, LabelConfigError, NothingRule, TaskDataError,
+from backend.controls.labels import (BACKGROUND_CLASS, LabelConfigError, NothingRule, TaskDataError,
                             parse_label_config, split_prompts)
 from tests.backend_fixtures import BRUSH_CONFIG
 

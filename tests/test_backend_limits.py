@@ -9,12 +9,12 @@ import pytest
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
+    from backend.http.app import create_app
 from backend.config import ConfigError, Settings
-from backend.labels import LabelConfigError, parse_label_config
-from backend.limits import ByteBoundedLRU, VocabularyLimits
-from backend.model import CASSManager
-from backend.service import Predictor
+from backend.controls.labels import LabelConfigError, parse_label_config
+from backend.controls.limits import ByteBoundedLRU, VocabularyLimits
+from backend.http.mlbackend import CASSManager
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import FakeEngine, ls_request
 
 pytestmark = pytest.mark.filterwarnings("ignore:Importing 'itsdangerous.json' is deprecated:DeprecationWarning")
@@ -152,7 +152,7 @@ def test_many_large_setups_keep_retained_bytes_bounded(client):
         body["schema"] = many_prompts(1900, labels=19).replace("</View>", f"<!-- {project} {'y' * 500_000} --></View>")
         assert client.post("/setup", json=body).status_code == 200
     assert CASSManager._projects.bytes <= CASSManager.MAX_PROJECT_BYTES
-    from backend import labels
+    from backend.controls import labels
     assert labels._parsed.bytes <= labels.PARSED_CACHE_BYTES
     assert CASSManager._recall("39.1700000000")["targets"][0].vocabulary.queries[0] == "l0"
     # /predict without label_config uses the remembered targets of its project's /setup
@@ -186,7 +186,7 @@ class FakeTextEncoder:
 
 
 def test_big_vocabularies_are_encoded_in_chunks_each_in_its_own_slot_turn():
-    from backend.service import TEXT_CHUNK
+    from backend.predict.predictor import TEXT_CHUNK
     from cass.vocabulary import Vocabulary
 
     engine = FakeEngine()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from backend.config import ConfigError, Settings
-from backend.labels import LabelConfigError, parse_label_config
-from backend.service import Predictor, make_feature_cache
+from backend.controls.labels import LabelConfigError, parse_label_config
+from backend.predict.predictor import Predictor, make_feature_cache
 from tests.backend_fixtures import png_bytes
 
 CONFIG = """<View>

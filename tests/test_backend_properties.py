@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from backend.config import ConfigError, Settings
-from backend.images import HostRule, parse_allowed_hosts
-from backend.labels import LabelConfigError, parse_label_config
-from backend.regions import mask_to_rle, rle_to_mask
+from backend.fetch.images import HostRule, parse_allowed_hosts
+from backend.controls.labels import LabelConfigError, parse_label_config
+from backend.controls.brush_rle import mask_to_rle, rle_to_mask
 
 MiB = 1 << 20
 

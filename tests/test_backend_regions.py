@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from backend.labels import NothingRule, parse_label_config
-from backend.regions import brush_regions, mask_to_rle, rle_to_mask
+from backend.controls.labels import NothingRule, parse_label_config
+from backend.controls.brush_rle import brush_regions, mask_to_rle, rle_to_mask
 from cass.features import Segmentation
 from tests.backend_fixtures import BRUSH_CONFIG
 

@@ -16,12 +16,12 @@ import pytest
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
-from backend import security
+    from backend.http.app import create_app
+from backend.http import edge as security
 from backend.config import Settings
-from backend.images import FetchPolicy, ImageFetcher, ImageFetchError, policy_from_settings
-from backend.model import CASSManager
-from backend.service import Predictor
+from backend.fetch.images import FetchPolicy, ImageFetcher, ImageFetchError, policy_from_settings
+from backend.http.mlbackend import CASSManager
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, cloud_server, ls_request,
                                     png_bytes, three_band_image)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.images import ImageFetchError
-from backend.labels import NothingRule, parse_label_config
-from backend.regions import rle_to_mask
-from backend.service import NoCache, Predictor, make_feature_cache
+from backend.fetch.images import ImageFetchError
+from backend.controls.labels import NothingRule, parse_label_config
+from backend.controls.brush_rle import rle_to_mask
+from backend.predict.predictor import NoCache, Predictor, make_feature_cache
 from tests.backend_fixtures import BRUSH_CONFIG, FakeEngine, png_bytes, three_band_image
 
 IMAGES = {

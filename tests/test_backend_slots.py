@@ -14,11 +14,11 @@ import pytest
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
+    from backend.http.app import create_app
 from backend.config import Settings
-from backend.images import DOWNLOADS, LabelStudioAuth
-from backend.service import Predictor
-from backend.slots import Busy, InferenceSlots
+from backend.fetch.images import DOWNLOADS, LabelStudioAuth
+from backend.predict.predictor import Predictor
+from backend.predict.slots import Busy, InferenceSlots
 from tests.backend_fixtures import LEGACY_TOKEN, FakeEngine, FakeLabelStudio, ls_request, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:Importing 'itsdangerous.json' is deprecated:DeprecationWarning")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from backend.config import Settings
-from backend.weights_check import check_weights, missing_weights_message
+from backend.predict.weights_check import check_weights, missing_weights_message
 from cass.weights import CLIP_SOURCES, DINO_SOURCES
 
 REPO = Path(__file__).resolve().parents[1]

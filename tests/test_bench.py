@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from cass import bench
+from cass.bench import engine as bench
 
 
 def test_bench_prints_all_fields(tiny_weights, capsys):

@@ -1,4 +1,4 @@
-"""Feature cache (cass/cache.py): the same tests against the in-process LRU and a real redis-server,
+"""Feature cache (cass/cache/__init__.py): the same tests against the in-process LRU and a real redis-server,
 then what only one backend has (LRU bounds, Redis TTLs, outages, cross-process locking)."""
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import cass
-from backend.cache_metrics import render_prometheus
+from backend.ops.cache_metrics import render_prometheus
 from cass.cache import FeatureCache, MemoryCache, RedisCache, feature_key, make_cache, text_cache_key
-from cass.cache_env import make_cache_from_env, parse_size
+from cass.cache.env import make_cache_from_env, parse_size
 from cass.features import FEATURES_FORMAT_VERSION, FeaturesFormatError, ImageFeatures
 from cass.lru import ByteLRU
 from cass.text import TextEncoder

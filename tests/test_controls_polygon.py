@@ -15,8 +15,8 @@ import pytest
 
 from backend.controls import parse_controls, regions_for
 from backend.controls.polygon import component_polygons, keyhole, rasterize
-from backend.labels import LabelConfigError
-from backend.regions import brush_regions
+from backend.controls.labels import LabelConfigError
+from backend.controls.brush_rle import brush_regions
 from cass.features import Segmentation
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "polygons"

@@ -8,8 +8,8 @@ import pytest
 
 from backend.controls import parse_controls
 from backend.controls.smart import ContextError, Refiner, parse_context
-from backend.regions import rle_to_mask
-from backend.service import Predictor
+from backend.controls.brush_rle import rle_to_mask
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import FakeEngine, png_bytes
 
 CONFIG = """<View>
@@ -207,12 +207,12 @@ def client():
     import warnings
 
     from backend.config import Settings
-    from backend.images import LabelStudioAuth
+    from backend.fetch.images import LabelStudioAuth
     from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        from backend.app import create_app
+        from backend.http.app import create_app
     ls = FakeLabelStudio()
     ls.add_upload(TASK["data"]["image"], png_bytes(picture()))
     settings = Settings(label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, warmup=False, warmup_queue=0)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.labels import NothingRule, parse_label_config
-from backend.service import Predictor
+from backend.controls.labels import NothingRule, parse_label_config
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import BRUSH_CONFIG, FakeEngine, png_bytes
 
 

@@ -12,7 +12,7 @@ import pytest
 from backend.controls import parse_controls
 from backend.corrections import events
 from backend.corrections.events import EventError, dispatch, parse_event, register_listener, unregister_listener
-from backend.regions import mask_to_rle
+from backend.controls.brush_rle import mask_to_rle
 
 LS = Path(__file__).resolve().parent / "data" / "label_studio_1.23.2"
 

@@ -11,14 +11,14 @@ import pytest
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
+    from backend.http.app import create_app
 from backend.config import Settings
 from backend.corrections import store as store_module
 from backend.corrections.agreement import summarize
 from backend.corrections.store import MemoryStore
-from backend.images import LabelStudioAuth
-from backend.regions import mask_to_rle
-from backend.service import Predictor
+from backend.fetch.images import LabelStudioAuth
+from backend.controls.brush_rle import mask_to_rle
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import LEGACY_TOKEN, FakeEngine, FakeLabelStudio, ls_request
 
 pytestmark = pytest.mark.filterwarnings("ignore:Importing 'itsdangerous.json' is deprecated:DeprecationWarning")

@@ -1,11 +1,11 @@
-"""backend/digest_cache.py: parsed label configs remembered by the sha256 of their text (the text
-itself is not kept), shared by backend.labels.parse_label_config and the controls parser."""
+"""backend/controls/digest_cache.py: parsed label configs remembered by the sha256 of their text (the text
+itself is not kept), shared by backend.controls.labels.parse_label_config and the controls parser."""
 from __future__ import annotations
 
 import pytest
 
-from backend import labels
-from backend.digest_cache import DigestCache, config_digest
+from backend.controls import labels
+from backend.controls.digest_cache import DigestCache, config_digest
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <BrushLabels name="tag" toName="image"><Label value="cat"/></BrushLabels></View>"""

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from backend.slots import Busy, InferenceSlots
+from backend.predict.slots import Busy, InferenceSlots
 
 FAKE_SERVICE_S = 1.0
 

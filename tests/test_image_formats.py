@@ -113,10 +113,10 @@ def test_crafted_ico_through_the_app_is_a_task_error_and_never_decoded(ico, monk
     """Real sockets: the ICO is served by a Label Studio stand-in on loopback and fetched by the app."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        from backend.app import create_app
+        from backend.http.app import create_app
     from backend.config import Settings
-    from backend.images import LabelStudioAuth
-    from backend.service import Predictor
+    from backend.fetch.images import LabelStudioAuth
+    from backend.predict.predictor import Predictor
     from tests.backend_fixtures import LEGACY_TOKEN, FakeEngine, FakeLabelStudio, ls_request
 
     ls = FakeLabelStudio()

@@ -44,13 +44,13 @@ def recorded(name: str) -> dict:
 @pytest.fixture
 def client():
     from backend.config import Settings
-    from backend.images import LabelStudioAuth
-    from backend.service import Predictor
+    from backend.fetch.images import LabelStudioAuth
+    from backend.predict.predictor import Predictor
     from tests.backend_fixtures import LEGACY_TOKEN, FakeEngine, FakeLabelStudio
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        from backend.app import create_app
+        from backend.http.app import create_app
     ls = FakeLabelStudio()
     for name in ("rectangle", "keypoint", "negative_keypoint"):
         ls.add_upload(recorded(name)["tasks"][0]["data"]["image"], scene())

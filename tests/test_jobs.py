@@ -8,7 +8,7 @@ import pytest
 import redis as redis_lib
 
 from backend.config import Settings
-from backend.images import ImageFetchError
+from backend.fetch.images import ImageFetchError
 from backend.jobs.cli import progress_line
 from backend.jobs.queue import JobConflict, Jobs, JobNotFound
 from backend.jobs.runner import ChunkRun, WorkerContext

@@ -11,7 +11,7 @@ import pytest
 import redis as redis_lib
 
 from backend.config import Settings
-from backend.images import ImageFetchError
+from backend.fetch.images import ImageFetchError
 from backend.jobs.queue import Jobs
 from backend.jobs.runner import ChunkRun, WorkerContext
 from backend.jobs.spec import JobSpec
@@ -160,7 +160,7 @@ def test_real_engine_batches_two_images_per_backbone_call(conn, tmp_path, monkey
     import numpy as np
     from PIL import Image
 
-    from backend.service import build_predictor
+    from backend.predict.predictor import build_predictor
 
     repo = Path(__file__).resolve().parents[1]
     tiny = Path(__import__("os").environ.get("CASS_SHARED_DIR", repo.parent / "shared")) / "parity" / "weights"

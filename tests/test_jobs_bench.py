@@ -1,10 +1,10 @@
-"""backend.jobbench without running it: bad arguments stop it before anything starts; the machine
+"""backend.jobs.bench without running it: bad arguments stop it before anything starts; the machine
 fields every JSON line carries."""
 from __future__ import annotations
 
 import pytest
 
-from backend import jobbench
+from backend.jobs import bench as jobbench
 
 
 @pytest.mark.parametrize("argv", [["--tasks", "0"], ["--chunk-size", "0"], ["--full", "-1"]])

@@ -9,15 +9,15 @@ import json
 import numpy as np
 import pytest
 
-from backend.app import create_app
+from backend.http.app import create_app
 from backend.config import ConfigError, Settings
 from backend.controls.config import parse_controls
 from backend.corrections.events import dispatch
-from backend.images import LabelStudioAuth
-from backend.labels import LabelConfigError
-from backend.memory import memory_requested
-from backend.regions import mask_to_rle
-from backend.service import Predictor, make_feature_cache
+from backend.fetch.images import LabelStudioAuth
+from backend.controls.labels import LabelConfigError
+from backend.corrections.memory import memory_requested
+from backend.controls.brush_rle import mask_to_rle
+from backend.predict.predictor import Predictor, make_feature_cache
 from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio, ls_request, png_bytes
 from tests.parity import tiny_model
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401

@@ -1,4 +1,4 @@
-"""/metrics on one prometheus_client registry (backend/metrics.py): every source's metrics in one
+"""/metrics on one prometheus_client registry (backend/ops/metrics.py): every source's metrics in one
 exposition that prometheus_client's own parser reads back, a failing source left out, the job
 collector on the same registry (real redis-server)."""
 from __future__ import annotations
@@ -8,13 +8,13 @@ import types
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from backend import metrics
+from backend.ops import metrics
 from cass.cache import MemoryCache
 from tests.redis_fixtures import free_port, redis_server, redis_url  # noqa: F401
 
 
 class FakePredictor:
-    """Unit-test fake of backend.service.Predictor: stats, model version, engine timings, a real cache."""
+    """Unit-test fake of backend.predict.predictor.Predictor: stats, model version, engine timings, a real cache."""
 
     model_version = 'cass "tiny"'
 
@@ -81,7 +81,11 @@ def test_job_collector_is_on_the_same_registry(redis_url):
 def test_no_hand_written_exposition_remains():
     import inspect
 
-    from backend import cache_metrics, prom_stats, warmup
+    from backend.ops import cache_metrics
+
+    from backend.ops import prom_stats
+
+    from backend.predict import warmup
     for module in (metrics, cache_metrics, warmup, prom_stats):
         source = inspect.getsource(module)
         assert '"# TYPE' not in source and '"# HELP' not in source and "f\"# HELP" not in source, module.__name__

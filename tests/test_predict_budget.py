@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from backend.config import ConfigError, Settings
-from backend.labels import parse_label_config
-from backend.service import Predictor
-from backend.slots import InferenceSlots
+from backend.controls.labels import parse_label_config
+from backend.predict.predictor import Predictor
+from backend.predict.slots import InferenceSlots
 from tests.backend_fixtures import FakeEngine, png_bytes
 
 HANG_S = 30

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cass import spectral
-from cass.bench_spectra import main as bench_main
+from cass.bench.spectra import main as bench_main
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

@@ -15,11 +15,11 @@ from cass.images import ImageError, load_image, pad_to_min_side
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from backend.app import create_app
+    from backend.http.app import create_app
 from backend.config import Settings
-from backend.images import LabelStudioAuth
-from backend.regions import rle_to_mask
-from backend.service import Predictor
+from backend.fetch.images import LabelStudioAuth
+from backend.controls.brush_rle import rle_to_mask
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio, ls_request, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:Importing 'itsdangerous.json' is deprecated:DeprecationWarning")

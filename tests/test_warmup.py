@@ -1,4 +1,4 @@
-"""Cache warm-up queue (backend/warmup.py): bounded, non-blocking submit, worker fills the cache."""
+"""Cache warm-up queue (backend/predict/warmup.py): bounded, non-blocking submit, worker fills the cache."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ import pytest
 
 import cass
 from cass.cache import MemoryCache
-from backend.warmup import Warmer, render_prometheus
+from backend.predict.warmup import Warmer, render_prometheus
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
 from tests.test_cache import (FP, Compute, make, parse_metrics, png_bytes, run_thread,  # noqa: F401
                               same_features, small_model, synthetic, wait_until)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import brush, polygon
+from backend.controls import brush, polygon
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Label config -> the controls CASS answers: output controls (brush, polygon) and smart tools.
 
-* every ``<BrushLabels>`` becomes a :class:`~backend.labels.BrushTarget` (brush RLE regions);
+* every ``<BrushLabels>`` becomes a :class:`~backend.controls.labels.BrushTarget` (brush RLE regions);
 * every ``<PolygonLabels>`` becomes a :class:`PolygonTarget` (the same vocabulary rules: ``<Label>``
   value/alias/predicted_values, ``cass_threshold``, ``cass_background``) plus the polygon attributes
   ``cass_tolerance`` (simplification tolerance in pixels of the original image, default 1.0) and
@@ -10,17 +10,17 @@
   ``context``; their labels must name labels of an output control on the same ``<Image>``.
 
 A config with BrushLabels and PolygonLabels gets both. A config with no output control raises
-:class:`~backend.labels.LabelConfigError` naming what was found.
+:class:`~backend.controls.labels.LabelConfigError` naming what was found.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
 
-from .. import labels as brush_labels
-from ..digest_cache import DigestCache
-from ..labels import BrushTarget, LabelConfigError, NothingRule, check_limits, parse_label_config, targets_size
-from ..limits import VocabularyLimits
+from backend.controls import labels as brush_labels
+from backend.controls.digest_cache import DigestCache
+from backend.controls.labels import BrushTarget, LabelConfigError, NothingRule, check_limits, parse_label_config, targets_size
+from backend.controls.limits import VocabularyLimits
 
 OUTPUT_TAGS = ("brushlabels", "polygonlabels")
 SMART_TAGS = {"rectanglelabels": "rectangle", "keypointlabels": "keypoint"}
@@ -104,7 +104,7 @@ def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits) -> 
         raise LabelConfigError(f"the label config could not be parsed: {exc}") from exc
     controls = list(interface.controls or [])
     objects = {o.name: o for o in (interface.objects or [])}
-    # BrushLabels: backend.labels' own parse, unchanged; PolygonLabels: the same vocabulary rules
+    # BrushLabels: backend.controls.labels' own parse, unchanged; PolygonLabels: the same vocabulary rules
     brushes = {t.from_name: t for t in parse_label_config(config, default_rule, limits)} \
         if any(c.tag.lower() == "brushlabels" for c in controls) else {}
     outputs = []
@@ -128,7 +128,7 @@ def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits) -> 
 
 
 def _vocabulary_target(interface, control, objects, default_rule: NothingRule) -> BrushTarget:
-    """backend.labels' per-control parse (labels, prompts, duplicates, nothing rule) for any tag."""
+    """backend.controls.labels' per-control parse (labels, prompts, duplicates, nothing rule) for any tag."""
     elements = brush_labels._label_elements(interface, {control.name})
     labels = elements.get(control.name, []) if elements is not None else None
     try:

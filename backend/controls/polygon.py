@@ -27,7 +27,7 @@ import uuid
 import cv2
 import numpy as np
 
-from ..labels import BrushTarget
+from backend.controls.labels import BrushTarget
 
 DECIMALS = 3
 
@@ -105,7 +105,7 @@ def polygon_regions(segmentation, target: BrushTarget) -> tuple[list[dict], floa
     """One ``polygonlabels`` region per connected component of every label present (background class
     and "no label" skipped), parameters from ``target`` (``tolerance_px``, ``min_area_px``).
 
-    Returns ``(regions, score_sum, pixels)`` like :func:`backend.regions.brush_regions`.
+    Returns ``(regions, score_sum, pixels)`` like :func:`backend.controls.brush_rle.brush_regions`.
     """
     labels = segmentation.labels
     height, width = labels.shape

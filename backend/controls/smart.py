@@ -41,9 +41,9 @@ from cachetools import LRUCache
 
 from cass.images import load_image
 
-from .base import adapter_for
-from .crops import CropEncoder
-from .config import Controls
+from backend.controls.base import adapter_for
+from backend.controls.crops import CropEncoder
+from backend.controls.config import Controls
 
 SMART_TYPES = {"rectanglelabels": "rectangle", "keypointlabels": "keypoint"}
 
@@ -135,7 +135,7 @@ def flood(mask: np.ndarray, x: int, y: int) -> np.ndarray:
 
 
 class Refiner:
-    """Answers smart-tool contexts with a :class:`~backend.service.Predictor`'s engine and cache.
+    """Answers smart-tool contexts with a :class:`~backend.predict.predictor.Predictor`'s engine and cache.
 
     ``maps``: how many whole-image label maps (int32 at the original size, 8 MB at 1080p) and decoded
     images (uint8 RGB, 6 MB at 1080p) are kept (one LRU of ``2 * maps`` entries);

@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-from ..annotations import AnnotationError, annotation_masks
+from backend.corrections.annotations import AnnotationError, annotation_masks
 
 log = logging.getLogger("backend.corrections")
 
@@ -140,9 +140,9 @@ class AgreementListener:
 
 def install(settings, predictor) -> AgreementListener:
     """Register the agreement listener with the store of ``settings`` (Redis with ``REDIS_URL``)."""
-    from .events import register_listener
-    from .predictions import PredictionSource
-    from .store import store_for
+    from backend.corrections.events import register_listener
+    from backend.corrections.predictions import PredictionSource
+    from backend.corrections.store import store_for
 
     listener = AgreementListener(store_for(getattr(settings, "redis_url", None)), PredictionSource(settings, predictor))
     register_listener(listener, name=AgreementListener.name)

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..annotations import AnnotationError, annotation_masks, result_size
+from backend.corrections.annotations import AnnotationError, annotation_masks, result_size
 
 log = logging.getLogger("backend.corrections")
 
@@ -108,7 +108,7 @@ def parse_event(action: str, data: dict, controls_for: Callable[[dict], object])
     ``controls_for(project_dict)`` returns the project's :class:`~backend.controls.config.Controls`
     (raising ``LabelConfigError`` when CASS cannot use its config, which leaves ``controls=None`` and
     ``masks={}``). Raises :class:`EventError` for an unknown action or a malformed payload, with the
-    :class:`~backend.annotations.AnnotationError` text for bad regions.
+    :class:`~backend.corrections.annotations.AnnotationError` text for bad regions.
     """
     kind = EVENTS.get(action)
     if kind is None:

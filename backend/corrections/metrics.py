@@ -15,8 +15,8 @@ import logging
 
 from prometheus_client.core import GaugeMetricFamily
 
-from .agreement import summarize
-from .store import store_for
+from backend.corrections.agreement import summarize
+from backend.corrections.store import store_for
 
 log = logging.getLogger("backend.corrections")
 

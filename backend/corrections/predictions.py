@@ -56,7 +56,7 @@ class PredictionSource:
         s = self.settings
         if s.label_studio_url and s.label_studio_api_key:
             return s.label_studio_url, s.label_studio_api_key
-        from ..model import CASSManager, setup_project_key
+        from backend.http.mlbackend import CASSManager, setup_project_key
 
         remembered = CASSManager._recall(setup_project_key(project_data))
         url = s.label_studio_url or remembered.get("hostname") or ""
@@ -64,7 +64,7 @@ class PredictionSource:
         return url, key
 
     def fetch(self, project_data: dict, task_id: int) -> list[dict]:
-        from ..jobs.lsclient import Projects
+        from backend.labelstudio.client import Projects
 
         url, key = self.credentials(project_data)
         data = Projects(url, key, timeout_s=self.timeout_s)._get("/api/predictions/", task=int(task_id))

@@ -14,8 +14,8 @@ import json
 import os
 import sys
 
-from .agreement import summarize
-from .store import store_for
+from backend.corrections.agreement import summarize
+from backend.corrections.store import store_for
 
 
 def _pct(v: float | None) -> str:

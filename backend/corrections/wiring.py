@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..controls.config import parse_controls
-from ..labels import LabelConfigError
-from .events import EventError, dispatch
+from backend.controls.config import parse_controls
+from backend.controls.labels import LabelConfigError
+from backend.corrections.events import EventError, dispatch
 
 log = logging.getLogger("backend.corrections")
 
@@ -29,7 +29,7 @@ def install_defaults(settings, predictor) -> None:
         if id(predictor) in _installed:
             return
         _installed.add(id(predictor))
-    from .agreement import install as install_agreement
+    from backend.corrections.agreement import install as install_agreement
 
     install_agreement(settings, predictor)
     for installer in list(INSTALLERS):

@@ -17,15 +17,15 @@ import json
 import sys
 import time
 
-from .spec import JobSpec, JobSpecError, parse_task_ids
+from backend.jobs.spec import JobSpec, JobSpecError, parse_task_ids
 
 COMMANDS = ("preannotate", "jobs", "worker")
 
 
 def _jobs():
-    from ..config import Settings
-    from .lsclient import Projects
-    from .queue import Jobs, connect
+    from backend.config import Settings
+    from backend.labelstudio.client import Projects
+    from backend.jobs.queue import Jobs, connect
 
     settings = Settings.from_env()
     return Jobs(connect(settings.redis_url),
@@ -78,13 +78,13 @@ def show(rec: dict, out=sys.stdout) -> None:
 def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "worker":
-        from .worker import main as worker_main
+        from backend.jobs.worker import main as worker_main
 
         return worker_main(rest)
-    from ..config import ConfigError
-    from ..logs import setup_logging
-    from .lsclient import LabelStudioError
-    from .queue import JobConflict, JobNotFound
+    from backend.config import ConfigError
+    from backend.ops.logs import setup_logging
+    from backend.labelstudio.client import LabelStudioError
+    from backend.jobs.queue import JobConflict, JobNotFound
 
     setup_logging("WARNING")
     try:

@@ -1,6 +1,6 @@
 """``POST /jobs``, ``GET /jobs``, ``GET /jobs/<id>``, ``DELETE /jobs/<id>`` on the backend.
 
-The blueprint sits behind the app's basic auth (``backend.security`` checks every path but
+The blueprint sits behind the app's basic auth (``backend.http.edge`` checks every path but
 ``/health``). Answers: 201 with the job record, 200, 400 (bad body, naming the field), 404 (no such
 job), 409 with ``{"error", "job"}`` when a job for the same project and filter is running, 503 when
 ``REDIS_URL`` or Label Studio is missing or unreachable. Also the optional auto mode
@@ -14,9 +14,9 @@ import logging
 import redis
 from flask import Blueprint, current_app, jsonify, request
 
-from .lsclient import LabelStudioError
-from .queue import JobConflict, JobNotFound
-from .spec import JobSpec, JobSpecError
+from backend.labelstudio.client import LabelStudioError
+from backend.jobs.queue import JobConflict, JobNotFound
+from backend.jobs.spec import JobSpec, JobSpecError
 
 log = logging.getLogger("backend.jobs")
 
@@ -36,8 +36,8 @@ def _state() -> dict:
 
 def jobs_for(state: dict):
     if state["jobs"] is None:
-        from .lsclient import Projects
-        from .queue import Jobs, connect
+        from backend.labelstudio.client import Projects
+        from backend.jobs.queue import Jobs, connect
 
         s = state["settings"]
         state["jobs"] = Jobs(connect(s.redis_url), Projects(s.label_studio_url or "", s.label_studio_api_key or ""),

@@ -22,7 +22,7 @@ log = logging.getLogger("backend.jobs")
 
 class JobCollector:
     def __init__(self, conn, limit: int = 20, queue: str | None = None):
-        from .queue import QUEUE_NAME
+        from backend.jobs.queue import QUEUE_NAME
 
         self.conn = conn
         self.limit = limit
@@ -31,7 +31,7 @@ class JobCollector:
     def collect(self):
         from rq import Queue
 
-        from .store import TERMINAL, JobStore
+        from backend.jobs.store import TERMINAL, JobStore
 
         tasks = GaugeMetricFamily("cass_job_tasks", "Tasks of a pre-annotation job by state",
                                   labels=["job", "project", "state"])
@@ -63,8 +63,8 @@ _COLLECTORS_LOCK = threading.Lock()
 
 def collector_for(redis_url: str, queue: str | None = None) -> JobCollector:
     """The process's :class:`JobCollector` for ``redis_url`` (created once; its client pools connections)."""
-    from ..config import JobSettings
-    from .queue import connect
+    from backend.config import JobSettings
+    from backend.jobs.queue import connect
 
     queue = queue or JobSettings.from_env().queue
     with _COLLECTORS_LOCK:

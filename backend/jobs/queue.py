@@ -15,9 +15,9 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from .lsclient import Projects
-from .spec import JobSpec, JobSpecError, chunks
-from .store import TERMINAL, JobStore
+from backend.labelstudio.client import Projects
+from backend.jobs.spec import JobSpec, JobSpecError, chunks
+from backend.jobs.store import TERMINAL, JobStore
 
 log = logging.getLogger("backend.jobs")
 
@@ -51,7 +51,7 @@ class Jobs:
     environment's)."""
 
     def __init__(self, conn: redis.Redis, projects: Projects, settings=None):
-        from ..config import JobSettings
+        from backend.config import JobSettings
 
         settings = settings if settings is not None else JobSettings.from_env()
         self.conn = conn

@@ -22,12 +22,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..images import ImageFetcher, LabelStudioAuth, policy_from_settings
-from ..labels import LabelConfigError, TaskDataError, parse_label_config
-from ..service import TASK_ERRORS, TaskInfo
-from .batching import Prefilled, prefill
-from .lsclient import Projects
-from .store import TERMINAL, JobStore, job_key, retrying
+from backend.fetch.images import ImageFetcher, LabelStudioAuth, policy_from_settings
+from backend.controls.labels import LabelConfigError, TaskDataError, parse_label_config
+from backend.predict.predictor import TASK_ERRORS, TaskInfo
+from backend.jobs.batching import Prefilled, prefill
+from backend.labelstudio.client import Projects
+from backend.jobs.store import TERMINAL, JobStore, job_key, retrying
 
 log = logging.getLogger("backend.jobs")
 
@@ -38,7 +38,7 @@ LOCK_TTL_S = 120
 class WorkerContext:
     """What a worker process keeps between chunks: the loaded predictor and its connections."""
 
-    predictor: object                  # backend.service.Predictor
+    predictor: object                  # backend.predict.predictor.Predictor
     settings: object                   # backend.config.Settings
     projects: Projects
     store: JobStore
@@ -248,7 +248,7 @@ class ChunkRun:
         now = self.redis(lambda: store.record(self.job_id), "reading the job")
         if now is not None and now["status"] not in TERMINAL and \
                 now["done"] + now["skipped"] + now["failed"] >= now["total"]:
-            from .spec import JobSpec
+            from backend.jobs.spec import JobSpec
 
             self.redis(lambda: store.set_status(self.job_id, "finished"), "finishing the job")
             self.redis(lambda: store.release(JobSpec.from_dict(now["spec"]).key, self.job_id), "releasing the job")

@@ -28,9 +28,9 @@ import redis
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
-from .queue import connect
-from .runner import WorkerContext, install
-from .store import JobStore
+from backend.jobs.queue import connect
+from backend.jobs.runner import WorkerContext, install
+from backend.jobs.store import JobStore
 
 log = logging.getLogger("backend.jobs.worker")
 
@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     """Load the engine, then work on the queue until SIGTERM/SIGINT (``--burst``: until it is empty)."""
     import argparse
 
-    from ..config import ConfigError, Settings
-    from ..logs import setup_logging
-    from ..service import build_predictor
-    from .lsclient import LabelStudioError, Projects
+    from backend.config import ConfigError, Settings
+    from backend.ops.logs import setup_logging
+    from backend.predict.predictor import build_predictor
+    from backend.labelstudio.client import LabelStudioError, Projects
 
     parser = argparse.ArgumentParser(prog="python -m backend worker", description=main.__doc__)
     parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")

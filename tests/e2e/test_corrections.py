@@ -20,7 +20,7 @@ import pytest
 import requests
 from PIL import Image, ImageDraw
 
-from backend.regions import mask_to_rle, rle_to_mask
+from backend.controls.brush_rle import mask_to_rle, rle_to_mask
 from tests.e2e.conftest import (BACKEND_START_TIMEOUT_S, REPO, TINY_WEIGHTS, free_port, require_tiny_weights, stop,
                                 tail, wait_until_healthy)
 from tests.e2e.label_studio_api import wait_for

@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from backend.regions import rle_to_mask
+from backend.controls.brush_rle import rle_to_mask
 from tests.e2e.conftest import REPO, TINY_WEIGHTS, stop, tail
 from tests.redis_fixtures import redis_server  # noqa: F401
 from tests.waiting import wait_for

@@ -21,7 +21,7 @@ import pytest
 import requests
 from PIL import Image
 
-from backend.regions import rle_to_mask
+from backend.controls.brush_rle import rle_to_mask
 from tests.e2e.conftest import (backend_env_for, require_tiny_weights, running_backend, running_label_studio,
                                 stop)
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image, ImageDraw
 
-from backend.regions import mask_to_rle
+from backend.controls.brush_rle import mask_to_rle
 from tests.e2e.conftest import REPO, require_tiny_weights, running_backend, stop, tail
 from tests.e2e.label_studio_api import wait_for
 from tests.e2e.test_label_studio import LS, encoded

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from backend.controls.polygon import rasterize
-from backend.regions import rle_to_mask
+from backend.controls.brush_rle import rle_to_mask
 from tests.e2e.test_label_studio import LS, encoded
 
 pytestmark = pytest.mark.e2e

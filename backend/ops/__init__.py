@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics, logging (with redaction), the glibc allocator settings."""

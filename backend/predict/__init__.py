@@ -1,0 +1,1 @@
+"""The prediction pipeline and what schedules it: admission slots, budgets, warm-up, faults."""

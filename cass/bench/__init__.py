@@ -1,0 +1,1 @@
+"""Benchmarks of the engine (``python -m cass.bench``), outside the model library's modules."""
