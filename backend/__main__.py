@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         from label_studio_ml import api
 
-        print(api._manager.init_kwargs["predictor"].model_version)
+        print(api._manager.init_kwargs["pipeline"].predictor.model_version)
         return 0
     log.info("serving on http://%s:%d", args.host, args.port)
     from werkzeug.serving import run_simple

@@ -79,7 +79,7 @@ def main() -> int:
         "parse_400kb_config_s": round(parse_400kb_s, 3), "config_400kb_bytes": len(big),
         "rss_mb": {"start": round(rss0, 1), "after_big_configs": round(rss1, 1),
                    f"after_{args.configs}_setups_of_5MB": round(rss2, 1)},
-        "setup_retained_bytes": CASSManager._projects.bytes,
+        "setup_retained_bytes": CASSManager.pipeline().projects.retained_bytes,
     }))
     return 0
 

@@ -236,3 +236,12 @@ def label_studio(uploads: dict[str, bytes] | None = None, cloud: _Server | None 
         server.close()
         LabelStudioAuth._access.clear()
         DOWNLOADS.clear()
+
+
+def label_set_version(engine, config: str) -> str:
+    """The ``model_version`` that ``/setup`` and ``/predict`` answer for ``config`` without project
+    memory: the engine's version plus the label set's digest (``backend.predict.version``)."""
+    from backend.controls.config import parse_controls
+    from backend.predict.version import model_version
+
+    return model_version(engine.model_version, parse_controls(config))

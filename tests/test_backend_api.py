@@ -14,7 +14,7 @@ from backend.config import Settings
 from backend.controls.brush_rle import rle_to_mask
 from backend.predict.predictor import Predictor
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
-from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, ls_request, png_bytes,
+from tests.backend_fixtures import (label_studio, label_set_version, LEGACY_TOKEN, FakeEngine, ls_request, png_bytes,
                                     three_band_image)
 
 # label-studio-ml 1.0.9 pins Flask 1.1.2, which warns about itsdangerous on every JSON response
@@ -63,7 +63,7 @@ def test_setup_reports_the_engine_version_without_running_the_model(client, engi
     monkeypatch.setattr(engine, "segment", no_model_work)
     resp = client.post("/setup", json=ls_request("setup"))
     assert resp.status_code == 200
-    assert resp.get_json() == {"model_version": engine.model_version}
+    assert resp.get_json() == {"model_version": label_set_version(engine, ls_request("setup")["schema"])}
 
 
 def test_setup_with_a_config_cass_cannot_use_is_a_400_naming_what_is_missing(client):
@@ -80,11 +80,12 @@ def test_predict_recorded_batch(client, engine, ls):
     resp = client.post("/predict", json=ls_request("predict"))
     assert resp.status_code == 200
     body = resp.get_json()
-    assert body["model_version"] == engine.model_version
+    version = label_set_version(engine, ls_request("predict")["label_config"])
+    assert body["model_version"] == version
     assert len(body["results"]) == 5
     expected = three_band_image(6, 9).argmax(axis=2) % 2  # cat, dog (two labels in the recorded config)
     for prediction in body["results"]:
-        assert prediction["model_version"] == engine.model_version
+        assert prediction["model_version"] == version
         assert 0 < prediction["score"] <= 1
         labels = [r["value"]["brushlabels"][0] for r in prediction["result"]]
         assert labels == ["cat", "dog"]
@@ -168,11 +169,13 @@ def test_env_url_without_key_uses_the_setup_token_with_the_env_url(ls, engine):
                                   "webhook_project_updated"])
 def test_webhooks_are_accepted_and_never_bump_the_model_version(client, engine, name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    before = client.post("/setup", json=ls_request("setup")).get_json()
     resp = client.post("/webhook", json=ls_request(name))
     assert resp.status_code == 201
     assert resp.get_json()["model_version"] == engine.model_version
-    assert client.post("/setup", json=ls_request("setup")).get_json() == {"model_version": engine.model_version}
-    assert client.post("/predict", json=ls_request("predict")).get_json()["model_version"] == engine.model_version
+    version = label_set_version(engine, ls_request("setup")["schema"])
+    assert client.post("/setup", json=ls_request("setup")).get_json() == before == {"model_version": version}
+    assert client.post("/predict", json=ls_request("predict")).get_json()["model_version"] == version
     assert os.listdir(tmp_path) == []  # no job directories, no spawned training process
 
 
@@ -212,7 +215,7 @@ def test_real_tiny_engine_end_to_end_through_the_app(ls, tiny_weights):
         union |= mask
         assert region["value"]["brushlabels"][0] in ("cat", "dog")
         assert 0 < region["score"] <= 1
-    assert client.get("/health").get_json()["model_version"] == version
+    assert version.startswith(client.get("/health").get_json()["model_version"] + "-labels.")
 
 
 def test_redis_url_gives_a_shared_feature_cache(ls, tiny_weights, redis_url):  # noqa: F811

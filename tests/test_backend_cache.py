@@ -123,7 +123,8 @@ def make_client(ls, engine):
     yield factory
     from label_studio_ml import api
 
-    warmer = api._manager.init_kwargs.get("warmer")
+    pipeline = api._manager.init_kwargs.get("pipeline")
+    warmer = pipeline.warmer if pipeline is not None else None
     if warmer is not None:
         warmer.close(timeout=60)
     for predictor in made:

@@ -158,7 +158,7 @@ def test_tasks_created_warm_up_with_a_crafted_url_sends_no_token(ls, recorder):
     body = ls_request("webhook_tasks_created")
     body["tasks"][0]["data"]["image"] = crafted(recorder, ls)
     assert client.post("/webhook", json=body).status_code == 201
-    warmer = CASSManager.init_kwargs["warmer"]
+    warmer = CASSManager.pipeline().warmer
     assert warmer.join(10)
     assert recorder.requests == []
     warmer.close(timeout=0)

@@ -139,10 +139,10 @@ def test_setup_keeps_parsed_targets_and_a_digest_never_the_config_text(client):
     body = ls_request("setup")
     body["schema"] = body["schema"].replace("</View>", "<!--" + "x" * 2_000_000 + "--></View>")
     assert client.post("/setup", json=body).status_code == 200
-    remembered = CASSManager._recall(body["project"])
-    assert set(remembered) == {"hostname", "access_token", "targets", "digest"}
-    assert len(remembered["digest"]) == 64 and remembered["targets"][0].from_name == "tag"
-    assert CASSManager._projects.bytes < 100_000  # the 2 MB config is not retained
+    projects = CASSManager.pipeline().projects
+    remembered = projects.recall(body["project"])
+    assert len(remembered.digest) == 64 and remembered.controls[0].from_name == "tag"
+    assert projects.retained_bytes < 100_000  # the 2 MB config is not retained
 
 
 def test_many_large_setups_keep_retained_bytes_bounded(client):
@@ -151,10 +151,11 @@ def test_many_large_setups_keep_retained_bytes_bounded(client):
         body = dict(base, project=f"{project}.1700000000")
         body["schema"] = many_prompts(1900, labels=19).replace("</View>", f"<!-- {project} {'y' * 500_000} --></View>")
         assert client.post("/setup", json=body).status_code == 200
-    assert CASSManager._projects.bytes <= CASSManager.MAX_PROJECT_BYTES
+    projects = CASSManager.pipeline().projects
+    assert projects.retained_bytes <= projects.MAX_BYTES
     from backend.controls import labels
     assert labels._parsed.bytes <= labels.PARSED_CACHE_BYTES
-    assert CASSManager._recall("39.1700000000")["targets"][0].vocabulary.queries[0] == "l0"
+    assert projects.recall("39.1700000000").controls[0].vocabulary.queries[0] == "l0"
     # /predict without label_config uses the remembered targets of its project's /setup
     predict = dict(ls_request("predict"), project="39.1700000000")
     predict.pop("label_config", None)

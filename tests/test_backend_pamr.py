@@ -65,7 +65,8 @@ def test_pamr_project_predicts_and_label_swap_does_not_reencode(model):
     assert len(encodes) == 1  # PAMR and the label swap reuse the cached features
     assert "error" not in p_pamr and p_pamr["result"] and p_swap["result"]
     assert "pamr" not in p_plain["model_version"]
-    assert p_pamr["model_version"].endswith("-pamr10d8-16") and p_swap["model_version"] == p_pamr["model_version"]
+    assert "-pamr10d8-16-labels." in p_pamr["model_version"] and "-pamr10d8-16-labels." in p_swap["model_version"]
+    assert p_swap["model_version"] != p_pamr["model_version"]  # another label set: another version
 
 
 def test_cass_pamr_false_switches_the_environment_default_off(model):

@@ -8,7 +8,7 @@ from backend.fetch.images import ImageFetchError
 from backend.controls.labels import NothingRule, parse_label_config
 from backend.controls.brush_rle import rle_to_mask
 from backend.predict.predictor import NoCache, Predictor, make_feature_cache
-from tests.backend_fixtures import BRUSH_CONFIG, FakeEngine, png_bytes, three_band_image
+from tests.backend_fixtures import BRUSH_CONFIG, FakeEngine, label_set_version, png_bytes, three_band_image
 
 IMAGES = {
     "bands.png": png_bytes(three_band_image(6, 9)),
@@ -40,7 +40,7 @@ def targets():
 
 def test_one_region_per_label_present_with_masks_at_the_original_size(engine, targets):
     (pred,) = Predictor(engine).predict([task(1, "bands.png")], targets, fetch)
-    assert pred["model_version"] == engine.model_version
+    assert pred["model_version"] == label_set_version(engine, BRUSH_CONFIG)
     assert [r["value"]["brushlabels"] for r in pred["result"]] == [["red thing"], ["green thing"], ["blue thing"]]
     expected = three_band_image(6, 9).argmax(axis=2)
     for index, region in enumerate(pred["result"]):
@@ -67,7 +67,7 @@ def test_a_bad_task_never_loses_the_others(engine, targets, caplog):
     assert len(out) == 6
     assert [("result" in o) for o in out] == [True, False, False, False, False, True]
     assert out[1] == {"task": 2, "error": "ImageFetchError: missing.png answered HTTP 404",
-                      "model_version": engine.model_version}
+                      "model_version": label_set_version(engine, BRUSH_CONFIG)}
     assert out[2]["error"].startswith("ImageError: image bytes") and out[2]["task"] == 3
     assert "TaskDataError: task 4 has no data field 'image'" in out[3]["error"]
     assert "a task must be a JSON object" in out[4]["error"]

@@ -8,6 +8,8 @@ import pytest
 import redis as redis_lib
 
 from backend.config import Settings
+from backend.controls.config import parse_controls
+from backend.predict.pipeline import RequestContext
 from backend.fetch.images import ImageFetchError
 from backend.jobs.cli import progress_line
 from backend.jobs.queue import JobConflict, Jobs, JobNotFound
@@ -56,7 +58,7 @@ class FakePredictor:
         self.bad = set(bad)
         self.calls = []
 
-    def predict_task(self, task, targets, fetch, info=None):
+    def predict_task(self, task, targets, fetch, info=None, prefill=None):
         self.calls.append(task["id"])
         if task["id"] in self.bad:
             raise ImageFetchError(f"/data/upload/{task['id']}.png answered HTTP 404")
@@ -68,10 +70,26 @@ class FakeFetcher:
         return b"bytes"
 
 
+class FakePipeline:
+    """Fake of :class:`backend.predict.pipeline.Pipeline` around a fake predictor: the surface the job
+    runner uses (parse, context, predict_task); the context's version is the predictor's."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    def parse(self, config):
+        return parse_controls(config)
+
+    def context(self, project, controls, *, label_config=None, fetch=None, connection=None):
+        return RequestContext(project, controls, fetch, None, self.predictor.model_version)
+
+    def predict_task(self, task, ctx, info=None, prefill=None):
+        return self.predictor.predict_task(task, ctx.controls, ctx.fetch, info, prefill=prefill)
+
+
 def context(conn, projects, predictor, **kw):
-    ctx = WorkerContext(predictor, Settings(), projects, JobStore(conn), post_every=3, **kw)
-    ctx.fetcher = FakeFetcher  # no HTTP in unit tests
-    return ctx
+    kw.setdefault("fetch", FakeFetcher().fetch)  # no HTTP in unit tests
+    return WorkerContext(FakePipeline(predictor), Settings(), projects, JobStore(conn), post_every=3, **kw)
 
 
 @pytest.fixture

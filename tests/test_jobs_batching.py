@@ -17,7 +17,10 @@ from backend.jobs.runner import ChunkRun, WorkerContext
 from backend.jobs.spec import JobSpec
 from backend.jobs.store import JobStore
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
-from tests.test_jobs import FakeProjects
+from backend.controls.config import parse_controls
+from backend.predict.pipeline import Pipeline
+from backend.predict.projects import ProjectRegistry
+from tests.test_jobs import FakePipeline, FakeProjects
 
 
 class FakeFeatures:
@@ -55,8 +58,8 @@ class FakeCache:
     def key_for(self, image_bytes, fingerprint):
         return (fingerprint, image_bytes)
 
-    def _lookup(self, key, fingerprint):
-        return (self.store[key], b"") if key in self.store else None
+    def peek(self, image_bytes, fingerprint):
+        return self.store.get((fingerprint, image_bytes))
 
     def get_or_compute(self, image_bytes, fingerprint, compute):
         key = (fingerprint, image_bytes)
@@ -77,14 +80,15 @@ class FakeBatchPredictor:
     def _count(self, name, n=1):
         self.counters[name] += n
 
-    def features(self, image_bytes, info=None):
-        features, hit = self.cache.get_or_compute(image_bytes, self.engine.fingerprint,
-                                                  lambda: self.engine.encode(image_bytes))
+    def features(self, image_bytes, info=None, prefill=None):
+        found = prefill.take(image_bytes) if prefill is not None else None
+        features, hit = found if found is not None else self.cache.get_or_compute(
+            image_bytes, self.engine.fingerprint, lambda: self.engine.encode(image_bytes))
         self._count("cache_hits" if hit else "cache_misses")
         return features
 
-    def predict_task(self, task, targets, fetch, info=None):
-        features = self.features(fetch(targets[0].image_url(task), task["id"]), info)
+    def predict_task(self, task, targets, fetch, info=None, prefill=None):
+        features = self.features(fetch(targets[0].image_url(task), task["id"]), info, prefill)
         return {"result": [{"type": "brushlabels", "value": {"from": features.image.decode()}}], "score": 0.5,
                 "model_version": self.model_version}
 
@@ -111,8 +115,8 @@ def run(conn, n: int, batch: int, bad=(), cached=()):
     for t in cached:
         predictor.cache.store[("fake-fp", f"/data/upload/{t}.png".encode())] = FakeFeatures(b"cached")
     rec = Jobs(conn, projects).start(JobSpec(1), predictor.model_version)
-    ctx = WorkerContext(predictor, Settings(), projects, JobStore(conn), post_every=3, batch=batch, prefetch=1)
-    ctx.fetcher = lambda: UrlFetcher(bad)
+    ctx = WorkerContext(FakePipeline(predictor), Settings(), projects, JobStore(conn), post_every=3, batch=batch,
+                        prefetch=1, fetch=UrlFetcher(bad).fetch)
     counts = ChunkRun(ctx, rec["id"], list(range(1, n + 1))).run()
     return counts, projects, predictor, Jobs(conn, projects).get(rec["id"])
 
@@ -190,9 +194,11 @@ def test_real_engine_batches_two_images_per_backbone_call(conn, tmp_path, monkey
 
     projects = FakeProjects(4)
     rec = Jobs(conn, projects).start(JobSpec(1), predictor.model_version)
-    ctx = WorkerContext(predictor, Settings(), projects, JobStore(conn), post_every=4, batch=2, prefetch=1)
-    ctx.fetcher = PngFetcher
+    pipeline = Pipeline(predictor, Settings(), ProjectRegistry(Settings()))
+    ctx = WorkerContext(pipeline, Settings(), projects, JobStore(conn), post_every=4, batch=2, prefetch=1,
+                        fetch=PngFetcher().fetch)
     counts = ChunkRun(ctx, rec["id"], [1, 2, 3, 4]).run()
     assert counts == {"done": 4, "skipped": 0, "failed": 0, "cancelled": False}
     assert calls == {"many": [2, 2], "one": 0}
-    assert all(len(p) == 1 and p[0]["model_version"] == predictor.model_version for p in projects.preds.values())
+    version = predictor.version_of(parse_controls(projects.label_config(1)))
+    assert all(len(p) == 1 and p[0]["model_version"] == version for p in projects.preds.values())

@@ -176,7 +176,8 @@ def outage_run(server, tmp_path: Path, outage_s: float, tasks: int = 12) -> None
             assert final["status"] == "finished", final
             assert final["failed"] == 0, final["failed_tasks"]
             assert all(c == 1 for c in counts.values()), f"predictions per task: {counts}"
-            assert all(p["model_version"] == version for v in ls.predictions.values() for p in v)
+            posted = {p["model_version"] for v in ls.predictions.values() for p in v}
+            assert len(posted) == 1 and posted.pop().startswith(version + "-labels.")  # engine + label set
             for p, log in zip(procs, logs):
                 assert p.poll() is None, f"a worker exited after the outage:\n{log.read_text()[-3000:]}"
             conn.close()

@@ -18,7 +18,7 @@ from backend.controls.labels import LabelConfigError
 from backend.corrections.memory import memory_requested
 from backend.controls.brush_rle import mask_to_rle
 from backend.predict.predictor import Predictor, make_feature_cache
-from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio, ls_request, png_bytes
+from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio, label_set_version, ls_request, png_bytes
 from tests.parity import tiny_model
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
 
@@ -88,7 +88,7 @@ def test_an_annotation_changes_version_and_predictions_and_deleting_it_reverts(l
     client = create_app(settings, predictor).test_client()
     setup = {**ls_request("setup"), "schema": config}
     plain_version = client.post("/setup", json=setup).get_json()["model_version"]
-    assert plain_version == engine.model_version
+    assert plain_version == label_set_version(engine, config)
     tasks = [{"id": i + 1, "data": {"image": path}} for i, path in enumerate(UPLOADS)]
     body = {"tasks": tasks, "project": setup["project"], "label_config": config, "params": {}}
     before = client.post("/predict", json=body).get_json()["results"]

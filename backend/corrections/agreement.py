@@ -138,12 +138,13 @@ class AgreementListener:
                 "labels": sorted({unfield(k)[1] for k in contribution})}
 
 
-def install(settings, predictor) -> AgreementListener:
-    """Register the agreement listener with the store of ``settings`` (Redis with ``REDIS_URL``)."""
+def install(settings, predictor, credentials) -> AgreementListener:
+    """Register the agreement listener with the store of ``settings`` (Redis with ``REDIS_URL``);
+    ``credentials(project dict) -> (url, key)`` reads the task's stored prediction."""
     from backend.corrections.events import register_listener
     from backend.corrections.predictions import PredictionSource
     from backend.corrections.store import store_for
 
-    listener = AgreementListener(store_for(getattr(settings, "redis_url", None)), PredictionSource(settings, predictor))
+    listener = AgreementListener(store_for(getattr(settings, "redis_url", None)), PredictionSource(credentials, predictor))
     register_listener(listener, name=AgreementListener.name)
     return listener

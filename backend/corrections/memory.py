@@ -10,15 +10,16 @@ for that project). See docs/memory.md.
   re-encodes; a miss encodes once and fills the cache, as ``/predict`` would), and the annotation's
   masks give one :class:`~cass.memory.MemoryEntry` (source id = annotation id) in
   :class:`~backend.corrections.memory_store.MemoryStore`. Deleted / cancelled annotation: its entry goes.
-* ``/predict`` runs inside :func:`predicting` (the project's memory in a context variable, read by
-  :func:`memory_kwargs` in ``Predictor.segment``) and :func:`versioned` appends ``-mem.<digest>`` to
-  the ``model_version`` of ``/setup`` and of the predictions, so Label Studio sees new predictions
-  exist; when the last entry goes the suffix goes too (the plain version comes back).
+* Every door that predicts asks :meth:`MemoryService.for_request` once per request
+  (``backend.predict.pipeline``): the memory goes into the request's context and its digest into the
+  ``model_version`` (``-mem.<digest>``, :mod:`backend.predict.version`), so Label Studio sees new
+  predictions exist; when the last entry goes the suffix goes too (the plain version comes back).
+
+The service is built by :mod:`backend.bootstrap` with ``fetcher_for(project dict) -> ImageFetcher``
+(the project's Label Studio credentials, :class:`backend.predict.projects.ProjectRegistry`).
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import threading
 
@@ -30,8 +31,6 @@ from backend.corrections.memory_store import MemoryStore
 log = logging.getLogger("backend.corrections.memory")
 
 MEMORY_ATTR = "cass_memory"
-_active: contextvars.ContextVar[ProjectMemory | None] = contextvars.ContextVar("cass_memory", default=None)
-_service: "MemoryService | None" = None
 _flags_by_digest: dict[str, bool | None] = {}
 
 
@@ -71,8 +70,9 @@ class MemoryService:
     """The backend's project memories (one per process, see :func:`install`)."""
 
     def __init__(self, settings, predictor, store: MemoryStore | None = None,
-                 max_per_label: int = DEFAULT_MAX_PER_LABEL):
+                 max_per_label: int = DEFAULT_MAX_PER_LABEL, fetcher_for=None):
         self.settings = settings
+        self.fetcher_for = fetcher_for  # project dict -> ImageFetcher (None: memory entries can't be built)
         self.predictor = predictor
         self.store = store if store is not None else MemoryStore.from_url(getattr(settings, "redis_url", None))
         self.max_per_label = max_per_label
@@ -118,6 +118,13 @@ class MemoryService:
             self._cache[pid] = (rev, memory)
         return memory
 
+    def for_request(self, project, label_config: str | None = None) -> ProjectMemory | None:
+        """The memory a request of ``project`` predicts with: None when off or empty."""
+        if not self.enabled(project, label_config):
+            return None
+        memory = self.memory_for(project)
+        return memory if len(memory) else None
+
     # -------------------------------------------------------------------------------------------
     def on_event(self, event) -> dict:
         """A :class:`backend.corrections.events.AnnotationEvent` -> the memory's change, as a dict."""
@@ -145,19 +152,15 @@ class MemoryService:
 
     def _features(self, event):
         """The annotated image's features: fetched bytes -> feature cache (hit: no encode)."""
-        from backend.http.mlbackend import CASSManager, setup_project_key
-
         controls = event.controls
         if not controls or event.task is None:
             raise LabelConfigError(f"annotation {event.annotation_id}: no usable label config or task to "
                                    "find its image")
         target = next((t for t in controls if any(label in t.vocabulary.names for label in event.masks)),
                       controls[0])
-        remembered = CASSManager._recall(setup_project_key(event.project_data or {}))
-        remembered.pop("targets", None)
-        remembered.pop("digest", None)
-        model = CASSManager._build(None, targets=controls, **remembered)
-        image = model.fetcher().fetch(target.image_url(event.task), event.task_id)
+        if self.fetcher_for is None:
+            raise LabelConfigError("the project memory was built without a fetcher (backend.bootstrap)")
+        image = self.fetcher_for(event.project_data or {}).fetch(target.image_url(event.task), event.task_id)
         features = self.predictor.features(image)
         if event.size is not None and tuple(event.size) != tuple(features.original_size):
             raise LabelConfigError(f"annotation {event.annotation_id}: its masks are {event.size[1]}x{event.size[0]}"
@@ -167,42 +170,10 @@ class MemoryService:
 
 
 # -----------------------------------------------------------------------------------------------
-def install(settings, predictor, store: MemoryStore | None = None) -> MemoryService:
-    """Create the process's service and register its listener (idempotent: replaces an earlier one)."""
-    global _service
+def install(settings, predictor, store: MemoryStore | None = None, fetcher_for=None) -> MemoryService:
+    """A service registered as the dispatcher's ``project_memory`` listener (replaces an earlier one)."""
     from backend.corrections.events import register_listener
 
-    _service = MemoryService(settings, predictor, store)
-    register_listener(_service.on_event, name="project_memory")
-    return _service
-
-
-def service() -> MemoryService | None:
-    return _service
-
-
-@contextlib.contextmanager
-def predicting(project, label_config: str | None = None):
-    """Inside: the project's memory (when on and non-empty) is what :func:`memory_kwargs` gives."""
-    svc = _service
-    memory = svc.memory_for(project) if svc is not None and svc.enabled(project, label_config) else None
-    token = _active.set(memory if memory is not None and len(memory) else None)
-    try:
-        yield memory
-    finally:
-        _active.reset(token)
-
-
-def memory_kwargs() -> dict:
-    """``{"memory": ProjectMemory}`` inside :func:`predicting` with a non-empty memory, else ``{}``."""
-    memory = _active.get()
-    return {"memory": memory} if memory is not None else {}
-
-
-def versioned(version: str, project, label_config: str | None = None) -> str:
-    """``version`` plus ``-mem.<digest>`` when the project's memory is on and holds entries."""
-    svc = _service
-    if svc is None or not svc.enabled(project, label_config):
-        return version
-    digest = svc.memory_for(project).digest
-    return f"{version}-mem.{digest}" if digest else version
+    service = MemoryService(settings, predictor, store, fetcher_for=fetcher_for)
+    register_listener(service.on_event, name="project_memory")
+    return service

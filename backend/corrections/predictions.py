@@ -45,30 +45,21 @@ def choose(predictions: list[dict], model_version: str, parent: int | None = Non
 
 
 class PredictionSource:
-    """``prediction(event) -> (result, model_version, prediction_id) | None`` from Label Studio."""
+    """``prediction(event) -> (result, model_version, prediction_id) | None`` from Label Studio.
 
-    def __init__(self, settings, predictor, timeout_s: float = 20.0):
-        self.settings = settings
+    ``credentials(project dict) -> (url, key)``: the project's Label Studio address and token
+    (:meth:`backend.predict.projects.ProjectRegistry.credentials`)."""
+
+    def __init__(self, credentials, predictor, timeout_s: float = 20.0):
+        self.credentials = credentials
         self.predictor = predictor
         self.timeout_s = timeout_s
-
-    def credentials(self, project_data: dict) -> tuple[str, str]:
-        s = self.settings
-        if s.label_studio_url and s.label_studio_api_key:
-            return s.label_studio_url, s.label_studio_api_key
-        from backend.http.mlbackend import CASSManager, setup_project_key
-
-        remembered = CASSManager._recall(setup_project_key(project_data))
-        url = s.label_studio_url or remembered.get("hostname") or ""
-        key = s.label_studio_api_key or remembered.get("access_token") or ""
-        return url, key
 
     def fetch(self, project_data: dict, task_id: int) -> list[dict]:
         from backend.labelstudio.client import Projects
 
         url, key = self.credentials(project_data)
-        data = Projects(url, key, timeout_s=self.timeout_s)._get("/api/predictions/", task=int(task_id))
-        return data.get("results", []) if isinstance(data, dict) else list(data or [])
+        return Projects(url, key, timeout_s=self.timeout_s).predictions(int(task_id))
 
     def prediction(self, event):
         predictions = self.fetch(event.project_data, event.task_id)

@@ -1,55 +1,47 @@
-"""The backend side of the dispatcher: label configs from the webhook's project, default listeners.
+"""The backend side of the dispatcher: label configs from the webhook's project, the listeners.
 
-:func:`handle_annotation_event` is what ``CASSBackend.process_event`` calls for ``ANNOTATION_*``
-webhooks. It installs the process's default listeners once (:func:`install_defaults`: agreement per
-label, ``backend.corrections.agreement``), parses the project's label config with the backend's
-settings (nothing rule, limits) and returns the dispatcher's summary, or ``{"error": ...}`` for a
-payload that cannot be used (logged as one warning line; Label Studio ignores webhook answers).
+:func:`install_listeners` registers the process's listeners once, from the composition root
+(:mod:`backend.bootstrap`): agreement per label (:mod:`backend.corrections.agreement`) and the
+project memory (:mod:`backend.corrections.memory`). :func:`handle_annotation_event` is what the
+``/webhook`` door calls for ``ANNOTATION_*`` events: it parses the project's label config with the
+pipeline's parser (the backend's nothing rule and limits) and returns the dispatcher's summary, or
+``{"error": ...}`` for a payload that cannot be used (logged as one warning line; Label Studio
+ignores webhook answers).
 """
 from __future__ import annotations
 
 import logging
-import threading
+from typing import Callable
 
-from backend.controls.config import parse_controls
 from backend.controls.labels import LabelConfigError
 from backend.corrections.events import EventError, dispatch
 
 log = logging.getLogger("backend.corrections")
 
-_installed: set[int] = set()
-_install_lock = threading.Lock()
-#: Extra installers (``fn(settings, predictor)``), e.g. the project memory's, run once per process.
-INSTALLERS: list = []
 
-
-def install_defaults(settings, predictor) -> None:
-    """Register the default listeners for this predictor (once per predictor object)."""
-    with _install_lock:
-        if id(predictor) in _installed:
-            return
-        _installed.add(id(predictor))
+def install_listeners(settings, predictor, projects):
+    """Agreement and project-memory listeners for this process; returns the memory service.
+    ``projects``: the :class:`~backend.predict.projects.ProjectRegistry` (credentials, fetchers)."""
     from backend.corrections.agreement import install as install_agreement
+    from backend.corrections.memory import install as install_memory
 
-    install_agreement(settings, predictor)
-    for installer in list(INSTALLERS):
-        installer(settings, predictor)
+    install_agreement(settings, predictor, projects.credentials)
+    return install_memory(settings, predictor, fetcher_for=projects.fetcher)
 
 
-def controls_for(settings):
-    """``project dict -> Controls`` with the backend's nothing rule and limits."""
-    def parse(project: dict):
+def controls_for(parse: Callable[[str], object]):
+    """``project dict -> Controls`` with ``parse`` (``Pipeline.parse``: the backend's rule and limits)."""
+    def controls(project: dict):
         config = project.get("label_config") if isinstance(project, dict) else None
         if not isinstance(config, str) or not config.strip():
             raise LabelConfigError("the webhook's project has no label_config")
-        return parse_controls(config, settings.nothing, settings.limits)
-    return parse
+        return parse(config)
+    return controls
 
 
-def handle_annotation_event(event: str, data: dict, model) -> dict:
-    install_defaults(model.settings, model.predictor)
+def handle_annotation_event(event: str, data: dict, parse: Callable[[str], object]) -> dict:
     try:
-        return dispatch(event, data, controls_for(model.settings))
+        return dispatch(event, data, controls_for(parse))
     except EventError as exc:
         log.warning("webhook %s not used: %s", event, exc)
         return {"error": f"EventError: {exc}"}

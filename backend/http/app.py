@@ -16,11 +16,10 @@ from label_studio_ml.model import LABEL_STUDIO_ML_BACKEND_V2_DEFAULT
 from backend.ops import metrics as prometheus
 from backend.config import Settings
 from backend.jobs.http import auto_preannotate, register as register_jobs
-from backend.corrections.memory import install as install_memory
+from backend.bootstrap import build
 from backend.http.mlbackend import CASSBackend, CASSManager
 from backend.http.edge import install as install_security
-from backend.predict.predictor import Predictor, build_predictor
-from backend.predict.warm_tasks import make_task_warmer
+from backend.predict.predictor import Predictor
 
 log = logging.getLogger("backend.http.app")
 
@@ -30,15 +29,13 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
 
     label-studio-ml has one Flask app per process, so a second call re-targets that same app.
     """
-    settings = settings or Settings.from_env()
-    predictor = predictor or build_predictor(settings)
-    previous = (getattr(CASSManager, "init_kwargs", None) or {}).get("warmer")
-    if previous is not None:  # a re-targeted app (tests): stop the old warm-up thread
-        previous.close(timeout=0)
-    warmer = make_task_warmer(predictor, settings)  # one per process, with the engine
-    install_memory(settings, predictor)  # project memory listener (backend.corrections.memory; off unless asked)
+    previous = (getattr(CASSManager, "init_kwargs", None) or {}).get("pipeline")
+    if previous is not None and previous.warmer is not None:  # a re-targeted app (tests): stop the old warm-up
+        previous.warmer.close(timeout=0)
+    services = build(settings, predictor)  # the composition root: engine, registry, listeners, pipeline
+    settings, predictor, warmer = services.settings, services.predictor, services.warmer
     api._manager = CASSManager()  # the routes look the manager up at request time
-    app = api.init_app(model_class=CASSBackend, predictor=predictor, settings=settings, warmer=warmer)
+    app = api.init_app(model_class=CASSBackend, pipeline=services.pipeline)
     registry = prometheus.build_registry(predictor, warmer, settings.redis_url)  # jobs included (REDIS_URL)
 
     def health():
@@ -58,7 +55,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             return jsonify({"status": 400, "detail": "a webhook body is a JSON object with an 'action' "
                                                      "string (Label Studio's webhook payload)"}), 400
         event = data.pop("action")
-        out = api._manager.webhook(event, data)
+        out = CASSManager.webhook(event, data)
         if event == "TASKS_CREATED":  # CASS_AUTO_PREANNOTATE=true: a job for the new tasks (docs/jobs.md)
             auto = auto_preannotate(app, data)
             if auto is not None:

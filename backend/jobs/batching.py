@@ -4,8 +4,8 @@ The runner (:mod:`.runner`) hands :func:`prefill` the downloaded bytes of the ne
 It looks each image up in the feature cache (a hit is **not** re-encoded), encodes the misses with
 ``engine.encode_many(images) -> list[ImageFeatures]`` (one call per ``batch`` images, under the
 predictor's inference slot), stores them in the cache (so every other worker gets a hit), and returns
-``{sha256 digest of the bytes: ImageFeatures}``. :class:`Prefilled` then lets
-``Predictor.predict_task`` run unchanged, taking its features from that dict instead of encoding.
+a :class:`Prefill` (``{sha256 digest of the bytes: ImageFeatures}``), which ``Predictor.predict_task``
+takes as an argument and reads before the cache.
 
 If ``encode_many`` raises (one undecodable image, out of memory, ...), nothing of that call is kept
 and those images go through the ordinary one-image path: the bad one fails alone, its batch-mates
@@ -31,18 +31,14 @@ def digest(image_bytes: bytes) -> str:
 def peek(cache, image_bytes: bytes, fingerprint: str):
     """Cached features of ``image_bytes`` without computing anything, else None.
 
-    Uses ``cass.cache``'s base-class lookup (``key_for`` + ``_lookup``); a cache without them (e.g.
-    ``NoCache``) reports a miss."""
-    key_for, lookup = getattr(cache, "key_for", None), getattr(cache, "_lookup", None)
-    if key_for is None or lookup is None:
-        return None
-    found = lookup(key_for(image_bytes, fingerprint), fingerprint)
-    return found[0] if found is not None else None
+    Uses ``cass.cache``'s :meth:`~cass.cache.FeatureCache.peek`; a cache without it (e.g. ``NoCache``)
+    reports a miss."""
+    peek_cache = getattr(cache, "peek", None)
+    return peek_cache(image_bytes, fingerprint) if peek_cache is not None else None
 
 
-def prefill(predictor, images: list[bytes], batch: int,
-            timing: dict | None = None) -> tuple[dict[str, object], set[str]]:
-    """``({digest: features}, digests encoded here)`` for ``images`` (raw encoded bytes, repeats allowed).
+def prefill(predictor, images: list[bytes], batch: int, timing: dict | None = None) -> "Prefill":
+    """The features of ``images`` (raw encoded bytes, repeats allowed) found or encoded here.
 
     Hits come from the cache; misses are encoded ``batch`` at a time with ``engine.encode_many``.
     Images whose batched encode failed are left out (the caller's one-image path handles them).
@@ -55,7 +51,7 @@ def prefill(predictor, images: list[bytes], batch: int,
     for k in ("encode_s", "hits", "misses", "batches", "batch_failures"):
         timing.setdefault(k, 0)
     if encode_many is None or batch < 2:
-        return {}, set()
+        return Prefill({}, set())
     fingerprint = engine.fingerprint
     ready: dict[str, object] = {}
     misses: dict[str, bytes] = {}
@@ -93,31 +89,21 @@ def prefill(predictor, images: list[bytes], batch: int,
             ready[k], _ = predictor.cache.get_or_compute(misses[k], fingerprint, lambda f=f: f)
             encoded.add(k)
             timing["misses"] += 1
-    return ready, encoded
+    return Prefill(ready, encoded)
 
 
-class Prefilled:
-    """``predictor`` seen through ``ready`` features: ``features(bytes)`` answers from ``ready``
-    (counted as the cache hit or miss it was), everything else is the predictor's own.
+class Prefill:
+    """Features encoded ahead for a group of tasks: ``{digest of the bytes: features}`` and the
+    digests that were cache misses (encoded here) rather than hits."""
 
-    Use as ``type(predictor).predict_task(Prefilled(predictor, ready, missed), task, ...)``."""
+    def __init__(self, ready: dict[str, object], missed: set[str] = frozenset()):
+        self._ready, self._missed = ready, missed
 
-    def __init__(self, predictor, ready: dict[str, object], missed: set[str] = frozenset()):
-        self._predictor, self._ready, self._missed = predictor, ready, missed
+    def __bool__(self) -> bool:
+        return bool(self._ready)
 
-    def __getattr__(self, name):
-        return getattr(self._predictor, name)
-
-    def features(self, image_bytes: bytes, info=None):
+    def take(self, image_bytes: bytes):
+        """``(features, was_hit)`` for ``image_bytes``, or None when it was not prefilled."""
         key = digest(image_bytes)
         found = self._ready.get(key)
-        if found is None:
-            return self._predictor.features(image_bytes, info)
-        hit = key not in self._missed
-        count = getattr(self._predictor, "_count", None)
-        if count is not None:
-            count("cache_hits" if hit else "cache_misses")
-        if info is not None:
-            info.hits += hit
-            info.misses += not hit
-        return found
+        return None if found is None else (found, key not in self._missed)

@@ -1,10 +1,12 @@
 """One chunk of a job, run inside a worker (:mod:`.worker`) with the engine it keeps loaded.
 
 Per chunk: read the project's label config and the chunk's tasks (with their predictions' model
-versions) from Label Studio; record tasks that are not in the project as failed and tasks that
+versions) from Label Studio; build the request context through the one pipeline
+(:class:`backend.predict.pipeline.Pipeline`: the same controls parser, limits, project memory and
+``model_version`` as ``/predict``); record tasks that are not in the project as failed and tasks that
 already have a prediction of this ``model_version`` as skipped; then, for the rest, download the
 next ``prefetch`` tasks' images in threads while the current one is encoded, predict each task
-(``Predictor.predict_task``: feature cache, engine, brush RLE), and post the predictions in bulk
+(``Pipeline.predict_task``: feature cache, engine, brush/polygon regions), and post the predictions in bulk
 (``post_every`` per Label Studio call, and whatever is left at the end). With ``batch`` > 1
 (``CASS_JOB_BATCH``), the cache misses among each next ``batch`` tasks' images are encoded in one
 ``engine.encode_many`` call first (:mod:`.batching`); the tasks then find their features ready.
@@ -22,10 +24,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from backend.fetch.images import ImageFetcher, LabelStudioAuth, policy_from_settings
-from backend.controls.labels import LabelConfigError, TaskDataError, parse_label_config
+from backend.fetch.images import ImageFetchError
+from backend.controls.labels import LabelConfigError, TaskDataError
 from backend.predict.predictor import TASK_ERRORS, TaskInfo
-from backend.jobs.batching import Prefilled, prefill
+from backend.predict.projects import Connection
+from backend.jobs.batching import Prefill, prefill
 from backend.labelstudio.client import Projects
 from backend.jobs.store import TERMINAL, JobStore, job_key, retrying
 
@@ -36,9 +39,9 @@ LOCK_TTL_S = 120
 
 @dataclass
 class WorkerContext:
-    """What a worker process keeps between chunks: the loaded predictor and its connections."""
+    """What a worker process keeps between chunks: the pipeline (loaded engine) and its connections."""
 
-    predictor: object                  # backend.predict.predictor.Predictor
+    pipeline: object                   # backend.predict.pipeline.Pipeline (backend.bootstrap)
     settings: object                   # backend.config.Settings
     projects: Projects
     store: JobStore
@@ -47,13 +50,13 @@ class WorkerContext:
     post_every: int = 8                # predictions per bulk import call
     redis_wait_s: float = 300.0        # how long a Redis outage may pause a chunk
     batch: int = 1                     # images per backbone call (engine.encode_many; .batching)
+    fetch: object = None               # fetch(url, task_id) -> bytes; None: the project's fetcher
     counters: dict = field(default_factory=lambda: {"chunks": 0, "tasks_done": 0, "tasks_failed": 0,
                                                     "tasks_skipped": 0})
 
-    def fetcher(self) -> ImageFetcher:
-        s = self.settings
-        auth = LabelStudioAuth(s.label_studio_url, s.label_studio_api_key) if s.label_studio_url else None
-        return ImageFetcher(policy_from_settings(s, s.label_studio_url), auth)
+    @property
+    def predictor(self):
+        return self.pipeline.predictor
 
 
 _CONTEXT: WorkerContext | None = None
@@ -95,12 +98,14 @@ class ChunkRun:
             return self.counts
         self.redis(lambda: store.started(self.job_id), "starting the job")
         project = int(rec["spec"]["project"])
-        version = ctx.predictor.model_version
         try:
-            targets = parse_label_config(ctx.projects.label_config(project), ctx.settings.nothing)
-        except LabelConfigError as exc:
-            self.fail({t: f"LabelConfigError: {exc}" for t in self.task_ids})
+            config = ctx.projects.label_config(project)
+            request = ctx.pipeline.context(str(project), ctx.pipeline.parse(config), label_config=config,
+                                           fetch=ctx.fetch, connection=Connection())
+        except (LabelConfigError, ImageFetchError) as exc:
+            self.fail({t: f"{type(exc).__name__}: {exc}" for t in self.task_ids})
             return self.finish(rec)
+        version = request.version
         tasks = ctx.projects.tasks(project, ids=self.task_ids)
         found = {t["id"] for t in tasks}
         self.fail({t: f"not a task of project {project} (deleted, or a wrong id)"
@@ -108,16 +113,14 @@ class ChunkRun:
         have = [t["id"] for t in tasks if any(p["model_version"] == version for p in t["predictions"])]
         self.skip(have)
         todo = [t for t in tasks if t["id"] not in set(have)]
-        self.predict_all(project, todo, targets, version)
+        self.predict_all(project, todo, request)
         return self.finish(rec)
 
     # -------------------------------------------------------------------------------------------
-    def predict_all(self, project: int, tasks: list[dict], targets, version: str) -> None:
-        fetcher = self.ctx.fetcher()
-        batch = max(1, self.ctx.batch)
+    def predict_all(self, project: int, tasks: list[dict], request) -> None:
+        targets, version, batch = request.controls, request.version, max(1, self.ctx.batch)
         window = max(1, self.ctx.prefetch + batch)
-        ready: dict = {}
-        encoded: set = set()
+        ready: Prefill | None = None
         with ThreadPoolExecutor(max_workers=max(1, self.ctx.prefetch), thread_name_prefix="cass-prefetch") as pool:
             futures: dict[int, dict[str, Future]] = {}
 
@@ -131,7 +134,7 @@ class ChunkRun:
                         except TaskDataError:
                             continue  # predict_task raises it again, with the reason
                         if url not in futures[i]:
-                            futures[i][url] = pool.submit(fetcher.fetch, url, tasks[i]["id"])
+                            futures[i][url] = pool.submit(request.fetch, url, tasks[i]["id"])
 
             for i, task in enumerate(tasks):
                 for j in range(i, i + window):
@@ -144,15 +147,14 @@ class ChunkRun:
                             f.cancel()
                     break
                 if batch > 1 and i % batch == 0:  # the next `batch` tasks' cache misses in one backbone call
-                    ready, encoded = self.prefill([futures[k] for k in range(i, min(i + batch, len(tasks)))])
+                    ready = self.prefill([futures[k] for k in range(i, min(i + batch, len(tasks)))])
                 mine = futures.pop(i)
                 payload = {"id": task["id"], "data": task["data"]}
                 t0 = time.perf_counter()
                 info = TaskInfo()
-                predictor = Prefilled(self.ctx.predictor, ready, encoded) if ready else self.ctx.predictor
                 try:
-                    prediction = type(self.ctx.predictor).predict_task(
-                        predictor, payload, targets, lambda url, task_id: mine[url].result(), info)
+                    prediction = self.ctx.pipeline.predict_task(
+                        payload, request.with_fetch(lambda url, task_id: mine[url].result()), info, ready)
                 except Exception as exc:  # one bad task never fails the chunk
                     if isinstance(exc, TASK_ERRORS):
                         log.warning("job %s: task %s: no prediction: %s", self.job_id, task["id"], exc)
@@ -169,7 +171,7 @@ class ChunkRun:
                     self.post(project, version)
         self.post(project, version)
 
-    def prefill(self, group: list[dict[str, Future]]) -> tuple[dict, set]:
+    def prefill(self, group: list[dict[str, Future]]) -> Prefill:
         """Batch-encode the cache misses among the downloaded images of ``group`` (see :mod:`.batching`);
         a failed download is left to its task (which records it)."""
         images = []
@@ -180,12 +182,12 @@ class ChunkRun:
                 except Exception:
                     continue
         timing: dict = {}
-        ready, encoded = prefill(self.ctx.predictor, images, self.ctx.batch, timing)
+        ready = prefill(self.ctx.predictor, images, self.ctx.batch, timing)
         if timing["batches"] or timing["batch_failures"]:
             log.info("job %s: %d image(s): %d cache hit(s), %d encoded in %d batched call(s) (%.2fs), %d batch(es) "
                      "failed", self.job_id, len(images), timing["hits"], timing["misses"], timing["batches"],
                      timing["encode_s"], timing["batch_failures"])
-        return ready, encoded
+        return ready
 
     def post(self, project: int, version: str) -> None:
         """Post ``pending`` once per task (see the module docstring)."""

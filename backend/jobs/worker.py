@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from backend.config import ConfigError, Settings
     from backend.ops.logs import setup_logging
-    from backend.predict.predictor import build_predictor
+    from backend.bootstrap import build
     from backend.labelstudio.client import LabelStudioError, Projects
 
     parser = argparse.ArgumentParser(prog="python -m backend worker", description=main.__doc__)
@@ -103,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = settings.jobs  # CASS_JOB_* (backend.config.JobSettings)
     heartbeat_s, maintenance_s, queue = job.heartbeat_s, job.maintenance_s, job.queue
-    predictor = build_predictor(settings)  # once, for every chunk of this process
+    services = build(settings, warm_tasks=False)  # the engine once, for every chunk of this process
+    predictor = services.predictor
     name = args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     store = JobStore(conn)
-    ctx = WorkerContext(predictor, settings, projects, store, name=name,
+    ctx = WorkerContext(services.pipeline, settings, projects, store, name=name,
                         prefetch=job.prefetch, post_every=job.post_every, redis_wait_s=job.redis_wait_s,
                         batch=job.batch_for(getattr(predictor.engine, "device", "cpu")))
     install(ctx)

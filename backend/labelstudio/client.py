@@ -31,6 +31,9 @@ class Projects:
         self.client = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout_s)
 
     def _get(self, path: str, **params):
+        # label-studio-sdk 2.1.2 has no public call for the data manager's task list with
+        # ``selectedItems`` / ``fields=all`` (tasks.list pages through typed objects without the
+        # predictions' versions), so the sdk's own authenticated httpx client is used for GETs.
         http = self.client._client_wrapper.httpx_client
         try:
             resp = http.request(path.lstrip("/"), method="GET", params=params)
@@ -76,6 +79,11 @@ class Projects:
             keep = set(wanted)
             out = [t for t in out if t["id"] in keep]
         return sorted(out, key=lambda t: t["id"])
+
+    def predictions(self, task: int) -> list[dict]:
+        """The task's stored predictions (Label Studio prediction objects, ``result`` included)."""
+        data = self._get("/api/predictions/", task=int(task))
+        return data.get("results", []) if isinstance(data, dict) else list(data or [])
 
     def predicted(self, project: int, ids: Iterable[int], model_version: str) -> set[int]:
         """Those of ``ids`` that already have a prediction of ``model_version``."""

@@ -26,10 +26,10 @@ from backend.predict.faults import TaskOutOfMemory, is_out_of_memory, recover_fr
 from backend.fetch.images import ImageFetchError
 from backend.controls.labels import BrushTarget, TaskDataError
 from backend.controls.base import regions_for
-from backend.corrections.memory import memory_kwargs
 from backend.controls.brush_rle import confidence_sums
 from backend.predict.slots import InferenceSlots
 from backend.predict.text_budget import TEXT_CHUNK, TextNotReady, TextPreparer
+from backend.predict.version import model_version
 
 if TYPE_CHECKING:
     from cass.cache import FeatureCache
@@ -141,20 +141,24 @@ class Predictor:
 
     # -------------------------------------------------------------------------------------------
     def predict(self, tasks: list[dict], targets: tuple[BrushTarget, ...],
-                fetch: Callable[[str, object], bytes]) -> list[dict]:
+                fetch: Callable[[str, object], bytes], *, memory=None, version: str | None = None) -> list[dict]:
         """One entry per task, in order: a prediction ``{result, score, model_version}`` or an error
         entry ``{error, task, model_version}`` (no ``result``: Label Studio skips it, see docs).
         ``score``: the mean top-1 probability over every pixel of the task's image(s), unlabelled
         pixels 0 (:func:`backend.controls.brush_rle.confidence_sums`); each region's ``score``: its class's mean
-        probability over the class's pixels."""
+        probability over the class's pixels. ``memory``: the project's memory (``cass.memory.ProjectMemory``)
+        or None; ``version``: the request's ``model_version`` (:func:`backend.predict.version.model_version`
+        of the engine, the targets and the memory when not given). Both come from the request's
+        context (:mod:`backend.predict.pipeline`), never from thread or context variables."""
+        version = version or self.version_of(targets, memory)
         self.text.start_request()
         try:
-            return self._predict(tasks, targets, fetch)
+            return self._predict(tasks, targets, fetch, memory, version)
         finally:
             self.text.end_request()
 
     def _predict(self, tasks: list[dict], targets: tuple[BrushTarget, ...],
-                 fetch: Callable[[str, object], bytes]) -> list[dict]:
+                 fetch: Callable[[str, object], bytes], memory, version: str) -> list[dict]:
         start = self.clock()
         out = []
         for task in tasks:
@@ -162,13 +166,13 @@ class Predictor:
             if self.clock() - start > self.predict_budget_s:
                 out.append(self.error_entry(task_id, f"not predicted: the batch used its time budget of "
                                                      f"{self.predict_budget_s:g}s (CASS_PREDICT_BUDGET_S); "
-                                                     f"retrieve predictions again for the rest"))
+                                                     f"retrieve predictions again for the rest", version))
                 self._count("skipped_tasks")
                 continue
             t0 = self.clock()
             info = TaskInfo()
             try:
-                prediction = self.predict_task(task, targets, fetch, info)
+                prediction = self.predict_task(task, targets, fetch, info, memory=memory, version=version)
             except Exception as exc:  # one bad task never loses the others
                 if is_out_of_memory(exc):
                     exc = recover_from_oom(exc)
@@ -176,7 +180,7 @@ class Predictor:
                     log.warning("task %s: no prediction: %s", task_id, exc)
                 else:
                     log.exception("task %s: no prediction: unexpected %s", task_id, type(exc).__name__)
-                out.append(self.error_entry(task_id, f"{type(exc).__name__}: {exc}"))
+                out.append(self.error_entry(task_id, f"{type(exc).__name__}: {exc}", version))
                 self._count("failed_tasks")
                 continue
             log.info("task %s: %d regions, score %.3f, %s, %.2fs", task_id, len(prediction["result"]),
@@ -189,12 +193,14 @@ class Predictor:
         return out
 
     def predict_task(self, task: dict, targets: tuple[BrushTarget, ...],
-                     fetch: Callable[[str, object], bytes], info: "TaskInfo | None" = None) -> dict:
+                     fetch: Callable[[str, object], bytes], info: "TaskInfo | None" = None, *,
+                     memory=None, version: str | None = None, prefill=None) -> dict:
+        """One task's prediction ``{result, score, model_version}``; raises on a task that fails.
+        ``prefill``: features encoded ahead in a batch (:class:`backend.jobs.batching.Prefill`), or None."""
         if not isinstance(task, dict):
             raise TaskDataError(f"a task must be a JSON object, got {type(task).__name__}")
         features_by_url: dict[str, object] = {}
         images_by_url: dict[str, bytes] = {}  # PAMR needs the pixels again (not kept in the features)
-        versions = set()
         regions: list[dict] = []
         score_sum, pixels = 0.0, 0
         for target in targets:
@@ -204,11 +210,9 @@ class Predictor:
                 image_bytes = fetch(url, task.get("id"))
                 if info is not None:
                     info.fetch_s += time.perf_counter() - t0
-                features_by_url[url] = self.features(image_bytes, info)
+                features_by_url[url] = self.features(image_bytes, info, prefill)
                 images_by_url[url] = image_bytes
-            params = self.text_params(target)
-            versions.add(self.version_for(params))
-            segmentation = self.segment(features_by_url[url], target, info, images_by_url[url])
+            segmentation = self.segment(features_by_url[url], target, info, images_by_url[url], memory)
             with self._lock:  # mask encoding is CPU work at the original size: it takes a slot too
                 target_regions, _, _ = regions_for(segmentation, target)
             regions.extend(target_regions)
@@ -216,7 +220,7 @@ class Predictor:
             score_sum += target_sum
             pixels += target_pixels
         return {"result": regions, "score": round(score_sum / pixels, 4) if pixels else 0.0,
-                "model_version": "+".join(sorted(versions)) if versions else self.model_version}
+                "model_version": version or self.version_of(targets, memory)}
 
     def text_params(self, target: BrushTarget):
         """The engine's text-side parameters for ``target`` (threshold, PAMR), or None: the preset's."""
@@ -227,13 +231,24 @@ class Predictor:
             params = dataclasses.replace(params or self.engine.preset.text, pamr=target.pamr)
         return params
 
-    def version_for(self, params) -> str:
-        """Model version of predictions made with ``params`` (PAMR is part of it)."""
+    def engine_version(self, targets) -> str:
+        """The engine's version for the text-side parameters of ``targets`` (a per-control PAMR shows
+        as its tag, as with ``CASS_PAMR``); several different ones are joined by ``+``."""
         version_for = getattr(self.engine, "version_for", None)
-        return version_for(params) if version_for is not None and params is not None else self.model_version
+        if version_for is None:
+            return self.model_version
+        versions = {version_for(params) if params is not None else self.model_version
+                    for params in (self.text_params(t) for t in targets)}
+        return "+".join(sorted(versions)) if versions else self.model_version
 
-    def error_entry(self, task_id, message: str) -> dict:
-        return {"task": task_id, "error": message, "model_version": self.model_version}
+    def version_of(self, targets, memory=None) -> str:
+        """The ``model_version`` of predictions for ``targets`` with ``memory``: a pure function of the
+        engine, the label set and the memory digest (:mod:`backend.predict.version`)."""
+        return model_version(self.engine_version(targets), targets,
+                             getattr(memory, "digest", None) if memory else None)
+
+    def error_entry(self, task_id, message: str, version: str | None = None) -> dict:
+        return {"task": task_id, "error": message, "model_version": version or self.model_version}
 
     # -------------------------------------------------------------------------------------------
     def encode(self, image_bytes: bytes, info: "TaskInfo | None" = None):
@@ -246,9 +261,15 @@ class Predictor:
                 if info is not None:
                     info.encode_s += time.perf_counter() - t0
 
-    def features(self, image_bytes: bytes, info: "TaskInfo | None" = None):
-        features, hit = self.cache.get_or_compute(image_bytes, self.engine.fingerprint,
-                                                  lambda: self.encode(image_bytes, info))
+    def features(self, image_bytes: bytes, info: "TaskInfo | None" = None, prefill=None):
+        """The image's features: from ``prefill`` (a job's batched encode), else the feature cache
+        (computing and storing them on a miss)."""
+        found = prefill.take(image_bytes) if prefill is not None else None
+        if found is not None:
+            features, hit = found
+        else:
+            features, hit = self.cache.get_or_compute(image_bytes, self.engine.fingerprint,
+                                                      lambda: self.encode(image_bytes, info))
         self._count("cache_hits" if hit else "cache_misses")
         if info is not None:
             info.hits += bool(hit)
@@ -268,14 +289,17 @@ class Predictor:
             return
         self.text.prepare(text, vocabulary.queries)
 
-    def segment(self, features, target: BrushTarget, info: "TaskInfo | None" = None, image: bytes | None = None):
+    def segment(self, features, target: BrushTarget, info: "TaskInfo | None" = None, image: bytes | None = None,
+                memory=None):
+        """``engine.segment`` for one output control, under a slot; ``memory``: the project's memory
+        (a non-empty ``cass.memory.ProjectMemory``) or None."""
         self.prepare_text(target.vocabulary)
         params = self.text_params(target)
         pamr = getattr(params or self.engine.preset.text, "pamr", None) is not None
         with self._lock:
             t0 = time.perf_counter()
             try:
-                memory = memory_kwargs()  # the project's memory inside backend.corrections.memory.predicting, else {}
+                memory = {"memory": memory} if memory is not None and len(memory) else {}
                 if pamr:  # PAMR recomputes the image's pixels (features stay label- and PAMR-free)
                     return self.engine.segment(features, target.vocabulary, params=params, image=image, **memory)
                 return self.engine.segment(features, target.vocabulary, params=params, **memory)

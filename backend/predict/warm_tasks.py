@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from backend.predict.warmup import Warmer
 
-from backend.fetch.images import ImageFetcher, show_url
+from backend.fetch.images import show_url
 from backend.controls.labels import BrushTarget, TaskDataError
 
 log = logging.getLogger("backend.predict.warm_tasks")
@@ -32,7 +32,7 @@ class WarmJob:
     ref: str                                                   # the task's image value
     base: str                                                  # Label Studio it resolves against
     task_id: Any = field(default=None, compare=False)
-    fetcher: ImageFetcher | None = field(default=None, compare=False, repr=False)
+    fetch: Callable[[str, Any], bytes] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:  # the Warmer's failure log line names the job
         return f"task {self.task_id} image {show_url(self.ref)}"
@@ -51,16 +51,17 @@ class TaskWarmer:
 
     @staticmethod
     def _fetch(job: WarmJob) -> bytes:
-        return job.fetcher.fetch(job.ref, job.task_id)
+        return job.fetch(job.ref, job.task_id)
 
-    def submit_tasks(self, tasks, targets: tuple[BrushTarget, ...], fetcher: ImageFetcher) -> dict:
+    def submit_tasks(self, tasks, targets: tuple[BrushTarget, ...], fetch: Callable[[str, Any], bytes],
+                     base: str = "") -> dict:
         """Queue the images of ``tasks`` (each image of each ``BrushLabels`` target once); never blocks.
 
         Returns ``{"queued": images accepted (or already waiting), "rejected": images not queued
         (queue full or closed), "skipped": tasks without a usable image value}``; an image named by
-        several tasks counts once.
+        several tasks counts once. ``fetch(ref, task_id)`` downloads as ``/predict`` of the project
+        would; ``base``: the Label Studio the references resolve against (part of an image's identity).
         """
-        base = fetcher.label_studio.base_url if fetcher.label_studio is not None else ""
         queued = rejected = skipped = 0
         seen: set[WarmJob] = set()
         for task in tasks if isinstance(tasks, list) else ():
@@ -74,7 +75,7 @@ class TaskWarmer:
                 skipped += 1
                 continue
             for ref in refs:
-                job = WarmJob(ref, base, task.get("id"), fetcher)
+                job = WarmJob(ref, base, task.get("id"), fetch)
                 if job in seen:  # the same image in two tasks (or controls) of this import
                     continue
                 seen.add(job)

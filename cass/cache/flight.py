@@ -85,6 +85,12 @@ class _BaseCache:
     def key_for(self, image_bytes: bytes, fingerprint: str) -> str:
         return feature_key(image_digest(image_bytes), fingerprint, self.prefix)
 
+    def peek(self, image_bytes: bytes, fingerprint: str) -> ImageFeatures | None:
+        """Cached features of ``image_bytes`` for an engine with ``fingerprint``, computing nothing
+        (None on a miss or an unreadable entry)."""
+        found = self._lookup(self.key_for(image_bytes, fingerprint), fingerprint)
+        return found[0] if found is not None else None
+
     def get_or_compute(self, image_bytes: bytes, fingerprint: str,
                        compute: Callable[[], ImageFeatures]) -> tuple[ImageFeatures, bool]:
         """Cached features of ``image_bytes`` for an engine with ``fingerprint``, else ``compute()``.

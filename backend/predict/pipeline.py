@@ -1,0 +1,105 @@
+"""The one way through: every door that predicts -- ``/predict``, a job chunk, ``TASKS_CREATED``
+warm-up, a smart region -- builds a :class:`RequestContext` here and calls the same :class:`Pipeline`.
+
+The context resolves, once per request and from explicit arguments (no thread-locals, no context
+variables): the project's output controls (one parser, :func:`backend.controls.config.parse_controls`,
+with the settings' nothing rule and vocabulary limits), how its images are fetched (the project's
+Label Studio credentials, :class:`~backend.predict.projects.ProjectRegistry`), its project memory
+(when on and not empty) and the ``model_version`` (:mod:`backend.predict.version`). The doors then
+differ only in what they do with it: answer HTTP, post to Label Studio in bulk, queue encodes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from backend.controls.config import Controls, parse_controls
+from backend.controls.smart import ContextError, refiner_for
+from backend.predict.projects import Connection, ProjectRegistry
+
+Fetch = Callable[[str, Any], bytes]
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What one request predicts with: ``project`` (Label Studio's project string or id, or None),
+    ``controls`` (outputs and smart tools), ``fetch(url, task_id) -> bytes``, ``memory`` (a non-empty
+    ``cass.memory.ProjectMemory`` or None), ``version`` (every prediction's ``model_version``) and
+    ``origin`` (the Label Studio that relative image references resolve against, "" if none)."""
+
+    project: Any
+    controls: Controls
+    fetch: Fetch
+    memory: Any
+    version: str
+    origin: str = ""
+
+    def with_fetch(self, fetch: Fetch) -> "RequestContext":
+        """The same request with another download function (a job's prefetched images)."""
+        return dataclasses.replace(self, fetch=fetch)
+
+
+class Pipeline:
+    """Built once per process by :mod:`backend.bootstrap`; thread-safe (its parts are)."""
+
+    def __init__(self, predictor, settings, projects: ProjectRegistry, memory=None, warmer=None):
+        self.predictor = predictor
+        self.settings = settings
+        self.projects = projects
+        self.memory = memory    # backend.corrections.memory.MemoryService, or None
+        self.warmer = warmer    # backend.predict.warm_tasks.TaskWarmer, or None (off)
+
+    # -- the request context --------------------------------------------------------------------
+    def parse(self, label_config: str) -> Controls:
+        """The project's controls; raises ``LabelConfigError`` naming what CASS cannot serve."""
+        return parse_controls(label_config, self.settings.nothing, self.settings.limits)
+
+    def project_memory(self, project, label_config: str | None = None):
+        """The project's memory when it is on and holds entries, else None."""
+        if self.memory is None:
+            return None
+        return self.memory.for_request(project, label_config)
+
+    def version(self, project, controls: Controls, label_config: str | None = None) -> str:
+        """The ``model_version`` ``/setup`` answers (the same a prediction of this request carries)."""
+        return self.predictor.version_of(controls, self.project_memory(project, label_config))
+
+    def context(self, project, controls: Controls, *, label_config: str | None = None,
+                fetch: Fetch | None = None, connection: Connection | None = None) -> RequestContext:
+        """The request's context; ``fetch`` defaults to the project's fetcher (``connection``: the
+        caller's Label Studio address/token, else what the project's ``/setup`` said)."""
+        origin = ""
+        if fetch is None:
+            fetcher = self.projects.fetcher(project, connection)
+            fetch = fetcher.fetch
+            origin = fetcher.label_studio.base_url if fetcher.label_studio is not None else ""
+        memory = self.project_memory(project, label_config)
+        version = self.predictor.version_of(controls, memory)
+        return RequestContext(project, controls, fetch, memory, version, origin)
+
+    # -- the doors -------------------------------------------------------------------------------
+    def predict_tasks(self, tasks: list, ctx: RequestContext) -> list[dict]:
+        """One entry per task, in order (a prediction or an error entry), under the predict budget."""
+        return self.predictor.predict(tasks, ctx.controls, ctx.fetch, memory=ctx.memory, version=ctx.version)
+
+    def predict_task(self, task: dict, ctx: RequestContext, info=None, prefill=None) -> dict:
+        """One task (a job's loop); raises on a task that fails, like ``Predictor.predict_task``."""
+        return self.predictor.predict_task(task, ctx.controls, ctx.fetch, info, memory=ctx.memory,
+                                           version=ctx.version, prefill=prefill)
+
+    def refine(self, task: dict, ctx: RequestContext, context: dict) -> dict:
+        """A smart tool's ``context`` (keypoints, rectangles) -> new regions for one task."""
+        from backend.predict.predictor import TASK_ERRORS
+
+        try:
+            answer = refiner_for(self.predictor).answer(task, ctx.controls, context, ctx.fetch)
+        except TASK_ERRORS as exc:
+            raise ContextError(f"{type(exc).__name__}: {exc}") from exc
+        return {**answer, "model_version": ctx.version}
+
+    def warm(self, tasks, ctx: RequestContext) -> dict | None:
+        """Queue the tasks' images for feature-cache warm-up (never blocks); None when warm-up is off."""
+        if self.warmer is None or not ctx.controls:
+            return None
+        return self.warmer.submit_tasks(tasks, ctx.controls, ctx.fetch, ctx.origin)

@@ -1,0 +1,186 @@
+"""One way through (issue 20): the same tasks through every door -- ``/predict``, a job chunk,
+``TASKS_CREATED`` warm-up then ``/predict``, a smart region -- for a BrushLabels, a PolygonLabels and
+a mixed config, with and without project memory, give identical regions and ``model_version``.
+
+Real parts: the tiny-weight engine, the Flask app built by the composition root, a fake Label
+Studio on a real socket (images, annotations), a real redis-server for the job store. The job's
+Label Studio API (config, task list, bulk import) is :class:`FakeProjects` (named as a fake)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from backend.config import Settings
+from backend.controls.brush_rle import mask_to_rle
+from backend.fetch.images import LabelStudioAuth
+from backend.http.app import create_app
+from backend.http.mlbackend import CASSManager
+from backend.jobs.queue import Jobs
+from backend.jobs.runner import ChunkRun, WorkerContext
+from backend.jobs.spec import JobSpec
+from backend.jobs.store import JobStore
+from backend.predict.predictor import Predictor, make_feature_cache
+from backend.predict.projects import setup_project_key
+from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio, ls_request, png_bytes
+from tests.parity import tiny_model
+from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
+
+pytestmark = pytest.mark.filterwarnings("ignore:Importing 'itsdangerous.json' is deprecated:DeprecationWarning")
+
+H, W = 48, 64
+UPLOADS = ("/data/upload/1/a.png", "/data/upload/1/b.png", "/data/upload/1/c.png")
+LABELS = '<Label value="cat"/><Label value="dog"/><Label value="grass"/>'
+CONFIGS = {
+    "brush": f'<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">{LABELS}'
+             f'</BrushLabels></View>',
+    "polygon": f'<View><Image name="image" value="$image"/><PolygonLabels name="poly" toName="image">{LABELS}'
+               f'</PolygonLabels></View>',
+    "mixed": f'<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">{LABELS}'
+             f'</BrushLabels><PolygonLabels name="poly" toName="image">{LABELS}</PolygonLabels>'
+             f'<KeyPointLabels name="kp" toName="image" smart="true"><Label value="dog"/></KeyPointLabels></View>',
+}
+
+
+class FakeProjects:
+    """Fake Label Studio API for the job runner: one project's config and tasks; stores imports."""
+
+    def __init__(self, config: str, tasks: list[dict]):
+        self.config, self.data = config, {t["id"]: t["data"] for t in tasks}
+        self.preds: dict[int, list[dict]] = {t["id"]: [] for t in tasks}
+
+    def label_config(self, project):
+        return self.config
+
+    def tasks(self, project, ids=None, view=None):
+        keep = sorted(self.data if ids is None else [i for i in ids if i in self.data])
+        return [{"id": i, "data": self.data[i], "predictions": [{"model_version": p["model_version"]}
+                                                                for p in self.preds[i]]} for i in keep]
+
+    def predicted(self, project, ids, version):
+        return {i for i in ids if any(p["model_version"] == version for p in self.preds.get(i, []))}
+
+    def import_predictions(self, project, predictions):
+        for p in predictions:
+            self.preds[p["task"]].append(p)
+        return len(predictions)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_model()
+
+
+@pytest.fixture
+def ls():
+    server = FakeLabelStudio()
+    rng = np.random.default_rng(11)
+    for path in UPLOADS:
+        server.add_upload(path, png_bytes(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)))
+    yield server
+    server.close()
+    LabelStudioAuth._access.clear()
+
+
+def regions(prediction: dict) -> list:
+    """A prediction's regions without their random ids, in a stable order."""
+    out = [{k: v for k, v in r.items() if k != "id"} for r in prediction["result"]]
+    return sorted(out, key=repr)
+
+
+def annotation(config_name: str) -> dict:
+    """An annotator's correction of task 1 (a dog in the middle) for the config's first output."""
+    if config_name == "polygon":
+        return {"from_name": "poly", "to_name": "image", "type": "polygonlabels", "original_width": W,
+                "original_height": H, "value": {"points": [[20, 20], [70, 20], [70, 80], [20, 80]],
+                                                "closed": True, "polygonlabels": ["dog"]}}
+    mask = np.zeros((H, W), bool)
+    mask[10:40, 12:50] = True
+    return {"from_name": "tag", "to_name": "image", "type": "brushlabels", "original_width": W,
+            "original_height": H, "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["dog"]}}
+
+
+def remember_a_correction(client, config: str, config_name: str) -> None:
+    """An annotation webhook (the /webhook door) that stores a project-memory entry."""
+    data = ls_request("webhook_annotation_created")
+    data["project"]["label_config"] = config
+    data["task"] = {"id": 1, "data": {"image": UPLOADS[0]}}
+    data["annotation"].update(id=7, task=1, result=[annotation(config_name)])
+    out = client.post("/webhook", json=data).get_json()
+    assert out["result"]["listeners"]["project_memory"][0]["memory"] == "stored", out
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["no-memory", "memory"])
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+def test_every_door_gives_the_same_regions_and_version(ls, engine, redis_url, config_name, memory):  # noqa: F811
+    config = CONFIGS[config_name]
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()
+    # Redis holds the job records and the project memory (shared by the two apps built below)
+    settings = Settings(label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, warmup=False,
+                        warmup_queue=16, project_memory=memory, redis_url=redis_url)
+    predictor = Predictor(engine, make_feature_cache(None))
+    client = create_app(settings, predictor).test_client()
+    setup = {**ls_request("setup"), "schema": config}
+    project_key = setup["project"]
+    version = client.post("/setup", json=setup).get_json()["model_version"]
+    if memory:
+        remember_a_correction(client, config, config_name)
+        with_memory = client.post("/setup", json=setup).get_json()["model_version"]
+        assert with_memory.startswith(version + "-mem.") and with_memory != version
+        version = with_memory
+    tasks = [{"id": i + 1, "data": {"image": path}} for i, path in enumerate(UPLOADS)]
+    body = {"tasks": tasks, "project": project_key, "label_config": config, "params": {}}
+
+    # door 1: /predict
+    direct = client.post("/predict", json=body).get_json()["results"]
+    assert [p["model_version"] for p in direct] == [version] * len(tasks)
+    assert all(p["result"] for p in direct)
+    kinds = {r["type"] for p in direct for r in p["result"]}
+    assert kinds == {"brush": {"brushlabels"}, "polygon": {"polygonlabels"},
+                     "mixed": {"brushlabels", "polygonlabels"}}[config_name]
+
+    # door 2: a job chunk (the runner, through the same pipeline)
+    projects = FakeProjects(config, tasks)
+    project_id = int(str(project_key).split(".")[0])
+    rec = Jobs(conn, projects).start(JobSpec(project_id), predictor.model_version)
+    ctx = WorkerContext(CASSManager.pipeline(), settings, projects, JobStore(conn), post_every=2)
+    counts = ChunkRun(ctx, rec["id"], [t["id"] for t in tasks]).run()
+    assert counts == {"done": len(tasks), "skipped": 0, "failed": 0, "cancelled": False}
+    posted = {i: p for i, ps in projects.preds.items() for p in ps}
+    assert [posted[t["id"]]["model_version"] for t in tasks] == [version] * len(tasks)
+    assert [regions(posted[t["id"]]) for t in tasks] == [regions(p) for p in direct]
+    # the same chunk again: every task already has a prediction of this version
+    JobStore(conn).set_status(rec["id"], "running")
+    assert ChunkRun(ctx, rec["id"], [t["id"] for t in tasks]).run()["skipped"] == len(tasks)
+
+    # door 3: TASKS_CREATED warm-up (a fresh cache), then /predict: cache hits, same answer
+    predictor = Predictor(engine, make_feature_cache(None))
+    client = create_app(settings, predictor).test_client()
+    client.post("/setup", json=setup)
+    hook = ls_request("webhook_tasks_created")
+    hook["project"]["label_config"] = config
+    hook["tasks"] = tasks
+    assert setup_project_key(hook["project"]) == project_key
+    out = client.post("/webhook", json=hook).get_json()
+    assert out["warmup"]["queued"] == len(tasks), out
+    warmer = CASSManager.pipeline().warmer
+    deadline = time.monotonic() + 60
+    while warmer.stats()["done"] < len(tasks):
+        assert time.monotonic() < deadline, warmer.stats()
+        time.sleep(0.05)
+    warmed = client.post("/predict", json=body).get_json()["results"]
+    assert (predictor.counters["cache_hits"], predictor.counters["cache_misses"]) == (len(tasks), 0)  # warmed
+    assert [p["model_version"] for p in warmed] == [version] * len(tasks)
+    assert [regions(p) for p in warmed] == [regions(p) for p in direct]
+
+    # door 4: a smart region (the mixed config has a smart keypoint): the same version
+    if config_name == "mixed":
+        point = {"from_name": "kp", "to_name": "image", "type": "keypointlabels", "original_width": W,
+                 "original_height": H, "value": {"x": 50, "y": 50, "width": 1, "keypointlabels": ["dog"]}}
+        smart = client.post("/predict", json={**body, "tasks": tasks[:1], "context": {"result": [point]}})
+        assert smart.status_code == 200, smart.get_data(as_text=True)
+        (answer,) = smart.get_json()["results"]
+        assert answer["model_version"] == version and answer["result"]
