@@ -77,6 +77,23 @@ def test_commands_without_redis_exit_2_without_torch(args, message):
     assert _loaded(out.stderr) == []
 
 
+def test_help_lists_every_sub_command_and_imports_none_of_them():
+    out = run_backend("--help", watch=HEAVY + ("backend.jobs.cli", "backend.corrections.report",
+                                               "backend.http.app", "backend.jobs.worker"))
+    assert out.returncode == 0, out.stderr
+    for command in ("serve", "worker", "preannotate", "jobs", "report"):
+        assert f"    {command} " in out.stdout, out.stdout
+    assert "--host" in out.stdout and "--port" in out.stdout  # serving stays the default command
+    assert _loaded(out.stderr) == []
+
+
+@pytest.mark.parametrize("command", ["jobs", "preannotate", "report", "worker", "serve"])
+def test_sub_command_help_is_its_own(command):
+    out = run_backend(command, "--help", watch=())
+    assert out.returncode == 0, out.stderr
+    assert f"usage: python -m backend {command}" in out.stdout
+
+
 def test_jobs_command_wall_time(capsys):
     """A benchmark, not an assertion: the target is under 1.5 s (it was 9.4 s with torch)."""
     t0 = time.perf_counter()
