@@ -4,16 +4,50 @@
     model = cass.create_model("openai", "dino_vitb8", preset="default")
     features = model.encode("photo.jpg")                      # label-free, cacheable
     seg = model.segment(features, cass.Vocabulary.from_spec("cat,kitten;dog;grass"))
+
+``import cass`` is cheap: the names below are imported on first use (PEP 562), so light modules
+(``cass.imageformat``, ``cass.vocabulary``, ``cass.lru``, ...) and their users never pay for torch
+and open_clip unless they touch the engine.
 """
-from cass.engine import CASS, create_model, sliding_windows
-from cass.features import FeaturesFormatError, ImageFeatures, Segmentation
-from cass.images import ImageError, load_image
-from cass.presets import ImageParams, Preset, PresetError, TextParams, list_presets, load_preset
-from cass.vocabulary import Vocabulary, VocabularyClass, VocabularyError
-from cass.weights import WeightsError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr__
+    from cass.engine import CASS, create_model, sliding_windows
+    from cass.features import FeaturesFormatError, ImageFeatures, Segmentation
+    from cass.images import ImageError, load_image
+    from cass.presets import ImageParams, Preset, PresetError, TextParams, list_presets, load_preset
+    from cass.vocabulary import Vocabulary, VocabularyClass, VocabularyError
+    from cass.weights import WeightsError
+
+_HOMES: dict[str, str] = {  # public name -> the module that defines it
+    **dict.fromkeys(("CASS", "create_model", "sliding_windows"), "cass.engine"),
+    **dict.fromkeys(("ImageFeatures", "Segmentation", "FeaturesFormatError"), "cass.features"),
+    **dict.fromkeys(("ImageError", "load_image"), "cass.images"),
+    **dict.fromkeys(("Preset", "ImageParams", "TextParams", "PresetError", "list_presets", "load_preset"),
+                    "cass.presets"),
+    **dict.fromkeys(("Vocabulary", "VocabularyClass", "VocabularyError"), "cass.vocabulary"),
+    "WeightsError": "cass.weights",
+}
 
 __all__ = [
     "CASS", "create_model", "sliding_windows", "ImageFeatures", "Segmentation", "FeaturesFormatError",
     "ImageError", "load_image", "Preset", "ImageParams", "TextParams", "PresetError", "list_presets",
     "load_preset", "Vocabulary", "VocabularyClass", "VocabularyError", "WeightsError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access and cache the name in this module."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

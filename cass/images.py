@@ -13,8 +13,6 @@ import os
 import warnings
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cass.imageformat import ALLOWED_TEXT, not_allowed_message, refused_format, sniff_format, webp_size
@@ -141,6 +139,9 @@ def inference_size(height: int, width: int, short_side: int, long_side: int) -> 
 
 def resize_for_inference(rgb: np.ndarray, short_side: int, long_side: int) -> np.ndarray:
     """Bilinear (no antialias, like OpenCV's ``INTER_LINEAR`` in the official pipeline) resize."""
+    import torch  # only here: decoding and ImageError stay light (backend.fetch imports them)
+    import torch.nn.functional as F
+
     h, w = rgb.shape[:2]
     th, tw = inference_size(h, w, short_side, long_side)
     if (th, tw) == (h, w):

@@ -18,9 +18,10 @@ official convolutions up to float32 summation order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported where it is used: PamrParams is read by the light cass.presets
+    import torch
 
 
 class PamrError(ValueError):
@@ -85,6 +86,9 @@ def affinity(image: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
     Returns:
         ``(K, H, W)`` float32, ``K = 8 * len(dilations)``, positive, summing to 1 over ``K``.
     """
+    import torch
+    import torch.nn.functional as F
+
     c, h, w = image.shape
     pad = max(dilations)
     padded = F.pad(image.unsqueeze(0), (pad, pad, pad, pad), mode="replicate")[0]
@@ -114,6 +118,9 @@ def refine(logits: torch.Tensor, image: torch.Tensor, params: PamrParams) -> tor
     Returns:
         ``(Q, H, W)`` float32.
     """
+    import torch
+    import torch.nn.functional as F
+
     if logits.ndim != 3 or image.ndim != 3:
         raise PamrError(f"pamr needs (Q, H, W) logits and a (C, H, W) image, got "
                         f"{tuple(logits.shape)} and {tuple(image.shape)}")

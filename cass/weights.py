@@ -30,9 +30,10 @@ import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # only load_state_dict needs torch; resolving sources stays light
+    import torch
 
 log = logging.getLogger("cass.weights")
 
@@ -145,6 +146,8 @@ def load_state_dict(path: str | os.PathLike, kind: str = "weights") -> dict[str,
     Unwraps ``teacher`` / ``state_dict`` / ``model`` entries and ``module.`` / ``backbone.`` prefixes
     (DINO training checkpoints). All tensors are returned as stored (no dtype change).
     """
+    import torch
+
     path = Path(path)
     try:
         if path.suffix == ".safetensors":

@@ -1,5 +1,35 @@
-"""Label Studio control tags CASS answers: brush and polygon outputs, smart-tool refinement."""
-from backend.controls.base import adapter_for, regions_for
-from backend.controls.config import Controls, PolygonTarget, SmartTool, parse_controls
+"""Label Studio control tags CASS answers: brush and polygon outputs, smart-tool refinement.
+
+The names below are imported on first use (PEP 562): :mod:`backend.config` reads
+:mod:`.limits` and :mod:`.labels` only, and must not pay for the brush encoder's
+``label_studio_sdk.converter`` (nltk, ~3 s) on every ``python -m backend jobs``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from backend.controls.base import adapter_for, regions_for
+    from backend.controls.config import Controls, PolygonTarget, SmartTool, parse_controls
+
+_HOMES: dict[str, str] = {
+    **dict.fromkeys(("adapter_for", "regions_for"), "backend.controls.base"),
+    **dict.fromkeys(("Controls", "PolygonTarget", "SmartTool", "parse_controls"), "backend.controls.config"),
+}
 
 __all__ = ["Controls", "PolygonTarget", "SmartTool", "adapter_for", "parse_controls", "regions_for"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access and cache the name in this package."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
