@@ -7,6 +7,7 @@ import pytest
 from backend.fetch.images import ImageFetchError
 from backend.controls.labels import NothingRule, parse_label_config
 from backend.controls.brush_rle import rle_to_mask
+from backend.http.health import report
 from backend.predict.predictor import NoCache, Predictor, make_feature_cache
 from tests.backend_fixtures import BRUSH_CONFIG, FakeEngine, label_set_version, png_bytes, three_band_image
 
@@ -162,7 +163,7 @@ def test_stats_and_health(engine, targets):
     stats = predictor.stats()
     assert {k: stats[k] for k in ("tasks", "predictions", "failed_tasks", "regions")} == {
         "tasks": 2, "predictions": 1, "failed_tasks": 1, "regions": 3}
-    assert predictor.health()["model_version"] == engine.model_version
+    assert report(predictor)["model_version"] == engine.model_version
 
 
 def test_make_feature_cache_uses_cass_cache_when_present():

@@ -19,6 +19,7 @@ from backend.jobs.http import auto_preannotate, register as register_jobs
 from backend.bootstrap import build
 from backend.http.mlbackend import CASSBackend, CASSManager
 from backend.http.edge import install as install_security
+from backend.http.health import report as health_report
 from backend.predict.predictor import Predictor
 
 log = logging.getLogger("backend.http.app")
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     def health():
         return jsonify({"status": "UP", "model_dir": None,
                         "v2": os.getenv("LABEL_STUDIO_ML_BACKEND_V2", default=LABEL_STUDIO_ML_BACKEND_V2_DEFAULT),
-                        **predictor.health()})
+                        **health_report(predictor)})
 
     def metrics():
         if request.args.get("format") == "json":

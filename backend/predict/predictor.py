@@ -333,12 +333,6 @@ class Predictor:
             cache = {"error": f"{type(exc).__name__}: {exc}"}
         return {"model_version": self.model_version, **counters, "cache": cache, "text": self.text.stats()}
 
-    def health(self) -> dict:
-        """Model, cache (probed off this thread), downloads, slots, memory, ``degraded`` (backend.http.health)."""
-        from backend.http.health import report
-
-        return report(self)
-
 
 def build_predictor(settings) -> Predictor:
     """Load the engine (once per process) with the feature cache; :class:`backend.config.Settings`."""
