@@ -15,6 +15,7 @@ from cass.features import Segmentation
 from cass.images import ImageError, load_image
 from cass.presets import PresetError, list_presets, load_preset
 from cass.vocabulary import Vocabulary, VocabularyError
+from cass.weight_sources import check_sources, chosen_sources, missing_weights_message
 from cass.weights import WeightsError
 
 
@@ -85,13 +86,15 @@ def with_legend(image: Image.Image, entries: list[tuple[tuple[int, int, int], st
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clip-weights", default="openai",
-                   help="'openai' (official CLIP ViT-B/16) or a path to an OpenAI-format CLIP state dict")
-    p.add_argument("--dino-weights", default="dino_vitb8",
+    p.add_argument("--clip-weights", default=None,
+                   help="'openai' (official CLIP ViT-B/16) or a path to an OpenAI-format CLIP state dict "
+                        "(default: $CASS_CLIP_WEIGHTS, else 'openai')")
+    p.add_argument("--dino-weights", default=None,
                    help="'dino_vitb8' (official DINO ViT-B/8), 'dinov2_vitb14' (DINOv2 ViT-B/14 reg4) or a path "
-                        "to a DINO / DINOv2 state dict")
+                        "to a DINO / DINOv2 state dict (default: $CASS_DINO_WEIGHTS, else 'dino_vitb8')")
     p.add_argument("--global-clip-weights", default=None,
-                   help="scale_up: 'openai-vit-l-14' or a path to a second CLIP for the global vector")
+                   help="scale_up: 'openai-vit-l-14' or a path to a second CLIP for the global vector "
+                        "(default: $CASS_GLOBAL_CLIP_WEIGHTS, else none)")
     p.add_argument("--pamr", action="store_true",
                    help="PAMR boundary refinement (official: 10 steps, dilations 8, 16; docs/options.md)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -99,8 +102,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model(args: argparse.Namespace, preset):
-    return create_model(args.clip_weights, args.dino_weights, preset, device=args.device, threads=args.threads,
-                        global_clip_weights=args.global_clip_weights)
+    """The engine on the weights chosen as the backend chooses them (flags over ``CASS_*_WEIGHTS``);
+    every missing weight file is reported in one :class:`WeightsError` before anything is loaded."""
+    chosen = chosen_sources(flags={"CLIP": args.clip_weights, "DINO": args.dino_weights,
+                                   "global CLIP": args.global_clip_weights})
+    problems = check_sources(chosen)
+    if problems:
+        raise WeightsError(missing_weights_message(problems))
+    return create_model(chosen["CLIP"], chosen["DINO"], preset, device=args.device, threads=args.threads,
+                        global_clip_weights=chosen["global CLIP"])
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

@@ -168,3 +168,31 @@ def test_segment_with_pamr(tiny_weights, tmp_path):
                 "--clip-weights", str(clip), "--dino-weights", str(dino), "--out", str(tmp_path / "out")])
     assert res.returncode == 0, res.stderr
     assert np.asarray(Image.open(tmp_path / "out" / "a_labels.png")).shape == (64, 96)
+
+
+def test_segment_reports_every_missing_weight_file_at_once(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASS_")}
+    env.update(CASS_CLIP_WEIGHTS=str(tmp_path / "clip_env.safetensors"), CASS_MODEL_DIR=str(tmp_path))
+    _image(tmp_path / "a.png")
+    res = _run(["segment", str(tmp_path / "a.png"), "--labels", "a;b", "--dino-weights",
+                str(tmp_path / "dino_flag.pth")], env=env)
+    assert res.returncode == 2
+    assert "2 weight files are missing" in res.stderr
+    for text in ("clip_env.safetensors", "dino_flag.pth", "CASS_CLIP_WEIGHTS", "CASS_DINO_WEIGHTS",
+                 "--clip-weights", "--dino-weights"):
+        assert text in res.stderr, text
+
+
+def test_segment_takes_weights_from_the_environment_and_flags_override_it(tiny_weights, tmp_path):
+    import os
+
+    clip, dino = tiny_weights
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASS_")}
+    env.update(CASS_CLIP_WEIGHTS=str(clip), CASS_DINO_WEIGHTS=str(tmp_path / "missing_dino.pth"))
+    _image(tmp_path / "a.png")
+    res = _run(["segment", str(tmp_path / "a.png"), "--labels", "a;b", "--dino-weights", str(dino),
+                "--out", str(tmp_path / "out")], env=env)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out" / "a_labels.png").is_file()
