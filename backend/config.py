@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from cass.weight_sources import chosen_sources
+
 from backend.fetch.images import MiB, parse_allowed_hosts
 from backend.controls.limits import VocabularyLimits
 from backend.controls.labels import LabelConfigError, NothingRule, parse_threshold, split_prompts
@@ -94,9 +96,7 @@ class Settings:
         return cls(
             **_deployment(get),
             jobs=JobSettings.from_env(env),
-            clip_weights=get("CASS_CLIP_WEIGHTS") or cls.clip_weights,
-            dino_weights=get("CASS_DINO_WEIGHTS") or cls.dino_weights,
-            global_clip_weights=get("CASS_GLOBAL_CLIP_WEIGHTS"),
+            **_weights(env),
             pamr=_flag(get("CASS_PAMR"), "CASS_PAMR", cls.pamr),
             preset=get("CASS_PRESET") or cls.preset,
             device=get("CASS_DEVICE"),
@@ -116,6 +116,13 @@ class Settings:
             warmup_queue=_default(_number(get("CASS_WARMUP_QUEUE"), "CASS_WARMUP_QUEUE", int, minimum=0),
                                   cls.warmup_queue),
         )
+
+
+def _weights(env: Mapping[str, str]) -> dict[str, str | None]:
+    """The weight sources, chosen exactly as ``python -m cass segment`` chooses them (without flags)."""
+    chosen = chosen_sources(env)
+    return {"clip_weights": chosen["CLIP"], "dino_weights": chosen["DINO"],
+            "global_clip_weights": chosen["global CLIP"]}
 
 
 def _number(text: str | None, name: str, kind, minimum: float):

@@ -7,91 +7,25 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
 from cass.engine import create_model
-from cass.features import Segmentation
 from cass.images import ImageError, load_image
+from cass.overlay import legend_entries, palette, save_outputs, with_legend  # noqa: F401 (re-exported)
 from cass.presets import PresetError, list_presets, load_preset
 from cass.vocabulary import Vocabulary, VocabularyError
+from cass.weight_sources import check_sources, chosen_sources, missing_weights_message
 from cass.weights import WeightsError
 
 
-def palette(n: int) -> np.ndarray:
-    """``(n, 3)`` uint8 distinct colours (the PASCAL VOC bit-interleaving palette)."""
-    out = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i + 1, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        out[i] = (r, g, b)
-    return out
-
-
-def save_outputs(rgb: np.ndarray, seg: Segmentation, out_dir: Path, stem: str) -> tuple[Path, Path]:
-    """``<stem>_labels.png`` (palette PNG, pixel = class index, 255 = no label) and
-    ``<stem>_overlay.png`` (class colours blended over the image)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n = len(seg.class_names)
-    colours = palette(max(n, 1))
-    labels = seg.labels
-    idx = np.where(labels < 0, 255, labels).astype(np.uint8)
-    label_img = Image.fromarray(idx, mode="P")
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    pal[:n] = colours[:n]
-    label_img.putpalette(pal.reshape(-1).tolist())
-    label_path = out_dir / f"{stem}_labels.png"
-    label_img.save(label_path)
-    colour = np.where((labels >= 0)[..., None], colours[np.clip(labels, 0, n - 1)], rgb)
-    overlay = (0.5 * rgb.astype(np.float32) + 0.5 * colour.astype(np.float32)).round().astype(np.uint8)
-    overlay_path = out_dir / f"{stem}_overlay.png"
-    with_legend(Image.fromarray(overlay), legend_entries(seg, colours)).save(overlay_path)
-    return label_path, overlay_path
-
-
-def legend_entries(seg: Segmentation, colours: np.ndarray) -> list[tuple[tuple[int, int, int], str]]:
-    """``(colour, "name  12.3 %")`` per class with pixels (largest share first), then "(no label)"."""
-    shares = seg.shares()
-    order = sorted(range(len(seg.class_names)), key=lambda i: -shares[seg.class_names[i]])
-    out = [(tuple(int(v) for v in colours[i]), f"{seg.class_names[i]}  {100 * shares[seg.class_names[i]]:.1f} %")
-           for i in order if seg.pixel_counts[i] > 0]
-    unlabelled = float((seg.labels < 0).mean())
-    if unlabelled:
-        out.append(((0, 0, 0), f"(no label)  {100 * unlabelled:.1f} %"))
-    return out
-
-
-def with_legend(image: Image.Image, entries: list[tuple[tuple[int, int, int], str]]) -> Image.Image:
-    """``image`` with a legend panel (colour swatch, label, pixel share) to its right."""
-    font = ImageFont.load_default()
-    row, pad = 16, 6
-    probe = ImageDraw.Draw(image)
-    text_w = max((int(probe.textlength(text, font=font)) for _, text in entries), default=0)
-    panel_w = pad * 3 + 12 + text_w
-    height = max(image.height, pad * 2 + row * len(entries))
-    canvas = Image.new("RGB", (image.width + panel_w, height), (255, 255, 255))
-    canvas.paste(image, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for k, (colour, text) in enumerate(entries):
-        y = pad + k * row
-        x = image.width + pad
-        draw.rectangle([x, y + 1, x + 11, y + 12], fill=colour, outline=(0, 0, 0))
-        draw.text((x + 12 + pad, y), text, fill=(0, 0, 0), font=font)
-    return canvas
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clip-weights", default="openai",
-                   help="'openai' (official CLIP ViT-B/16) or a path to an OpenAI-format CLIP state dict")
-    p.add_argument("--dino-weights", default="dino_vitb8",
+    p.add_argument("--clip-weights", default=None,
+                   help="'openai' (official CLIP ViT-B/16) or a path to an OpenAI-format CLIP state dict "
+                        "(default: $CASS_CLIP_WEIGHTS, else 'openai')")
+    p.add_argument("--dino-weights", default=None,
                    help="'dino_vitb8' (official DINO ViT-B/8), 'dinov2_vitb14' (DINOv2 ViT-B/14 reg4) or a path "
-                        "to a DINO / DINOv2 state dict")
+                        "to a DINO / DINOv2 state dict (default: $CASS_DINO_WEIGHTS, else 'dino_vitb8')")
     p.add_argument("--global-clip-weights", default=None,
-                   help="scale_up: 'openai-vit-l-14' or a path to a second CLIP for the global vector")
+                   help="scale_up: 'openai-vit-l-14' or a path to a second CLIP for the global vector "
+                        "(default: $CASS_GLOBAL_CLIP_WEIGHTS, else none)")
     p.add_argument("--pamr", action="store_true",
                    help="PAMR boundary refinement (official: 10 steps, dilations 8, 16; docs/options.md)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -99,8 +33,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model(args: argparse.Namespace, preset):
-    return create_model(args.clip_weights, args.dino_weights, preset, device=args.device, threads=args.threads,
-                        global_clip_weights=args.global_clip_weights)
+    """The engine on the weights chosen as the backend chooses them (flags over ``CASS_*_WEIGHTS``);
+    every missing weight file is reported in one :class:`WeightsError` before anything is loaded."""
+    chosen = chosen_sources(flags={"CLIP": args.clip_weights, "DINO": args.dino_weights,
+                                   "global CLIP": args.global_clip_weights})
+    problems = check_sources(chosen)
+    if problems:
+        raise WeightsError(missing_weights_message(problems))
+    return create_model(chosen["CLIP"], chosen["DINO"], preset, device=args.device, threads=args.threads,
+                        global_clip_weights=chosen["global CLIP"])
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

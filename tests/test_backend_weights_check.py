@@ -62,3 +62,17 @@ def test_the_command_reports_both_missing_files_at_once(args, tmp_path):
     assert "CASS_CLIP_WEIGHTS = '/nowhere/clip.safetensors'" in out.stderr
     assert "CASS_DINO_WEIGHTS = '/nowhere/dino.pth'" in out.stderr
     assert f"model dir (CASS_MODEL_DIR): {tmp_path}" in out.stderr
+
+
+def test_the_message_points_to_a_docs_section_that_exists():
+    """The missing-weights message names a file and a section; both must exist."""
+    import re
+
+    from cass.weight_sources import DOCS
+
+    path, section = re.fullmatch(r'(\S+), "([^"]+)"', DOCS).groups()
+    headings = [line.lstrip("#").strip() for line in (REPO / path).read_text().splitlines()
+                if line.startswith("#")]
+    assert section in headings, (path, section)
+    assert DOCS in missing_weights_message(check_weights(Settings(clip_weights="/nowhere/c.pt",
+                                                                  dino_weights="/nowhere/d.pth")))

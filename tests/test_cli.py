@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cass import cli
+from cass import cli, overlay
 from cass.evaluate import DatasetError, dataset_pairs, load_annotation
 from cass.presets import load_preset
 from tests.parity import REPO
@@ -155,10 +155,46 @@ def test_overlay_legend_shows_colour_label_and_share(tmp_path):
     _, overlay_path = cli.save_outputs(rgb, seg, tmp_path, "x")
     img = np.asarray(Image.open(overlay_path).convert("RGB"))
     assert img.shape[0] >= 40 and img.shape[1] > 60
-    # swatches: row k at y = 6 + 16 k, x = 60 + 6 .. +11 (inside the outline)
-    for k, (colour, _) in enumerate(entries):
-        assert tuple(img[6 + 16 * k + 6, 60 + 6 + 5]) == colour
+    layout = overlay.LegendLayout.for_image(60, 40)
+    for k, (colour, _) in enumerate(entries):  # each swatch's centre shows its entry's colour
+        x, y = layout.swatch_centre(60, k)
+        assert tuple(img[y, x]) == colour
     np.testing.assert_array_equal(img[:40, :60][labels < 0], rgb[labels < 0])  # unlabelled: the photo
+
+
+def test_swatches_are_the_overlay_blend_over_mid_grey():
+    from cass.features import Segmentation
+
+    labels = np.array([[0, 1], [1, -1]], np.int32)
+    seg = Segmentation(labels, np.zeros(2, np.float32), np.array([1, 2]), ["a", "b"])
+    colours = cli.palette(2)
+    entries = dict((text.split()[0], colour) for colour, text in cli.legend_entries(seg, colours))
+    for name, c in (("a", 0), ("b", 1)):
+        expected = tuple(int(v) for v in (0.5 * 128.0 + 0.5 * colours[c].astype(np.float32)).round())
+        assert entries[name] == expected == tuple(overlay.blend(np.full(3, 128, np.uint8), colours[c]))
+    assert entries["(no"] == (128, 128, 128)  # unlabelled pixels show the photo itself: the bare backdrop
+    # the overlay in the picture is the same formula
+    rgb = np.full((2, 2, 3), 128, np.uint8)
+    assert tuple(overlay.overlay_pixels(rgb, labels, colours)[0, 0]) == entries["a"]
+
+
+def test_legend_text_scales_with_the_image(tmp_path):
+    """On a 2048 x 2048 image the legend text is about 2 % of the shorter side tall, not 11 px."""
+    from cass.features import Segmentation
+
+    size = 2048
+    labels = np.zeros((size, size), np.int32)
+    labels[:, size // 2:] = 1
+    seg = Segmentation(labels, np.ones(2, np.float32), np.array([size * size // 2] * 2), ["sky", "tree"])
+    assert overlay.LegendLayout.for_image(size, size).font_size == round(0.02 * size)
+    _, path = cli.save_outputs(np.full((size, size, 3), 200, np.uint8), seg, tmp_path, "big")
+    img = np.asarray(Image.open(path).convert("L"))
+    panel = img[:, overlay.LegendLayout.for_image(size, size).text_x(size):]  # the text column only
+    rows = np.flatnonzero((panel < 100).any(axis=1))  # rows with dark ink (text)
+    first = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)[0]  # the first line of text
+    ink = first.max() - first.min() + 1
+    assert 0.01 * size <= ink <= 0.04 * size, ink
+    assert (panel[: first.max() + 1] < 100).any(axis=0).sum() > 0.05 * size  # and wide (11 px font: ~60 px)
 
 
 def test_segment_with_pamr(tiny_weights, tmp_path):
@@ -168,3 +204,31 @@ def test_segment_with_pamr(tiny_weights, tmp_path):
                 "--clip-weights", str(clip), "--dino-weights", str(dino), "--out", str(tmp_path / "out")])
     assert res.returncode == 0, res.stderr
     assert np.asarray(Image.open(tmp_path / "out" / "a_labels.png")).shape == (64, 96)
+
+
+def test_segment_reports_every_missing_weight_file_at_once(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASS_")}
+    env.update(CASS_CLIP_WEIGHTS=str(tmp_path / "clip_env.safetensors"), CASS_MODEL_DIR=str(tmp_path))
+    _image(tmp_path / "a.png")
+    res = _run(["segment", str(tmp_path / "a.png"), "--labels", "a;b", "--dino-weights",
+                str(tmp_path / "dino_flag.pth")], env=env)
+    assert res.returncode == 2
+    assert "2 weight files are missing" in res.stderr
+    for text in ("clip_env.safetensors", "dino_flag.pth", "CASS_CLIP_WEIGHTS", "CASS_DINO_WEIGHTS",
+                 "--clip-weights", "--dino-weights"):
+        assert text in res.stderr, text
+
+
+def test_segment_takes_weights_from_the_environment_and_flags_override_it(tiny_weights, tmp_path):
+    import os
+
+    clip, dino = tiny_weights
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASS_")}
+    env.update(CASS_CLIP_WEIGHTS=str(clip), CASS_DINO_WEIGHTS=str(tmp_path / "missing_dino.pth"))
+    _image(tmp_path / "a.png")
+    res = _run(["segment", str(tmp_path / "a.png"), "--labels", "a;b", "--dino-weights", str(dino),
+                "--out", str(tmp_path / "out")], env=env)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out" / "a_labels.png").is_file()
