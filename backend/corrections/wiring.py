@@ -49,7 +49,8 @@ def controls_for(settings):
 def handle_annotation_event(event: str, data: dict, model) -> dict:
     install_defaults(model.settings, model.predictor)
     try:
-        return dispatch(event, data, controls_for(model.settings))
+        return dispatch(event, data, controls_for(model.settings),
+                        max_pixels=getattr(model.settings, "max_image_pixels", None))
     except EventError as exc:
         log.warning("webhook %s not used: %s", event, exc)
         return {"error": f"EventError: {exc}"}
