@@ -131,3 +131,15 @@ def test_decoding_the_bombs_keeps_the_process_small():
     print("RSS", report)
     assert all(report["refused"]), report
     assert report["peak_mb"] - report["start_mb"] < 64, report  # the bombs asked for 2 GiB and 2 x 1 GiB
+
+
+def test_the_agreement_listener_uses_the_settings_limit(monkeypatch):
+    from types import SimpleNamespace
+
+    from backend.corrections import events
+    from backend.corrections.agreement import install
+
+    monkeypatch.setattr(events, "register_listener", lambda fn, name=None: fn)  # no process-wide listener
+    settings = SimpleNamespace(redis_url=None, max_image_pixels=123_000_000)
+    listener = install(settings, predictor=SimpleNamespace())
+    assert listener.max_pixels == 123_000_000
