@@ -143,3 +143,14 @@ def test_the_agreement_listener_uses_the_settings_limit(monkeypatch):
     settings = SimpleNamespace(redis_url=None, max_image_pixels=123_000_000)
     listener = install(settings, predictor=SimpleNamespace())
     assert listener.max_pixels == 123_000_000
+
+
+def test_many_labels_cannot_multiply_the_canvas():
+    names = [f"l{i}" for i in range(40)]
+    config = ('<View><Image name="image" value="$image"/><PolygonLabels name="tag" toName="image">'
+              + "".join(f'<Label value="{n}"/>' for n in names) + "</PolygonLabels></View>")
+    result = [dict(polygon_region(1000), id=f"p{i}", value={"points": [[0, 0], [1, 0], [0, 1]], "polygonlabels": [n]})
+              for i, n in enumerate(names)]
+    with pytest.raises(AnnotationError, match=r"result\[16\].*17 label masks of 1000x1000.*over 16 x CASS_MAX_IMAGE_MP"):
+        annotation_masks(result, controls(config), max_pixels=1_000_000)
+    assert len(annotation_masks(result[:16], controls(config), max_pixels=1_000_000)) == 16

@@ -41,3 +41,14 @@ def test_the_report_png_command_survives_a_mathtext_label(tmp_path, monkeypatch,
     monkeypatch.setattr(report, "summarize", lambda totals: {"$\\frac{a}{$": row(0.3)})
     assert report.main(["--project", "1", "--png", str(tmp_path / "c.png"), "--redis-url", "redis://x"]) == 0
     assert (tmp_path / "c.png").exists()
+
+
+def test_the_report_does_not_print_the_redis_password(monkeypatch, capsys):
+    from backend.corrections import report
+
+    def down(url):
+        raise ConnectionError(f"cannot reach {url}")
+
+    monkeypatch.setattr(report, "store_for", down)
+    assert report.main(["--project", "1", "--redis-url", "redis://:hunter2@cache:6379/0?password=hunter2"]) == 1
+    assert "hunter2" not in capsys.readouterr().err

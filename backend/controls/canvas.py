@@ -11,6 +11,9 @@ from __future__ import annotations
 
 #: Default of ``CASS_MAX_IMAGE_MP`` (pixels): the largest image the backend downloads or decodes.
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Label masks (one ``H x W`` bool canvas per label) one annotation may decode to, counted in canvases of
+#: the largest image: ``MASK_BUDGET x CASS_MAX_IMAGE_MP`` pixels in all (640 MB at the default).
+MASK_BUDGET = 16
 #: Bits of label-studio-sdk's brush RLE header that hold the value count (big-endian).
 RLE_COUNT_BITS = 32
 
@@ -28,6 +31,15 @@ def check_canvas(height: int, width: int, max_pixels: int | None = None) -> None
     if height * width > limit:
         raise CanvasLimitError(f"{height}x{width} (height x width) is {height * width / 1e6:.1f} MP, over the "
                                f"limit of {limit / 1e6:g} MP (CASS_MAX_IMAGE_MP): refused before decoding")
+
+
+def check_mask_budget(masks: int, height: int, width: int, max_pixels: int | None = None) -> None:
+    """Refuse ``masks`` label masks of ``height x width`` over ``MASK_BUDGET x max_pixels`` pixels in all
+    (a forged config with many labels must not multiply one allowed canvas)."""
+    limit = MASK_BUDGET * (DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels))
+    if masks * height * width > limit:
+        raise CanvasLimitError(f"{masks} label masks of {height}x{width} are {masks * height * width / 1e6:.1f} MP, "
+                               f"over {MASK_BUDGET} x CASS_MAX_IMAGE_MP = {limit / 1e6:g} MP: refused before decoding")
 
 
 def rle_declared_values(rle) -> int:

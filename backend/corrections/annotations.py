@@ -19,7 +19,8 @@ its ``id``) and the problem.
 Nothing is decoded before its size is checked (issue 21, docs/security.md): a region's declared
 ``original_height x original_width`` must be at most ``max_pixels`` (CASS_MAX_IMAGE_MP) and equal the
 task's size when the caller knows it, and a brush RLE whose header does not declare exactly
-``H * W * 4`` values is refused from its header (:mod:`backend.controls.canvas`).
+``H * W * 4`` values is refused from its header, and the label masks of one result together stay
+within ``MASK_BUDGET x CASS_MAX_IMAGE_MP`` pixels (:mod:`backend.controls.canvas`).
 
 Label Studio 1.23.2 stores the label's ``value`` (or its ``alias``) in the region, which is what
 :attr:`Vocabulary.names` holds for a control (``backend.controls.labels``).
@@ -31,7 +32,7 @@ import math
 import numpy as np
 
 from backend.controls.brush_rle import rle_to_mask
-from backend.controls.canvas import CanvasLimitError, check_canvas
+from backend.controls.canvas import CanvasLimitError, check_canvas, check_mask_budget
 from backend.controls.polygon import rasterize
 
 #: Region types that carry a mask, and the key of their label list in ``value``.
@@ -148,6 +149,10 @@ def annotation_masks(result: list[dict], controls, size: tuple[int, int] | None 
         elif seen_size != (height, width):
             raise AnnotationError(f"{where} is {height}x{width} (original_height x original_width) but "
                                   f"{first_where} is {seen_size[0]}x{seen_size[1]}: one image has one size")
+        try:
+            check_mask_budget(len(masks.keys() | set(labels)), height, width, max_pixels)
+        except CanvasLimitError as exc:
+            raise AnnotationError(f"{where}: {exc}") from None
         mask = _brush_mask(region, height, width, where, max_pixels) if kind == "brushlabels" \
             else _polygon_mask(region, height, width, where, max_pixels)
         for name in labels:

@@ -20,7 +20,7 @@ import sys
 
 from backend.corrections.agreement import summarize
 from backend.corrections.store import store_for
-from cass.redaction import escape_controls
+from cass.redaction import escape_controls, redact
 
 
 def _pct(v: float | None) -> str:
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = summarize(store_for(args.redis_url).totals(args.project))
     except Exception as exc:
-        print(f"report: could not read the totals from {args.redis_url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"report: could not read the totals from {redact(args.redis_url)}: {type(exc).__name__}: "
+              f"{redact(str(exc))}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps({"project": args.project, "labels": summary}, sort_keys=True))
