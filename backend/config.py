@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from cass.weight_sources import chosen_sources
 
 from backend.fetch.images import MiB, parse_allowed_hosts
+from backend.controls.canvas import DEFAULT_MAX_PIXELS
 from backend.controls.limits import VocabularyLimits
 from backend.controls.labels import LabelConfigError, NothingRule, parse_threshold, split_prompts
 
@@ -52,7 +53,7 @@ class Settings:
     basic_auth_user: str | None = None           # BASIC_AUTH_USER: with BASIC_AUTH_PASS, every endpoint but
     basic_auth_pass: str | None = field(default=None, repr=False)  # /health needs HTTP basic auth
     max_request_bytes: int = 64 * MiB            # CASS_MAX_REQUEST_MB: request body limit
-    max_image_pixels: int = 40_000_000           # CASS_MAX_IMAGE_MP: declared width x height limit
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # CASS_MAX_IMAGE_MP: declared width x height limit
     inference_slots: int = 1                     # CASS_INFERENCE_SLOTS: tasks computed at once
     max_queue: int = 16                          # CASS_MAX_QUEUE: /predict requests waiting beyond the slots
     queue_wait_s: float = 60.0                   # CASS_QUEUE_WAIT_S: most seconds of queued work admitted

@@ -72,7 +72,7 @@ def test_empty_result_gives_no_masks(controls):
 @pytest.mark.parametrize("change, message", [
     (lambda r: r["value"].update(brushlabels=["horse"]), "label(s) 'horse' are not labels of control 'tag'"),
     (lambda r: r.update(from_name="other"), "from_name 'other', which is not an output control"),
-    (lambda r: r["value"].update(rle=[0, 0, 0, 32, 7, 0]), "value.rle does not decode to a 6x5 brush mask"),
+    (lambda r: r["value"].update(rle=[0, 0, 0, 32, 7, 0]), "value.rle: the RLE declares 32 values, expected 6x5x4 = 120"),
     (lambda r: r["value"].update(rle="abc"), "value.rle must be a non-empty list of integers"),
     (lambda r: r.update(original_width=0), "original_width must be a positive whole number"),
     (lambda r: r.update(type="polygonlabels"), "type 'polygonlabels' but control 'tag' makes 'brushlabels'"),

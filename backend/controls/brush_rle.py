@@ -6,6 +6,7 @@ import uuid
 import numpy as np
 from label_studio_sdk.converter import brush
 
+from backend.controls.canvas import check_rle_header
 from backend.controls.labels import BrushTarget
 
 
@@ -17,8 +18,14 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
     return brush.mask2rle((mask != 0).astype(np.uint8) * 255)
 
 
-def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
-    """Inverse of :func:`mask_to_rle`: ``(H, W)`` bool (the alpha channel of the decoded image)."""
+def rle_to_mask(rle: list[int], height: int, width: int, max_pixels: int | None = None) -> np.ndarray:
+    """Inverse of :func:`mask_to_rle`: ``(H, W)`` bool (the alpha channel of the decoded image).
+
+    The canvas is checked against ``max_pixels`` (CASS_MAX_IMAGE_MP) and the RLE's header against
+    ``height * width * 4`` before label-studio-sdk decodes anything
+    (:class:`~backend.controls.canvas.CanvasLimitError`, a ValueError).
+    """
+    check_rle_header(rle, height, width, max_pixels)
     flat = brush.decode_rle(rle)
     if flat.size != height * width * 4:
         raise ValueError(f"RLE holds {flat.size} values, expected {height}x{width}x4 = {height * width * 4}")

@@ -27,6 +27,7 @@ import uuid
 import cv2
 import numpy as np
 
+from backend.controls.canvas import check_canvas
 from backend.controls.labels import BrushTarget
 
 DECIMALS = 3
@@ -92,9 +93,11 @@ def to_percent(points: np.ndarray, width: int, height: int) -> list[list[float]]
     return np.round(np.clip(pct, 0.0, 100.0), DECIMALS).tolist()
 
 
-def rasterize(points_pct, width: int, height: int) -> np.ndarray:
+def rasterize(points_pct, width: int, height: int, max_pixels: int | None = None) -> np.ndarray:
     """Label Studio polygon points (percent) -> ``(H, W)`` bool mask (``cv2.fillPoly``, boundary pixels
-    included), the inverse of :func:`to_percent` used by the tests and the e2e check."""
+    included), the inverse of :func:`to_percent` used by the tests and the e2e check. A canvas over
+    ``max_pixels`` (CASS_MAX_IMAGE_MP) is refused before it is allocated (``CanvasLimitError``)."""
+    check_canvas(height, width, max_pixels)
     pts = np.asarray(points_pct, dtype=np.float64) / 100.0 * np.array([width, height]) - 0.5
     canvas = np.zeros((height, width), dtype=np.uint8)
     cv2.fillPoly(canvas, [np.round(pts).astype(np.int32)], 1)

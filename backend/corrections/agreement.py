@@ -104,14 +104,16 @@ class AgreementListener:
     """The dispatcher listener: compares, then replaces the annotation's contribution in ``store``.
 
     ``source``: :class:`~backend.corrections.predictions.PredictionSource` (``prediction(event) ->
-    (result, model_version, prediction_id) | None``).
+    (result, model_version, prediction_id) | None``). ``max_pixels``: CASS_MAX_IMAGE_MP, the largest
+    canvas a prediction's regions may declare (default its default).
     """
 
     name = "agreement"
 
-    def __init__(self, store, source):
+    def __init__(self, store, source, max_pixels: int | None = None):
         self.store = store
         self.source = source
+        self.max_pixels = max_pixels
 
     def __call__(self, event) -> dict:
         if event.kind == "deleted":
@@ -128,7 +130,7 @@ class AgreementListener:
                     "skipped": f"task {event.task_id} has no prediction of this backend"}
         result, model_version, prediction_id = found
         try:
-            predicted = annotation_masks(result, event.controls, size=event.size)
+            predicted = annotation_masks(result, event.controls, size=event.size, max_pixels=self.max_pixels)
         except AnnotationError as exc:
             raise AnnotationError(f"prediction {prediction_id} of task {event.task_id}: {exc}") from None
         contribution = compare(event.masks, predicted)
@@ -145,6 +147,7 @@ def install(settings, predictor, credentials) -> AgreementListener:
     from backend.corrections.predictions import PredictionSource
     from backend.corrections.store import store_for
 
-    listener = AgreementListener(store_for(getattr(settings, "redis_url", None)), PredictionSource(credentials, predictor))
+    listener = AgreementListener(store_for(getattr(settings, "redis_url", None)), PredictionSource(credentials, predictor),
+                                 max_pixels=getattr(settings, "max_image_pixels", None))
     register_listener(listener, name=AgreementListener.name)
     return listener

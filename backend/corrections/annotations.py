@@ -16,6 +16,12 @@ not an output control of the config, a label the control does not have, an RLE o
 bad points or sizes that disagree raise :class:`AnnotationError` naming the region (``result[i]``,
 its ``id``) and the problem.
 
+Nothing is decoded before its size is checked (issue 21, docs/security.md): a region's declared
+``original_height x original_width`` must be at most ``max_pixels`` (CASS_MAX_IMAGE_MP) and equal the
+task's size when the caller knows it, and a brush RLE whose header does not declare exactly
+``H * W * 4`` values is refused from its header, and the label masks of one result together stay
+within ``MASK_BUDGET x CASS_MAX_IMAGE_MP`` pixels (:mod:`backend.controls.canvas`).
+
 Label Studio 1.23.2 stores the label's ``value`` (or its ``alias``) in the region, which is what
 :attr:`Vocabulary.names` holds for a control (``backend.controls.labels``).
 """
@@ -25,8 +31,9 @@ import math
 
 import numpy as np
 
-from backend.controls.polygon import rasterize
 from backend.controls.brush_rle import rle_to_mask
+from backend.controls.canvas import CanvasLimitError, check_canvas, check_mask_budget
+from backend.controls.polygon import rasterize
 
 #: Region types that carry a mask, and the key of their label list in ``value``.
 MASK_TYPES = {"brushlabels": "brushlabels", "polygonlabels": "polygonlabels"}
@@ -43,8 +50,9 @@ def _where(index: int, region) -> str:
     return f"result[{index}]" + (f" (id {rid!r})" if rid is not None else "")
 
 
-def region_size(region: dict, where: str) -> tuple[int, int]:
-    """``(height, width)`` of a region's ``original_height`` / ``original_width`` (positive ints)."""
+def region_size(region: dict, where: str, max_pixels: int | None = None) -> tuple[int, int]:
+    """``(height, width)`` of a region's ``original_height`` / ``original_width`` (positive ints, at
+    most ``max_pixels`` together: CASS_MAX_IMAGE_MP, default its default)."""
     size = []
     for key in ("original_height", "original_width"):
         v = region.get(key)
@@ -53,6 +61,10 @@ def region_size(region: dict, where: str) -> tuple[int, int]:
             raise AnnotationError(f"{where}: {key} must be a positive whole number of pixels (at most "
                                   f"{MAX_SIDE}), got {v!r}")
         size.append(int(v))
+    try:
+        check_canvas(size[0], size[1], max_pixels)
+    except CanvasLimitError as exc:
+        raise AnnotationError(f"{where}: {exc}") from None
     return size[0], size[1]
 
 
@@ -68,7 +80,7 @@ def _region_labels(region: dict, key: str, target, where: str) -> list[str]:
     return labels
 
 
-def _brush_mask(region: dict, height: int, width: int, where: str) -> np.ndarray:
+def _brush_mask(region: dict, height: int, width: int, where: str, max_pixels: int | None) -> np.ndarray:
     value = region["value"]
     fmt = value.get("format", "rle")
     if fmt != "rle":
@@ -78,13 +90,15 @@ def _brush_mask(region: dict, height: int, width: int, where: str) -> np.ndarray
                                                        for v in rle):
         raise AnnotationError(f"{where}: value.rle must be a non-empty list of integers (Label Studio brush RLE)")
     try:
-        return rle_to_mask(rle, height, width)
+        return rle_to_mask(rle, height, width, max_pixels)
+    except CanvasLimitError as exc:
+        raise AnnotationError(f"{where}: value.rle: {exc}") from None
     except Exception as exc:  # label-studio-sdk's decoder on garbage: IndexError, ValueError...
         raise AnnotationError(f"{where}: value.rle does not decode to a {height}x{width} brush mask: "
                               f"{type(exc).__name__}: {exc}") from None
 
 
-def _polygon_mask(region: dict, height: int, width: int, where: str) -> np.ndarray:
+def _polygon_mask(region: dict, height: int, width: int, where: str, max_pixels: int | None) -> np.ndarray:
     points = region["value"].get("points")
     ok = isinstance(points, list) and len(points) >= 3 and all(
         isinstance(p, (list, tuple)) and len(p) == 2 and all(
@@ -93,14 +107,16 @@ def _polygon_mask(region: dict, height: int, width: int, where: str) -> np.ndarr
     if not ok:
         raise AnnotationError(f"{where}: value.points must be a list of at least 3 [x, y] percent pairs "
                               f"(finite numbers), got {str(points)[:120]}")
-    return rasterize(points, width, height)
+    return rasterize(points, width, height, max_pixels)
 
 
-def annotation_masks(result: list[dict], controls, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+def annotation_masks(result: list[dict], controls, size: tuple[int, int] | None = None,
+                     max_pixels: int | None = None) -> dict[str, np.ndarray]:
     """Label name -> ``(H, W)`` bool mask (original size) of every labelled pixel of ``result``.
 
     ``controls``: the project's :class:`~backend.controls.config.Controls` (or a sequence of output
-    targets). ``size``: ``(H, W)`` every region must have, if known (e.g. the prediction's).
+    targets). ``size``: ``(H, W)`` every region must have, if known (the task's image size), checked
+    before anything is decoded. ``max_pixels``: CASS_MAX_IMAGE_MP in pixels (default its default).
     Labels without a region are absent; an empty ``result`` gives ``{}``. Raises
     :class:`AnnotationError` (see the module docstring).
     """
@@ -109,7 +125,7 @@ def annotation_masks(result: list[dict], controls, size: tuple[int, int] | None 
     outputs = {t.from_name: t for t in controls}
     masks: dict[str, np.ndarray] = {}
     seen_size: tuple[int, int] | None = tuple(size) if size is not None else None
-    first_where = "the prediction" if size is not None else None
+    first_where = "the task's image" if size is not None else None
     for index, region in enumerate(result):
         where = _where(index, region)
         if not isinstance(region, dict):
@@ -127,14 +143,18 @@ def annotation_masks(result: list[dict], controls, size: tuple[int, int] | None 
         if not isinstance(region.get("value"), dict):
             raise AnnotationError(f"{where} has no 'value' object")
         labels = _region_labels(region, MASK_TYPES[kind], target, where)
-        height, width = region_size(region, where)
+        height, width = region_size(region, where, max_pixels)
         if seen_size is None:
             seen_size, first_where = (height, width), where
         elif seen_size != (height, width):
             raise AnnotationError(f"{where} is {height}x{width} (original_height x original_width) but "
                                   f"{first_where} is {seen_size[0]}x{seen_size[1]}: one image has one size")
-        mask = _brush_mask(region, height, width, where) if kind == "brushlabels" \
-            else _polygon_mask(region, height, width, where)
+        try:
+            check_mask_budget(len(masks.keys() | set(labels)), height, width, max_pixels)
+        except CanvasLimitError as exc:
+            raise AnnotationError(f"{where}: {exc}") from None
+        mask = _brush_mask(region, height, width, where, max_pixels) if kind == "brushlabels" \
+            else _polygon_mask(region, height, width, where, max_pixels)
         for name in labels:
             if name in masks:
                 masks[name] |= mask

@@ -102,12 +102,13 @@ def _project_id(data: dict) -> int:
     return _int(project, "project")
 
 
-def parse_event(action: str, data: dict, controls_for: Callable[[dict], object]) -> list[AnnotationEvent]:
+def parse_event(action: str, data: dict, controls_for: Callable[[dict], object],
+                max_pixels: int | None = None) -> list[AnnotationEvent]:
     """The events of one webhook payload (``data`` without ``action``).
 
     ``controls_for(project_dict)`` returns the project's :class:`~backend.controls.config.Controls`
     (raising ``LabelConfigError`` when CASS cannot use its config, which leaves ``controls=None`` and
-    ``masks={}``). Raises :class:`EventError` for an unknown action or a malformed payload, with the
+    ``masks={}``). ``max_pixels``: CASS_MAX_IMAGE_MP, the largest canvas a region may declare. Raises :class:`EventError` for an unknown action or a malformed payload, with the
     :class:`~backend.corrections.annotations.AnnotationError` text for bad regions.
     """
     kind = EVENTS.get(action)
@@ -150,20 +151,20 @@ def parse_event(action: str, data: dict, controls_for: Callable[[dict], object])
     size = None
     if controls is not None:
         try:
-            masks = annotation_masks(result, controls)
+            masks = annotation_masks(result, controls, max_pixels=max_pixels)
             size = result_size(result)
         except AnnotationError as exc:
             raise EventError(f"annotation {annotation_id} of task {task_id}: {exc}") from None
     return [AnnotationEvent(kind, masks=masks, controls=controls, result=result, size=size, **common)]
 
 
-def dispatch(action: str, data: dict, controls_for: Callable[[dict], object]) -> dict:
+def dispatch(action: str, data: dict, controls_for: Callable[[dict], object], max_pixels: int | None = None) -> dict:
     """Parse ``data`` once and call every listener on each event.
 
     Returns ``{"events": n, "listeners": {name: [result per event] or {"error": ...}}}``. Raises
     :class:`EventError` when the payload cannot be parsed (nothing is called then).
     """
-    events = parse_event(action, data, controls_for)
+    events = parse_event(action, data, controls_for, max_pixels)
     with _lock:
         current = list(_listeners)
     out: dict[str, object] = {}

@@ -6,6 +6,10 @@ table has one row per label: annotations seen (annotations where the label is an
 predicted), IoU, precision, recall (pooled pixel counts), pixels annotated / predicted, and the most
 frequent confusion: the other predicted label (or ``(none)``: no predicted region) that covers the
 largest share of the label's annotated pixels. ``--png`` draws per-label IoU bars (matplotlib).
+
+Label names and the project come from webhooks: they are data, never markup (issue 21). The table
+escapes their control characters (a newline cannot forge a row, an ESC cannot drive the terminal);
+the chart draws them with mathtext and TeX off (``$\\frac{a}{$`` is shown as typed, not parsed).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import sys
 
 from backend.corrections.agreement import summarize
 from backend.corrections.store import store_for
+from cass.redaction import escape_controls, redact
 
 
 def _pct(v: float | None) -> str:
@@ -27,17 +32,19 @@ def confusion_text(row: dict) -> str:
     if top is None:
         return "-"
     label, share = top
-    return f"{label or '(none)'} {100 * share:.0f}%"
+    return f"{escape_controls(label) if label else '(none)'} {100 * share:.0f}%"
 
 
 def table(project, summary: dict[str, dict]) -> str:
-    """The plain-text report (labels sorted by IoU, worst first: the ones needing better prompts)."""
+    """The plain-text report (labels sorted by IoU, worst first: the ones needing better prompts); one
+    line per label whatever the names hold (control characters escaped)."""
+    project = escape_controls(str(project))
     if not summary:
         return f"project {project}: no corrected annotation compared yet"
     rows = sorted(summary.items(), key=lambda kv: (kv[1]["iou"] if kv[1]["iou"] is not None else -1, kv[0]))
     head = ("label", "annotations", "IoU %", "precision %", "recall %", "annotated px", "predicted px",
             "most frequent confusion")
-    body = [(label, str(r["annotations"]), _pct(r["iou"]), _pct(r["precision"]), _pct(r["recall"]),
+    body = [(escape_controls(label), str(r["annotations"]), _pct(r["iou"]), _pct(r["precision"]), _pct(r["recall"]),
              str(r["annotated_px"]), str(r["predicted_px"]), confusion_text(r)) for label, r in rows]
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
     line = lambda cells: "  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w)  # noqa: E731
@@ -47,14 +54,21 @@ def table(project, summary: dict[str, dict]) -> str:
 
 
 def chart(project, summary: dict[str, dict], path: str) -> None:
-    """Per-label IoU bars (0-100 %, labels sorted worst first), annotations seen on each bar."""
+    """Per-label IoU bars (0-100 %, labels sorted worst first), annotations seen on each bar; every text
+    drawn literally (``text.parse_math`` and ``text.usetex`` off, control characters escaped)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
+        _draw(plt, escape_controls(str(project)), summary, path)
+
+
+def _draw(plt, project: str, summary: dict[str, dict], path: str) -> None:
+    """The bars of :func:`chart` (inside its literal-text rc context)."""
     rows = sorted(summary.items(), key=lambda kv: (kv[1]["iou"] if kv[1]["iou"] is not None else -1, kv[0]))
-    labels = [label for label, _ in rows]
+    labels = [escape_controls(label) for label, _ in rows]
     ious = [100 * (r["iou"] or 0.0) for _, r in rows]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(labels) + 2), 4.0), dpi=100)
     bars = ax.bar(range(len(labels)), ious, color=["#d9534f" if v < 50 else "#5cb85c" for v in ious])
@@ -87,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = summarize(store_for(args.redis_url).totals(args.project))
     except Exception as exc:
-        print(f"report: could not read the totals from {args.redis_url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"report: could not read the totals from {redact(args.redis_url)}: {type(exc).__name__}: "
+              f"{redact(str(exc))}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps({"project": args.project, "labels": summary}, sort_keys=True))

@@ -39,9 +39,12 @@ def controls_for(parse: Callable[[str], object]):
     return controls
 
 
-def handle_annotation_event(event: str, data: dict, parse: Callable[[str], object]) -> dict:
+def handle_annotation_event(event: str, data: dict, parse: Callable[[str], object],
+                            max_pixels: int | None = None) -> dict:
+    """``max_pixels``: the canvas bound of a decoded annotation (``CASS_MAX_IMAGE_MP``), checked
+    before anything is decoded."""
     try:
-        return dispatch(event, data, controls_for(parse))
+        return dispatch(event, data, controls_for(parse), max_pixels=max_pixels)
     except EventError as exc:
         log.warning("webhook %s not used: %s", event, exc)
         return {"error": f"EventError: {exc}"}

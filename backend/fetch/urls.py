@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+from cass.redaction import redact
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 _NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$")
@@ -68,14 +70,9 @@ def _refuse(url: str, why: str) -> URLRefused:
 
 
 def safe_repr(url: str) -> str:
-    """``url`` cut before its query and user info, printable (for a refusal message)."""
-    text = str(url)[:200]
-    for mark in ("?", "#"):
-        text = text.split(mark, 1)[0] + ("?..." if mark in text else "")
-    if "@" in text:
-        before, after = text.rsplit("@", 1)
-        scheme, sep, _ = before.partition("://")
-        text = (scheme + sep if sep else "") + "<user info>@" + after
+    """``url`` (its first 200 characters) for a refusal message: :func:`cass.redaction.redact`-ed
+    (user info, query, secrets) and printable."""
+    text = redact(str(url)[:200])
     return text if text.isprintable() else repr(text)
 
 
@@ -166,7 +163,9 @@ def parse_http_url(url: str, schemes: frozenset[str] | tuple[str, ...] = ("http"
 
 
 def show_url(url: str) -> str:
-    """``url`` for logs and errors: query strings (presigned signatures) and user info removed."""
+    """``url`` for logs and errors: an http(s) URL as the host contacted and its path (query left out),
+    any other (``s3://``, ``redis://``...) through :func:`cass.redaction.redact` (user info, query and
+    secret parameters removed)."""
     if not isinstance(url, str):
         return repr(url)[:80]
     if url.startswith("data:"):
@@ -174,14 +173,4 @@ def show_url(url: str) -> str:
     try:
         return parse_http_url(url).shown()
     except URLRefused:
-        pass
-    try:
-        parts = urlsplit(url)
-        if not parts.scheme:
-            return parts.path + ("?..." if parts.query else "")
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return f"{parts.scheme}://{host}{parts.path}" + ("?..." if parts.query else "")
-    except ValueError:
         return safe_repr(url)

@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 from backend.fetch.images import DOWNLOADS
+from cass.redaction import redact
 
 _probes_lock = threading.Lock()
 
@@ -77,7 +78,7 @@ def report(predictor) -> dict:
         probe = predictor.__dict__.get("_cache_probe")
         if probe is None or probe.cache is not predictor.cache:
             probe = predictor.__dict__["_cache_probe"] = CacheProbe(predictor.cache)
-    cache = probe.check()
+    cache = {key: redact(value) if isinstance(value, str) else value for key, value in probe.check().items()}
     downloads = DOWNLOADS.report()
     slots = predictor.slots.stats()
     degraded = []

@@ -134,7 +134,8 @@ class CASSManager(LabelStudioMLManager):
         if event in EVENTS:
             from backend.corrections.wiring import handle_annotation_event
 
-            out["result"] = handle_annotation_event(event, data, pipeline.parse)
+            out["result"] = handle_annotation_event(event, data, pipeline.parse,
+                                                    max_pixels=getattr(pipeline.settings, "max_image_pixels", None))
             log.info("webhook %s for project %s: %s", event, project_id, out["result"])
         elif event == "TASKS_CREATED":
             warmup = cls._warm(project, data.get("tasks"))

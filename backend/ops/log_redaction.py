@@ -1,41 +1,40 @@
-"""No credentials or presigned-URL signatures in any log line, at any level, from any logger.
+"""No credentials, presigned-URL signatures or control characters in any log line, at any level,
+from any logger.
 
 :func:`install_redaction` wraps the process's log record factory, so every record that is going to be
-handled (urllib3's DEBUG lines about presigned URLs included) is formatted once and :func:`redact`-ed
-before any handler or formatter sees it: query strings after a path (``?X-Amz-Signature=...``) become
-``?<redacted>``, ``key=value`` pairs of sensitive names anywhere lose their value, ``Authorization``
-values and ``user:password@`` in URLs are removed. Tracebacks attached to a record are redacted too.
+handled (urllib3's DEBUG lines about presigned URLs included) is formatted once and cleaned before any
+handler or formatter sees it:
+
+* :func:`redact` (``cass.redaction``, the one redaction of the code base): query strings become
+  ``?<redacted>``, ``key=value`` pairs of sensitive names lose their value, ``Authorization`` values,
+  JWTs and ``user:password@`` in URLs of any scheme are removed;
+* :func:`escape_controls`: CR, LF, ESC, the other C0/C1 controls and U+2028/2029 in the message
+  become ``\\r``, ``\\n``, ``\\x1b``... so a task id, project or webhook action holding ``"\\r\\n"``
+  cannot forge a line or drive the terminal. The attached traceback keeps its line breaks, but every
+  line of it is indented, so no line of it can pass for a record of its own.
 """
 from __future__ import annotations
 
 import logging
-import re
 import traceback
 
-_QUERY = re.compile(r"((?:https?://[^\s\"'<>?#]*|/[^\s\"'<>?#]*)\?)[^\s\"'<>]+")
-_SENSITIVE = re.compile(r"(?i)\b(x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
-                        r"x-goog-credential|signature|sig|token|access_token|refresh|refresh_token|api_key|"
-                        r"apikey|password|secret|key|code|fileuri)=([^\s&\"'<>]+)")
-_AUTH = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?:token|bearer|basic)?\s*[^\s'\",}]+")
-_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@")
-_JWT = re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+")
-MARK = "<redacted>"
+from cass.redaction import MARK, escape_controls, redact  # noqa: F401 (re-exported)
+
+#: Prefix of every traceback line of a record (a record's own lines start with the format's ``[``).
+TRACEBACK_INDENT = "  | "
 
 
-def redact(text: str) -> str:
-    """``text`` without query strings, secret parameters, Authorization values, user info or JWTs."""
-    text = _USERINFO.sub(rf"\1{MARK}@", text)
-    text = _QUERY.sub(rf"\1{MARK}", text)
-    text = _SENSITIVE.sub(rf"\1={MARK}", text)
-    text = _AUTH.sub(rf"\1{MARK}", text)
-    return _JWT.sub(MARK, text)
+def clean_traceback(text: str) -> str:
+    """A formatted traceback: redacted, controls escaped, every line indented by :data:`TRACEBACK_INDENT`."""
+    lines = escape_controls(redact(text.rstrip("\n")), keep_newlines=True).split("\n")
+    return "\n".join(TRACEBACK_INDENT + line for line in lines)
 
 
 _installed = False
 
 
 def install_redaction() -> None:
-    """Redact every log record of the process from now on (idempotent)."""
+    """Redact and escape every log record of the process from now on (idempotent)."""
     global _installed
     if _installed:
         return
@@ -47,9 +46,9 @@ def install_redaction() -> None:
             message = record.getMessage()
         except Exception:  # a record whose arguments do not format: leave it to the handler's error path
             return record
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = escape_controls(redact(message)), None
         if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+            record.exc_text = clean_traceback("".join(traceback.format_exception(*record.exc_info)))
         return record
 
     logging.setLogRecordFactory(factory)

@@ -72,3 +72,14 @@ def render(*collectors) -> str:
     for collector in collectors:
         registry.register(collector)
     return generate_latest(registry).decode()
+
+
+def top_values(weights: Mapping[str, float], cap: int) -> tuple[list[str], int]:
+    """The label values to export when at most ``cap`` may be: the ``cap`` heaviest of ``weights``
+    (ties by name, so a scrape is deterministic), and how many were left out.
+
+    Every label value that reaches a metric from outside (a webhook's project, a label config's names)
+    goes through this: a forged payload can add values but never more series than the caps allow.
+    """
+    ranked = sorted(weights, key=lambda value: (-weights[value], value))
+    return ranked[:max(cap, 0)], max(len(ranked) - max(cap, 0), 0)

@@ -6,10 +6,10 @@ Keys are ``cass:feat:v<format>:<engine fingerprint>:<sha256 of the image bytes>`
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Callable, Protocol, runtime_checkable
 
 from cass.features import FEATURES_FORMAT_VERSION, ImageFeatures
+from cass.redaction import redact as redact_url  # noqa: F401 (for logs and health: one redaction)
 
 MiB = 1 << 20
 DEFAULT_MAX_BYTES = 512 * MiB
@@ -57,6 +57,3 @@ def text_cache_key(key: str, prefix: str = KEY_PREFIX) -> str:
     return f"{prefix}:text:{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
 
 
-def redact_url(url: str) -> str:
-    """``redis://:secret@host`` -> ``redis://***@host`` (for logs and health)."""
-    return re.sub(r"//[^@/]*@", "//***@", url)
