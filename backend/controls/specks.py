@@ -11,7 +11,8 @@ specks), one last round counts every labelled neighbour. "No label" (``-1``) are
 
 On small images the minimum is capped at 1/64 of the image (``THUMBNAIL_SHARE``), so a thumbnail is
 not emptied: on a 6x9 image nothing is a speck. Everything is vectorised (OpenCV connected
-components per class, numpy over the speck pixels): a 2048x2048 map takes well under a second.
+components per class, numpy over the speck pixels): ~0.7 s for a 2048x2048 map with 5000 specks,
+~5 s for 2048x2048 pure noise.
 """
 from __future__ import annotations
 
