@@ -18,6 +18,7 @@ from backend.fetch.images import MiB, parse_allowed_hosts
 from backend.controls.canvas import DEFAULT_MAX_PIXELS
 from backend.controls.limits import VocabularyLimits
 from backend.controls.labels import LabelConfigError, NothingRule, parse_threshold, split_prompts
+from backend.controls.region_options import MinArea, RegionDefaults
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,8 @@ class Settings:
     label_studio_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY: legacy token or
                                                  # personal access token
     nothing: NothingRule = NothingRule()         # CASS_THRESHOLD, CASS_BACKGROUND (per-project overridable)
+    regions: RegionDefaults = RegionDefaults()   # CASS_MIN_REGION_AREA: pixels or "0.05%", default 16 px
+                                                 # (per project: cass_min_area; docs/polygons.md)
     fetch_timeout_s: float = 30.0                # CASS_FETCH_TIMEOUT_S: per image download
     max_image_bytes: int = 64 * MiB              # CASS_MAX_IMAGE_MB
     predict_budget_s: float = 80.0               # CASS_PREDICT_BUDGET_S: stop starting tasks after this
@@ -106,6 +109,7 @@ class Settings:
             label_studio_url=url,
             label_studio_api_key=key,
             nothing=NothingRule(threshold, split_prompts(get("CASS_BACKGROUND") or "")),
+            regions=_regions(get("CASS_MIN_REGION_AREA")),
             fetch_timeout_s=_number(get("CASS_FETCH_TIMEOUT_S"), "CASS_FETCH_TIMEOUT_S", float,
                                     minimum=0.1) or cls.fetch_timeout_s,
             max_image_bytes=int((_number(get("CASS_MAX_IMAGE_MB"), "CASS_MAX_IMAGE_MB", float, minimum=0.001)
@@ -136,6 +140,16 @@ def _number(text: str | None, name: str, kind, minimum: float):
     if not math.isfinite(value) or value < minimum:
         raise ConfigError(f"{name} = {text!r} must be at least {minimum:g}")
     return value
+
+
+def _regions(text: str | None) -> RegionDefaults:
+    """``CASS_MIN_REGION_AREA`` -> :class:`RegionDefaults` (unset: 16 px)."""
+    if text is None:
+        return RegionDefaults()
+    try:
+        return RegionDefaults(MinArea.parse(text))
+    except ValueError as exc:
+        raise ConfigError(f"CASS_MIN_REGION_AREA = {text!r} {exc}") from None
 
 
 def _default(value, default):

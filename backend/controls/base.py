@@ -4,7 +4,8 @@ An adapter is ``regions(segmentation, target) -> (regions, score_sum, pixels)`` 
 pixels`` is the mean probability over the labelled pixels, for the prediction's score) and
 ``mask_regions(mask, name, score, target) -> [region]`` for one ``(H, W)`` bool mask (interactive
 answers). The label config decides which run: one per output control it has
-(:func:`backend.controls.config.parse_controls`).
+(:func:`backend.controls.config.parse_controls`). :func:`regions_for` first merges the specks of the
+label map (:mod:`backend.controls.specks`, the control's ``min_area``), once for every adapter.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from backend.controls import brush, polygon
+from backend.controls.specks import without_specks
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,9 @@ def _brush_mask_regions(mask: np.ndarray, name: str, score: float, target) -> li
 
 def _polygon_mask_regions(mask: np.ndarray, name: str, score: float, target) -> list[dict]:
     height, width = mask.shape
+    min_area = target.min_area.pixels(height, width)
     return [polygon.polygon_region(points, name, score, width, height, target)
-            for points, _ in polygon.component_polygons(mask, target.tolerance_px, target.min_area_px)]
+            for points, _ in polygon.component_polygons(mask, target.tolerance_px, min_area)]
 
 
 ADAPTERS = {
@@ -45,5 +48,8 @@ def adapter_for(target) -> Adapter:
 
 
 def regions_for(segmentation, target) -> tuple[list[dict], float, int]:
-    """``(regions, score_sum, pixels)`` of ``target``'s control for ``segmentation``."""
-    return adapter_for(target).regions(segmentation, target)
+    """``(regions, score_sum, pixels)`` of ``target``'s control for ``segmentation``, specks merged
+    first (:func:`backend.controls.specks.without_specks` at the control's minimum region area)."""
+    height, width = segmentation.labels.shape
+    min_area = target.min_area.pixels(height, width) if hasattr(target, "min_area") else 0.0
+    return adapter_for(target).regions(without_specks(segmentation, min_area), target)

@@ -7,6 +7,7 @@ import numpy as np
 from label_studio_sdk.converter import brush
 
 from backend.controls.canvas import check_rle_header
+from backend.controls.instances import component_scores, components
 from backend.controls.labels import BrushTarget
 
 
@@ -49,13 +50,14 @@ def mask_region(mask: np.ndarray, name: str, score: float, target: BrushTarget) 
 
 
 def brush_regions(segmentation, target: BrushTarget) -> tuple[list[dict], float, int]:
-    """One region per label present in ``segmentation`` (background class and "no label" skipped).
+    """One region per label present in ``segmentation`` (background class and "no label" skipped), or
+    with ``target.instances`` one per 8-connected component of each label (in raster order of the
+    components' first pixels, each with its :func:`~backend.controls.instances.component_scores`).
 
     Returns ``(regions, score_sum, pixels)`` where ``score_sum / pixels`` is the mean probability over
     every labelled pixel (for the prediction score).
     """
     labels = segmentation.labels
-    height, width = labels.shape
     regions = []
     score_sum = 0.0
     pixels = 0
@@ -63,10 +65,19 @@ def brush_regions(segmentation, target: BrushTarget) -> tuple[list[dict], float,
         count = int(segmentation.pixel_counts[index])
         if count == 0 or target.is_background(index):
             continue
-        score = float(segmentation.scores[index])
-        regions.append(mask_region(labels == index, name, score, target))
-        score_sum += score * count
-        pixels += count
+        mask = labels == index
+        if not getattr(target, "instances", False):
+            score = float(segmentation.scores[index])
+            regions.append(mask_region(mask, name, score, target))
+            score_sum += score * count
+            pixels += count
+            continue
+        n, comp, sizes = components(mask)
+        scores = component_scores(segmentation, index, comp, sizes, True)
+        for k in range(1, n + 1):
+            regions.append(mask_region(comp == k, name, float(scores[k]), target))
+            score_sum += float(scores[k]) * int(sizes[k])
+            pixels += int(sizes[k])
     return regions, score_sum, pixels
 
 

@@ -2,9 +2,11 @@
 
 * every ``<BrushLabels>`` becomes a :class:`~backend.controls.labels.BrushTarget` (brush RLE regions);
 * every ``<PolygonLabels>`` becomes a :class:`PolygonTarget` (the same vocabulary rules: ``<Label>``
-  value/alias/predicted_values, ``cass_threshold``, ``cass_background``) plus the polygon attributes
-  ``cass_tolerance`` (simplification tolerance in pixels of the original image, default 1.0) and
-  ``cass_min_area`` (minimum outer-polygon area in pixels, default 16);
+  value/alias/predicted_values, ``cass_threshold``, ``cass_background``) plus the polygon attribute
+  ``cass_tolerance`` (simplification tolerance in pixels of the original image, default 1.0);
+* both take the region attributes ``cass_min_area`` (pixels of the original image or a percent such
+  as ``"0.05%"``; default ``regions.min_area``, i.e. ``CASS_MIN_REGION_AREA``) and ``cass_instances``
+  (``"true"``: one region per connected component; default off), see docs/polygons.md;
 * every ``<RectangleLabels>`` / ``<KeyPointLabels>`` with ``smart="true"`` becomes a :class:`SmartTool`
   (interactive refinement, docs/interactive.md). Smart tools produce nothing on ``/predict`` without
   ``context``; their labels must name labels of an output control on the same ``<Image>``.
@@ -15,19 +17,20 @@ A config with BrushLabels and PolygonLabels gets both. A config with no output c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from backend.controls import labels as brush_labels
 from backend.controls.digest_cache import DigestCache
 from backend.controls.labels import BrushTarget, LabelConfigError, NothingRule, check_limits, parse_label_config, targets_size
 from backend.controls.limits import VocabularyLimits
+from backend.controls.region_options import MinArea, RegionDefaults
 
 OUTPUT_TAGS = ("brushlabels", "polygonlabels")
 SMART_TAGS = {"rectanglelabels": "rectangle", "keypointlabels": "keypoint"}
 TOLERANCE_ATTR = "cass_tolerance"
 MIN_AREA_ATTR = "cass_min_area"
+INSTANCES_ATTR = "cass_instances"
 DEFAULT_TOLERANCE_PX = 1.0
-DEFAULT_MIN_AREA_PX = 16.0
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,6 @@ class PolygonTarget(BrushTarget):
     """A ``<PolygonLabels>`` control: a :class:`BrushTarget` plus the polygon parameters."""
 
     tolerance_px: float = DEFAULT_TOLERANCE_PX
-    min_area_px: float = DEFAULT_MIN_AREA_PX
 
     kind = "polygon"
 
@@ -85,17 +87,20 @@ _parsed: DigestCache = DigestCache(32 * 1024 * 1024, max_entries=256,
 
 
 def parse_controls(config: str, default_rule: NothingRule = NothingRule(),
-                   limits: VocabularyLimits | None = None) -> Controls:
+                   limits: VocabularyLimits | None = None, regions: RegionDefaults | None = None) -> Controls:
     """All controls of ``config`` (cached by digest: Label Studio sends the same config on every call).
-    ``limits``: the classes/prompts bound of all outputs together (default ``VocabularyLimits()``)."""
+    ``limits``: the classes/prompts bound of all outputs together (default ``VocabularyLimits()``);
+    ``regions``: the minimum region area of controls without ``cass_min_area`` (``Settings.regions``)."""
     if not isinstance(config, str) or not config.strip():
         raise LabelConfigError("the label config is empty: CASS needs a <BrushLabels> or <PolygonLabels> "
                                "control with <Label> children and the <Image> it points to")
     limits = limits or VocabularyLimits()
-    return _parsed.get_or_parse(config, lambda text: _parse(text, default_rule, limits), default_rule, limits)
+    regions = regions or RegionDefaults()
+    return _parsed.get_or_parse(config, lambda text: _parse(text, default_rule, limits, regions),
+                                default_rule, limits, regions)
 
 
-def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits) -> Controls:
+def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits, regions: RegionDefaults) -> Controls:
     from label_studio_sdk.label_interface import LabelInterface
 
     try:
@@ -111,10 +116,10 @@ def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits) -> 
     for control in controls:
         tag = control.tag.lower()
         if tag == "brushlabels":
-            outputs.append(brushes[control.name])
+            outputs.append(_region_options(brushes[control.name], control, regions))
         elif tag == "polygonlabels":
-            outputs.append(_polygon_target(_vocabulary_target(interface, control, objects, default_rule),
-                                           control))
+            outputs.append(_region_options(_polygon_target(
+                _vocabulary_target(interface, control, objects, default_rule), control), control, regions))
     if not outputs:
         found = ", ".join(f"<{c.tag} name={c.name!r}>" for c in controls) or "no control tags"
         raise LabelConfigError(
@@ -154,9 +159,27 @@ def _number(control, attr: str, default: float, minimum: float) -> float:
 
 def _polygon_target(base: BrushTarget, control) -> PolygonTarget:
     values = {f.name: getattr(base, f.name) for f in fields(BrushTarget)}
-    return PolygonTarget(**values,
-                         tolerance_px=_number(control, TOLERANCE_ATTR, DEFAULT_TOLERANCE_PX, 0.0),
-                         min_area_px=_number(control, MIN_AREA_ATTR, DEFAULT_MIN_AREA_PX, 0.0))
+    return PolygonTarget(**values, tolerance_px=_number(control, TOLERANCE_ATTR, DEFAULT_TOLERANCE_PX, 0.0))
+
+
+def _region_options(target: BrushTarget, control, defaults: RegionDefaults) -> BrushTarget:
+    """``target`` with ``cass_min_area`` / ``cass_instances`` of ``control`` (brush and polygon alike)."""
+    where = f"<{control.tag} name={control.name!r}>"
+    min_area = defaults.min_area
+    if MIN_AREA_ATTR in control.attr:
+        text = control.attr[MIN_AREA_ATTR]
+        try:
+            min_area = MinArea.parse(text)
+        except ValueError as exc:
+            raise LabelConfigError(f"{where} {MIN_AREA_ATTR} = {text!r} {exc}") from None
+    instances = False
+    if INSTANCES_ATTR in control.attr:
+        text = str(control.attr[INSTANCES_ATTR])
+        if text.strip().lower() not in ("true", "false"):
+            raise LabelConfigError(f"{where} {INSTANCES_ATTR} = {text!r} is not a boolean "
+                                   f"(use \"true\" or \"false\")")
+        instances = text.strip().lower() == "true"
+    return replace(target, min_area=min_area, instances=instances)
 
 
 def _smart_tool(control, outputs: list[BrushTarget]) -> SmartTool:

@@ -28,6 +28,7 @@ from cass.vocabulary import Vocabulary, VocabularyClass, VocabularyError
 
 from backend.controls.digest_cache import DigestCache, config_digest  # noqa: F401  (config_digest re-exported)
 from backend.controls.limits import VocabularyLimits
+from backend.controls.region_options import MinArea
 
 log = logging.getLogger("backend.controls.labels")
 
@@ -64,6 +65,8 @@ class BrushTarget:
     vocabulary: Vocabulary
     rule: NothingRule
     pamr: bool | None = None  # cass_pamr on the control; None: the backend's default (CASS_PAMR)
+    min_area: MinArea = MinArea()  # cass_min_area, else CASS_MIN_REGION_AREA (backend.controls.specks)
+    instances: bool = False  # cass_instances: one region per connected component (docs/polygons.md)
 
     @property
     def data_key(self) -> str | None:

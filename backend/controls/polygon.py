@@ -6,8 +6,9 @@ Per class present in the map, at the original image size:
    CHAIN_APPROX_SIMPLE)``: every outer boundary, and the holes of each (the two-level hierarchy);
 2. each boundary is simplified with ``cv2.approxPolyDP`` (Douglas-Peucker, ``tolerance_px`` pixels of
    the original image; 0 keeps the traced boundary);
-3. components with fewer than ``min_area_px`` pixels are dropped (pixels of the component, so a
-   one-pixel-wide line counts its pixels, not its zero polygon area);
+3. components with fewer than ``min_area_px`` pixels are dropped (pixels of the component), and so
+   is every polygon with fewer than 3 distinct points or a shoelace area under ``MIN_POLYGON_AREA_PX``
+   (a one-pixel-wide line: its pixel-centre polygon has no area; the brush region still shows it);
 4. **holes** (Label Studio polygons have none): each hole is joined to its outer boundary by a
    *keyhole seam* -- the shortest bridge from a vertex of the polygon built so far to a vertex of the
    hole, walked there and back -- so one region is one polygon that goes round the outer boundary
@@ -17,20 +18,35 @@ Per class present in the map, at the original image size:
    the **pixel centres** of the boundary pixels: the polygon runs half a pixel inside the mask edge
    (docs/polygons.md states what that costs in IoU).
 
-One region per component; its ``score`` is the mean probability of its class over the image (the
-segmentation's per-class score).
+One region per component (a polygon is one ring), in raster order of the components; its ``score``
+is its class's score, or with ``cass_instances`` the component's own
+(:func:`backend.controls.instances.component_scores`). Specks are merged before this runs
+(:mod:`backend.controls.specks`, from :func:`backend.controls.base.regions_for`).
 """
 from __future__ import annotations
 
 import uuid
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from backend.controls.canvas import check_canvas
+from backend.controls.instances import component_scores
 from backend.controls.labels import BrushTarget
 
 DECIMALS = 3
+#: Smallest shoelace area (square pixels, pixel-centre polygon) a polygon region may have.
+MIN_POLYGON_AREA_PX = 1.0
+
+
+class Traced(NamedTuple):
+    """One component's polygon: ``points`` ``(N, 2)`` float64 pixel-centre ``(x, y)``, ``pixels`` its
+    pixel count, ``component`` its id in the ``comp`` map of :func:`traced_components`."""
+
+    points: np.ndarray
+    pixels: int
+    component: int
 
 
 def component_polygons(mask: np.ndarray, tolerance_px: float = 1.0, min_area_px: float = 0.0
@@ -40,6 +56,13 @@ def component_polygons(mask: np.ndarray, tolerance_px: float = 1.0, min_area_px:
 
     Raises ValueError for a mask that is not 2-D or a negative tolerance/area.
     """
+    return [(t.points, t.pixels) for t in traced_components(mask, tolerance_px, min_area_px)[0]]
+
+
+def traced_components(mask: np.ndarray, tolerance_px: float = 1.0, min_area_px: float = 0.0
+                      ) -> tuple[list[Traced], np.ndarray]:
+    """:func:`component_polygons` with the component of each polygon: ``([Traced], comp)``, ``comp``
+    ``(H, W)`` int32 component ids (0 outside), the list in raster order of the components."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"a polygon mask must be 2-D, got shape {mask.shape}")
@@ -47,7 +70,7 @@ def component_polygons(mask: np.ndarray, tolerance_px: float = 1.0, min_area_px:
         raise ValueError(f"tolerance_px ({tolerance_px}) and min_area_px ({min_area_px}) must be >= 0")
     binary = (mask != 0).astype(np.uint8)
     if not binary.any():
-        return []
+        return [], np.zeros(mask.shape, np.int32)
     contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     n_comp, comp_labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     hierarchy = hierarchy[0]  # (n, 4): next, previous, first child, parent
@@ -56,7 +79,8 @@ def component_polygons(mask: np.ndarray, tolerance_px: float = 1.0, min_area_px:
         if hierarchy[index][3] != -1:
             continue  # a hole: handled with its outer boundary
         x, y = contour[0, 0]
-        pixels = int(stats[comp_labels[y, x], cv2.CC_STAT_AREA])
+        component = int(comp_labels[y, x])
+        pixels = int(stats[component, cv2.CC_STAT_AREA])
         if pixels < max(min_area_px, 1):
             continue
         polygon = _simplify(contour, tolerance_px)
@@ -66,17 +90,30 @@ def component_polygons(mask: np.ndarray, tolerance_px: float = 1.0, min_area_px:
             if len(hole) >= 3:
                 polygon = keyhole(polygon, hole)
             child = hierarchy[child][0]
-        out.append((polygon.astype(np.float64), pixels))
-    return out
+        if keepable(polygon):
+            out.append(Traced(polygon.astype(np.float64), pixels, component))
+    return sorted(out, key=lambda t: t.component), comp_labels.astype(np.int32)
+
+
+def keepable(points: np.ndarray) -> bool:
+    """Whether ``(N, 2)`` pixel points make a region: at least 3 distinct points and a shoelace area of
+    at least ``MIN_POLYGON_AREA_PX``."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(np.unique(points, axis=0)) < 3:
+        return False
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) >= MIN_POLYGON_AREA_PX
 
 
 def _simplify(contour: np.ndarray, tolerance_px: float) -> np.ndarray:
-    """``(N, 1, 2)`` int contour -> ``(M, 2)`` int32, Douglas-Peucker at ``tolerance_px`` (closed)."""
+    """``(N, 1, 2)`` int contour -> ``(M, 2)`` int32, Douglas-Peucker at ``tolerance_px`` (closed); the
+    traced contour when simplifying would leave no :func:`keepable` polygon (a thin sliver)."""
+    traced = contour.reshape(-1, 2).astype(np.int32)
     if tolerance_px > 0 and len(contour) > 3:
-        simplified = cv2.approxPolyDP(contour, tolerance_px, True)
-        if len(simplified) >= 2:
-            contour = simplified
-    return contour.reshape(-1, 2).astype(np.int32)
+        simplified = cv2.approxPolyDP(contour, tolerance_px, True).reshape(-1, 2).astype(np.int32)
+        if keepable(simplified):
+            return simplified
+    return traced
 
 
 def keyhole(outer: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -106,22 +143,25 @@ def rasterize(points_pct, width: int, height: int, max_pixels: int | None = None
 
 def polygon_regions(segmentation, target: BrushTarget) -> tuple[list[dict], float, int]:
     """One ``polygonlabels`` region per connected component of every label present (background class
-    and "no label" skipped), parameters from ``target`` (``tolerance_px``, ``min_area_px``).
+    and "no label" skipped), parameters from ``target`` (``tolerance_px``, ``min_area``, ``instances``).
 
     Returns ``(regions, score_sum, pixels)`` like :func:`backend.controls.brush_rle.brush_regions`.
     """
     labels = segmentation.labels
     height, width = labels.shape
     tolerance = float(getattr(target, "tolerance_px", 1.0))
-    min_area = float(getattr(target, "min_area_px", 0.0))
+    min_area = target.min_area.pixels(height, width) if hasattr(target, "min_area") else 0.0
     regions = []
     score_sum = 0.0
     pixels = 0
     for index, name in enumerate(segmentation.class_names):
         if int(segmentation.pixel_counts[index]) == 0 or target.is_background(index):
             continue
-        score = float(segmentation.scores[index])
-        for points, count in component_polygons(labels == index, tolerance, min_area):
+        traced, comp = traced_components(labels == index, tolerance, min_area)
+        sizes = np.bincount(comp.ravel()).astype(np.int64)
+        scores = component_scores(segmentation, index, comp, sizes, getattr(target, "instances", False))
+        for points, count, component in traced:
+            score = float(scores[component])
             regions.append(polygon_region(points, name, score, width, height, target))
             score_sum += score * count
             pixels += count

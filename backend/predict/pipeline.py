@@ -53,7 +53,8 @@ class Pipeline:
     # -- the request context --------------------------------------------------------------------
     def parse(self, label_config: str) -> Controls:
         """The project's controls; raises ``LabelConfigError`` naming what CASS cannot serve."""
-        return parse_controls(label_config, self.settings.nothing, self.settings.limits)
+        return parse_controls(label_config, self.settings.nothing, self.settings.limits,
+                              getattr(self.settings, "regions", None))
 
     def project_memory(self, project, label_config: str | None = None):
         """The project's memory when it is on and holds entries, else None."""
