@@ -67,7 +67,8 @@ def install(app: Flask, settings, predictor) -> Flask:
         if problem:
             return _answer(400, problem)
         try:
-            with predictor.slots.admit(_admission_key(), ticket=ticket, tasks=_task_count()):
+            with predictor.slots.admit(_admission_key(), ticket=ticket, tasks=_task_count(),
+                                       client=request.remote_addr):
                 resp = app.make_response(original())
         except Busy as exc:
             log.warning("POST /predict refused: %s (Retry-After %ds)", exc, exc.retry_after_s)

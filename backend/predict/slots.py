@@ -87,9 +87,12 @@ class Ticket:
     tasks: int = 1
     held: bool = False
     held_at: float = 0.0
+    client: Hashable | None = None
 
     def expires(self, grace_s: float) -> float:
-        return max(self.due, self.held_at if self.held else self.due) + grace_s
+        """A held place lapses ``grace_s`` after it was held (whatever ``due`` says: a due time up to
+        ``MAX_RETRY_AFTER_S`` ahead kept a freed place for minutes); a waiting ticket ``grace_s`` after due."""
+        return (self.held_at if self.held else self.due) + grace_s
 
 
 class InferenceSlots:
@@ -99,7 +102,7 @@ class InferenceSlots:
 
     def __init__(self, slots: int = 1, max_queue: int = 8, *, clock: Callable[[], float] = time.monotonic,
                  grace_s: float = DEFAULT_GRACE_S, max_tickets: int | None = None,
-                 queue_wait_s: float | None = None):
+                 queue_wait_s: float | None = None, max_tickets_per_client: int | None = None):
         if slots < 1 or max_queue < 0:
             raise ValueError("slots must be >= 1 and max_queue >= 0")
         if not grace_s > 0:
@@ -112,6 +115,11 @@ class InferenceSlots:
         self.grace_s = float(grace_s)
         self.queue_wait_s = float(queue_wait_s) if queue_wait_s is not None else None
         self.max_tickets = int(max_tickets) if max_tickets is not None else 8 * (self.slots + self.max_queue) + 64
+        #: tickets one client address may have in the line (whatever projects it names): twice the places
+        #: (several Label Studio users may share an address), so it holds every place at most twice
+        self.max_tickets_per_client = max(1, int(max_tickets_per_client)) if max_tickets_per_client \
+            else 2 * self.capacity
+        self._client_tickets: dict[Hashable, int] = {}
         self._lock = threading.Lock()
         self._calls = DueFirstSlots(self.slots, clock)
         self._requests = 0
@@ -127,7 +135,8 @@ class InferenceSlots:
         self._local = threading.local()
         self.counters = {"admitted": 0, "rejected": 0, "rejected_share": 0, "rejected_wait": 0,
                          "peak_requests": 0, "admitted_with_ticket": 0,
-                         "tickets_expired": 0, "tickets_refused": 0}
+                         "tickets_expired": 0, "tickets_refused": 0, "tickets_per_client_refused": 0,
+                         "tickets_per_client_evicted": 0}
 
     # -- admission ----------------------------------------------------------------------------
     @property
@@ -173,11 +182,32 @@ class InferenceSlots:
     def _expire(self, now: float) -> None:
         """Drop tickets past their grace, giving back held places (call locked)."""
         for tid in [t for t, ticket in self._tickets.items() if now > ticket.expires(self.grace_s)]:
-            ticket = self._tickets.pop(tid)
+            ticket = self._drop(tid)
             self.counters["tickets_expired"] += 1
             if ticket.held:
                 self._unhold(ticket)
                 self._give(ticket.key)
+
+    def _drop(self, tid: str) -> Ticket:
+        """Take ticket ``tid`` out of the line (its client's count too; call locked)."""
+        ticket = self._tickets.pop(tid)
+        if ticket.client is not None:
+            left = self._client_tickets.get(ticket.client, 1) - 1
+            if left > 0:
+                self._client_tickets[ticket.client] = left
+            else:
+                self._client_tickets.pop(ticket.client, None)
+        return ticket
+
+    def _own_due_ticket(self, key: Hashable, client: Hashable | None, now: float) -> str | None:
+        """A held ticket of this client address and project that is due: a caller that never presents
+        its tickets (Label Studio) takes the place held for it instead of being refused by it (locked)."""
+        if client is None:
+            return None
+        for tid, ticket in self._tickets.items():
+            if ticket.held and ticket.client == client and ticket.key == key and now >= ticket.due:
+                return tid
+        return None
 
     def _assign(self, now: float) -> None:
         """Hold each free place for the oldest waiting ticket whose project is under its share; the
@@ -195,9 +225,12 @@ class InferenceSlots:
             self._take(ticket.key)
 
     @contextmanager
-    def admit(self, key: Hashable = "", ticket: str | None = None, tasks: int = 1) -> Iterator[Admission]:
-        """One ``/predict`` request of project ``key`` with ``tasks`` tasks, presenting the reservation
-        ``ticket`` of an earlier refusal (unknown or expired tickets count as none). :class:`Busy`
+    def admit(self, key: Hashable = "", ticket: str | None = None, tasks: int = 1,
+              client: Hashable | None = None) -> Iterator[Admission]:
+        """One ``/predict`` request of project ``key`` with ``tasks`` tasks from ``client`` (its address;
+        None: not bounded per client), presenting the reservation ``ticket`` of an earlier refusal
+        (unknown or expired tickets count as none; without one, a due held ticket of the same client
+        and project is used). :class:`Busy`
         (with a ticket) when every place is taken or held for others, when ``key`` holds its fair
         share, or when the queued work would exceed ``queue_wait_s``."""
         tasks = max(1, int(tasks))
@@ -208,15 +241,18 @@ class InferenceSlots:
             mine = self._tickets.get(ticket) if ticket else None
             if mine is not None and mine.key != key:
                 mine = None  # a ticket is for the project it was issued to
+            if mine is None and not ticket:
+                ticket = self._own_due_ticket(key, client, now)
+                mine = self._tickets.get(ticket) if ticket else None
             if mine is not None and mine.held:
-                del self._tickets[ticket]
+                self._drop(ticket)
                 self._unhold(mine)  # the held place (already counted for key) becomes this request's
                 self.counters["admitted_with_ticket"] += 1
             else:
-                self._refuse_unless_room(key, ticket if mine is not None else None, now, tasks)
+                self._refuse_unless_room(key, ticket if mine is not None else None, now, tasks, client)
                 self._take(key)
                 if mine is not None:
-                    del self._tickets[ticket]
+                    self._drop(ticket)
                     self.counters["admitted_with_ticket"] += 1
             self._requests += 1
             self._tasks_in += tasks
@@ -252,7 +288,8 @@ class InferenceSlots:
         self._expire(now)
         self._assign(now)
 
-    def _refuse_unless_room(self, key: Hashable, ticket: str | None, now: float, tasks: int) -> None:
+    def _refuse_unless_room(self, key: Hashable, ticket: str | None, now: float, tasks: int,
+                            client: Hashable | None = None) -> None:
         """Raise :class:`Busy` unless a free, unheld place is there for ``key`` within its share and
         in time; a refused caller keeps (or gets) its place in the line of tickets (call locked)."""
         held = self._per_key.get(key, 0)
@@ -289,10 +326,20 @@ class InferenceSlots:
         if len(self._tickets) >= self.max_tickets:
             self.counters["tickets_refused"] += 1
             raise Busy(message, self._retry_after(len(self._tickets) + 1))
+        if client is not None and self._client_tickets.get(client, 0) >= self.max_tickets_per_client:
+            oldest = next((tid for tid, t in self._tickets.items() if t.client == client and not t.held), None)
+            if oldest is None:  # every one of them holds a place: no more for this address
+                self.counters["tickets_per_client_refused"] += 1
+                raise Busy(message + f" (no reservation: this address already has {self.max_tickets_per_client} "
+                                     f"holding places, twice the places)", self._retry_after(len(self._tickets) + 1))
+            self._drop(oldest)  # the address's oldest waiting ticket makes room (its caller queues afresh)
+            self.counters["tickets_per_client_evicted"] += 1
         position = sum(1 for t in self._tickets.values() if not t.held) + 1
         wait = self._retry_after(position)
         tid = secrets.token_urlsafe(12)
-        self._tickets[tid] = Ticket(key, now + wait, tasks)
+        self._tickets[tid] = Ticket(key, now + wait, tasks, client=client)
+        if client is not None:
+            self._client_tickets[client] = self._client_tickets.get(client, 0) + 1
         raise Busy(message, wait, tid)
 
     def _retry_after(self, position: int = 1) -> int:
