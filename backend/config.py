@@ -70,6 +70,12 @@ class Settings:
                                                  # stays valid this long after its Retry-After
     text_budget_s: float = 30.0                  # CASS_TEXT_BUDGET_S: new prompts one /predict encodes at
                                                  # most for this long; the rest continue in the background
+    # request limits of issue 21 (docs/security.md, "Request limits")
+    max_setup_bytes: int = 2 * MiB               # CASS_MAX_SETUP_MB: /setup body limit
+    max_webhook_bytes: int = 16 * MiB            # CASS_MAX_WEBHOOK_MB: /webhook body limit
+    max_tasks_per_request: int = 1000            # CASS_MAX_TASKS_PER_REQUEST: tasks of one /predict
+    max_smart_hints: int = 20                    # CASS_MAX_SMART_HINTS: smart regions of one context
+    warmup_queue_bytes: int = 64 * MiB           # CASS_WARMUP_QUEUE_MB: bytes queued (or held) for warm-up
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -208,6 +214,11 @@ def _deployment(get) -> dict:
         # fair admission and the /predict text budget
         reservation_grace_s=number("CASS_RESERVATION_GRACE_S", float, 0.1, defaults.reservation_grace_s),
         text_budget_s=number("CASS_TEXT_BUDGET_S", float, 0.1, defaults.text_budget_s),
+        max_setup_bytes=int(number("CASS_MAX_SETUP_MB", float, 0.001, defaults.max_setup_bytes / MiB) * MiB),
+        max_webhook_bytes=int(number("CASS_MAX_WEBHOOK_MB", float, 0.001, defaults.max_webhook_bytes / MiB) * MiB),
+        max_tasks_per_request=number("CASS_MAX_TASKS_PER_REQUEST", int, 1, defaults.max_tasks_per_request),
+        max_smart_hints=number("CASS_MAX_SMART_HINTS", int, 1, defaults.max_smart_hints),
+        warmup_queue_bytes=int(number("CASS_WARMUP_QUEUE_MB", float, 0.001, defaults.warmup_queue_bytes / MiB) * MiB),
     )
 
 
