@@ -239,7 +239,7 @@ def test_request_bodies_over_the_limit_are_413(ls, caplog):
     body["tasks"] = [{"id": i, "data": {"image": UPLOAD}} for i in range(100)]
     resp = client.post("/predict", json=body)
     assert resp.status_code == 413
-    assert "is over the limit of 2000 bytes (CASS_MAX_REQUEST_MB)" in resp.get_json()["error"]
+    assert "is over the limit of 2000 bytes for /predict (CASS_MAX_REQUEST_MB)" in resp.get_json()["error"]
     chunked = client.post("/predict", input_stream=io.BytesIO(b"{" + b" " * 5000 + b"}"),
                           headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json"})
     assert chunked.status_code == 413

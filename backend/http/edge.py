@@ -28,6 +28,7 @@ import os
 from flask import Flask, jsonify, request
 
 from backend.fetch.download import _size
+from backend.http.limits import body_limit, too_many_tasks
 from backend.ops.allocator import trim
 from backend.predict.slots import TICKET_RE, Busy
 
@@ -166,16 +167,16 @@ def _check_auth():
 def _check_body():
     if request.method not in ("POST", "PUT", "PATCH"):
         return None
-    limit = _settings().max_request_bytes
+    limit, setting = body_limit(request.path, _settings())
     length = request.content_length
     if length is not None and length > limit:
-        return _too_large(length, limit)
+        return _too_large(length, limit, setting)
     environ = request.environ
     if length is None and (environ.get("wsgi.input_terminated")
                            or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()):
         data = environ["wsgi.input"].read(limit + 1)  # a body without Content-Length: read it bounded
         if len(data) > limit:
-            return _too_large(None, limit)
+            return _too_large(None, limit, setting)
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
         environ["wsgi.input_terminated"] = True  # the buffer ends where the body ends
@@ -210,6 +211,9 @@ def _check_body():
     if request.path == "/predict":
         if "tasks" not in data:
             return _bad_request(f"the body of {where} has no 'tasks' (the list of Label Studio tasks to predict)")
+        over = too_many_tasks(data, _settings())
+        if over:
+            return _bad_request(over)
         params = data.get("params")
         if params is not None and not isinstance(params, dict):
             return _bad_request(f"'params' must be a JSON object, got {type(params).__name__}")
@@ -236,10 +240,10 @@ def _bad_request(message: str):
     return _answer(400, message)
 
 
-def _too_large(length: int | None, limit: int):
+def _too_large(length: int | None, limit: int, setting: str = "CASS_MAX_REQUEST_MB"):
     size = _size(length) if length is not None else f"more than {_size(limit)}"
-    message = (f"the request body ({size}) is over the limit of {_size(limit)} (CASS_MAX_REQUEST_MB): retrieve "
-               f"predictions for fewer tasks at a time")
+    hint = ": retrieve predictions for fewer tasks at a time" if request.path == "/predict" else ""
+    message = f"the request body ({size}) is over the limit of {_size(limit)} for {request.path} ({setting}){hint}"
     log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote_addr, message)
     return _answer(413, message)
 

@@ -1,0 +1,45 @@
+"""Request limits of the HTTP edge (issue 21), kept apart from :mod:`backend.http.edge`'s checks.
+
+* **body size per endpoint**, from ``Content-Length`` before a byte is read (and while reading a body
+  without one): ``/setup`` ``CASS_MAX_SETUP_MB`` (2 MiB: a label config of 3,500 controls is 0.4 MB),
+  ``/webhook`` ``CASS_MAX_WEBHOOK_MB`` (16 MiB), everything else ``CASS_MAX_REQUEST_MB`` (64 MiB);
+  none above ``CASS_MAX_REQUEST_MB``;
+* **tasks per ``/predict``** (``CASS_MAX_TASKS_PER_REQUEST``, 1000): more is a 400 naming the limit,
+  answered right after the JSON parse, before any task is looked at, so one request can cost at most
+  that many task entries, answer entries and per-task log lines.
+"""
+from __future__ import annotations
+
+MiB = 1024 * 1024
+
+#: path -> (settings field, its default, the environment variable that sets it)
+ENDPOINT_LIMITS: dict[str, tuple[str, int, str]] = {
+    "/setup": ("max_setup_bytes", 2 * MiB, "CASS_MAX_SETUP_MB"),
+    "/webhook": ("max_webhook_bytes", 16 * MiB, "CASS_MAX_WEBHOOK_MB"),
+}
+GENERAL = ("max_request_bytes", 64 * MiB, "CASS_MAX_REQUEST_MB")
+DEFAULT_MAX_TASKS = 1000
+
+
+def body_limit(path: str, settings) -> tuple[int, str]:
+    """``(bytes, the variable that sets it)`` a body sent to ``path`` may have."""
+    general = int(getattr(settings, GENERAL[0], GENERAL[1]))
+    field, default, name = ENDPOINT_LIMITS.get(path, GENERAL)
+    own = int(getattr(settings, field, default))
+    return (own, name) if own < general else (general, GENERAL[2])
+
+
+def max_tasks(settings) -> int:
+    """Tasks one ``/predict`` may carry."""
+    return int(getattr(settings, "max_tasks_per_request", DEFAULT_MAX_TASKS))
+
+
+def too_many_tasks(data: dict, settings) -> str | None:
+    """The 400 message when ``data['tasks']`` (a parsed ``/predict`` body) is over the limit, else None."""
+    tasks = data.get("tasks")
+    limit = max_tasks(settings)
+    if isinstance(tasks, list) and len(tasks) > limit:
+        return (f"POST /predict has {len(tasks)} tasks, over the limit of {limit} tasks per request "
+                f"(CASS_MAX_TASKS_PER_REQUEST): retrieve predictions for fewer tasks at a time, or "
+                f"pre-annotate the project with a job (docs/jobs.md)")
+    return None
