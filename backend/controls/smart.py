@@ -46,6 +46,9 @@ from backend.controls.crops import CropEncoder
 from backend.controls.config import Controls
 
 SMART_TYPES = {"rectanglelabels": "rectangle", "keypointlabels": "keypoint"}
+#: Smart regions one context may hold here whatever the settings say (the HTTP edge refuses more than
+#: ``CASS_MAX_SMART_HINTS``, default 20, before admission; this is the ceiling for any other door).
+MAX_HINTS = 100
 
 
 class ContextError(ValueError):
@@ -73,6 +76,9 @@ def parse_context(context, controls: Controls) -> list[Hint]:
     items = context.get("result")
     if not isinstance(items, list) or not items:
         raise ContextError("'context.result' must be a non-empty list of smart regions")
+    if len(items) > MAX_HINTS:
+        raise ContextError(f"the context has {len(items)} smart regions, over the ceiling of {MAX_HINTS} "
+                           f"(CASS_MAX_SMART_HINTS may not exceed it)")
     tools = {t.from_name: t for t in controls.smart}
     hints = []
     for n, item in enumerate(items):
@@ -154,7 +160,13 @@ class Refiner:
         hints = parse_context(context, controls)
         images: dict[str, tuple[bytes, np.ndarray]] = {}
         masks: dict[tuple, list] = {}  # (target index, label) -> [mask, score_sum, n]
-        for hint in sorted(hints, key=lambda h: not h.positive):  # positives first, then removals
+        clock = getattr(self.predictor, "clock", time.monotonic)
+        budget_s = getattr(self.predictor, "predict_budget_s", None)
+        start = clock()
+        for n, hint in enumerate(sorted(hints, key=lambda h: not h.positive)):  # positives first, then removals
+            if budget_s is not None and clock() - start > budget_s:
+                raise ContextError(f"the smart regions took longer than this request's budget of {budget_s:g}s "
+                                   f"(CASS_PREDICT_BUDGET_S) after {n} of {len(hints)}: send fewer at a time")
             target = controls.output_for(hint.to_name, hint.label)
             key = (controls.outputs.index(target), hint.label)
             url = target.image_url(task)
@@ -184,9 +196,7 @@ class Refiner:
             entry[0][y0:y1, x0:x1] = False
             return
         index = target.vocabulary.names.index(hint.label)
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(rgb[y0:y1, x0:x1])).save(buf, "PNG", compress_level=1)
-        crop = buf.getvalue()
+        crop = self._crop_png(rgb, (x0, y0, x1, y1))
         key = (hashlib.blake2b(crop, digest_size=16).digest(), self.predictor.engine.fingerprint)
         if self.crops.ready(key):  # the crop's own features are cached: its higher-resolution map
             seg = self.predictor.segment(self.predictor.features(crop), target)
@@ -198,8 +208,20 @@ class Refiner:
         entry[1] += float(seg.scores[index])
         entry[2] += 1
 
+    def _crop_png(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
+        """The box of ``rgb`` as PNG bytes (the crop's identity and what its encode reads). CPU work
+        between model calls, outside the slots: with one slot, taking it here would make every smart
+        answer wait for the background crop encode in progress (bounded instead by
+        ``CASS_MAX_SMART_HINTS`` and the predict budget)."""
+        x0, y0, x1, y1 = box
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(rgb[y0:y1, x0:x1])).save(buf, "PNG", compress_level=1)
+        return buf.getvalue()
+
     def _keypoint(self, hint: Hint, target, data: bytes, entry: list) -> None:
-        seg = self.label_map(data, target)
+        self._keypoint_mask(hint, target, self.label_map(data, target), entry)
+
+    def _keypoint_mask(self, hint: Hint, target, seg, entry: list) -> None:
         height, width = seg.labels.shape
         x = min(max(int(hint.x / 100 * width), 0), width - 1)
         y = min(max(int(hint.y / 100 * height), 0), height - 1)

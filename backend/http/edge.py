@@ -28,7 +28,7 @@ import os
 from flask import Flask, jsonify, request
 
 from backend.fetch.download import _size
-from backend.http.limits import body_limit, too_many_tasks
+from backend.http.limits import body_limit, too_many_hints, too_many_tasks
 from backend.ops.allocator import trim
 from backend.predict.slots import TICKET_RE, Busy
 
@@ -211,7 +211,7 @@ def _check_body():
     if request.path == "/predict":
         if "tasks" not in data:
             return _bad_request(f"the body of {where} has no 'tasks' (the list of Label Studio tasks to predict)")
-        over = too_many_tasks(data, _settings())
+        over = too_many_tasks(data, _settings()) or too_many_hints(data, _settings())
         if over:
             return _bad_request(over)
         params = data.get("params")

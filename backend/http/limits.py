@@ -6,7 +6,9 @@
   none above ``CASS_MAX_REQUEST_MB``;
 * **tasks per ``/predict``** (``CASS_MAX_TASKS_PER_REQUEST``, 1000): more is a 400 naming the limit,
   answered right after the JSON parse, before any task is looked at, so one request can cost at most
-  that many task entries, answer entries and per-task log lines.
+  that many task entries, answer entries and per-task log lines;
+* **smart regions per interactive ``/predict``** (``CASS_MAX_SMART_HINTS``, 20): more is a 400 naming
+  the limit, before admission (the refiner's own ceiling is ``backend.controls.smart.MAX_HINTS``).
 """
 from __future__ import annotations
 
@@ -42,4 +44,21 @@ def too_many_tasks(data: dict, settings) -> str | None:
         return (f"POST /predict has {len(tasks)} tasks, over the limit of {limit} tasks per request "
                 f"(CASS_MAX_TASKS_PER_REQUEST): retrieve predictions for fewer tasks at a time, or "
                 f"pre-annotate the project with a job (docs/jobs.md)")
+    return None
+
+
+DEFAULT_MAX_HINTS = 20
+
+
+def too_many_hints(data: dict, settings) -> str | None:
+    """The 400 message when an interactive ``/predict`` (``params.context.result``, or a top-level
+    ``context``) holds more smart regions than ``CASS_MAX_SMART_HINTS``, else None."""
+    params = data.get("params") if isinstance(data.get("params"), dict) else {}
+    limit = int(getattr(settings, "max_smart_hints", DEFAULT_MAX_HINTS))
+    for context in (params.get("context"), data.get("context")):
+        items = context.get("result") if isinstance(context, dict) else None
+        if isinstance(items, list) and len(items) > limit:
+            return (f"the context has {len(items)} smart regions, over the limit of {limit} per request "
+                    f"(CASS_MAX_SMART_HINTS): Label Studio re-sends every smart region of the task with each "
+                    f"new one; delete some, or accept the regions so far and continue")
     return None
