@@ -38,14 +38,26 @@ class WarmJob:
         return f"task {self.task_id} image {show_url(self.ref)}"
 
 
-class TaskWarmer:
-    """The backend's warm-up queue (see the module docstring)."""
+def job_bytes(job: WarmJob) -> int:
+    """Bytes a queued job holds: its reference string (a ``data:`` URL is the whole image, inline)."""
+    return len(job.ref) + len(job.base)
 
-    def __init__(self, predictor, max_queue: int = 1000, workers: int = 1):
+
+#: Bytes held for warm-up at most by default (CASS_WARMUP_QUEUE_MB).
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+class TaskWarmer:
+    """The backend's warm-up queue (see the module docstring), bounded in images (``max_queue``) and in
+    bytes held (``max_bytes``: inline ``data:`` URLs waiting plus images fetched and being encoded)."""
+
+    def __init__(self, predictor, max_queue: int = 1000, workers: int = 1, max_bytes: int = DEFAULT_MAX_BYTES):
         self.predictor = predictor
         self.max_queue = max_queue
+        self.max_bytes = max_bytes
         self.warmer = Warmer(predictor.cache, predictor.engine, self._fetch, max_queue=max_queue,
-                             workers=workers, encode=predictor.encode, name="cass-warmup")
+                             workers=workers, encode=predictor.encode, name="cass-warmup",
+                             max_bytes=max_bytes, size=job_bytes)
         self._lock = threading.Lock()
         self._full = False  # in a queue-full episode (logged once)
 
@@ -88,9 +100,11 @@ class TaskWarmer:
             self._full = bool(rejected)
         if first_full:
             stats = self.warmer.stats()
-            log.warning("warm-up queue full (CASS_WARMUP_QUEUE=%d%s): %d image(s) not queued; they are "
-                        "encoded on their first prediction instead (logged once until the queue has room)",
-                        self.max_queue, ", closed" if stats.get("closed") else "", rejected)
+            log.warning("warm-up queue full (CASS_WARMUP_QUEUE=%d images, CASS_WARMUP_QUEUE_MB=%.0f MiB held, "
+                        "%d bytes now%s): %d image(s) not queued; they are encoded on their first prediction "
+                        "instead (logged once until the queue has room)", self.max_queue,
+                        self.max_bytes / 2**20, stats.get("queued_bytes", 0),
+                        ", closed" if stats.get("closed") else "", rejected)
         return {"queued": queued, "rejected": rejected, "skipped": skipped}
 
     def stats(self) -> dict:
@@ -109,4 +123,5 @@ def make_task_warmer(predictor, settings) -> TaskWarmer | None:
     if not size:
         log.info("cache warm-up on TASKS_CREATED is off (CASS_WARMUP_QUEUE=0)")
         return None
-    return TaskWarmer(predictor, max_queue=size)
+    return TaskWarmer(predictor, max_queue=size,
+                      max_bytes=int(getattr(settings, "warmup_queue_bytes", DEFAULT_MAX_BYTES)))

@@ -33,11 +33,16 @@ class Warmer:
         workers: worker threads.
         encode: optional ``bytes -> ImageFeatures`` used instead of ``model.encode`` (e.g. to take
             the backend's engine lock).
+        max_bytes: bytes held for warm-up at most: ``size(item)`` of every queued item (a ``data:`` URL
+            is its image, inline) plus the fetched bytes of those being warmed; a submit beyond is
+            refused (None: items alone bound the queue).
+        size: ``item -> bytes`` it holds while it waits (default: ``len`` of str/bytes items, else 0).
     """
 
     def __init__(self, cache, model, fetch_bytes: Callable[[Any], bytes], max_queue: int = 1000,
                  workers: int = 1, *, encode: Callable[[bytes], Any] | None = None,
-                 name: str = "cass-warmup"):
+                 name: str = "cass-warmup", max_bytes: int | None = None,
+                 size: Callable[[Any], int] | None = None):
         if max_queue < 1 or workers < 1:
             raise ValueError("max_queue and workers must be >= 1")
         self.cache = cache
@@ -50,9 +55,14 @@ class Warmer:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending: set = set()  # queued or being warmed
+        self.max_bytes = int(max_bytes) if max_bytes is not None else None
+        self._size = size or _default_size
+        self._held: dict[Any, int] = {}  # pending item -> bytes it holds (its size, then its fetched bytes)
+        self._bytes = 0
         self._closed = False
         self._counts = {"submitted": 0, "rejected": 0, "duplicates": 0, "done": 0, "hits": 0,
-                        "computed": 0, "failed": 0, "in_progress": 0}
+                        "computed": 0, "failed": 0, "in_progress": 0,
+                        "rejected_bytes": 0}
         self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
                          for i in range(self.workers)]
         for thread in self._threads:
@@ -69,12 +79,18 @@ class Warmer:
             if url in self._pending:
                 self._counts["duplicates"] += 1
                 return True
+            size = max(0, int(self._size(url)))
+            if self.max_bytes is not None and self._bytes + size > self.max_bytes:
+                self._counts["rejected"] += 1
+                self._counts["rejected_bytes"] += 1
+                return False
             try:
                 self._queue.put_nowait(url)
             except queue.Full:
                 self._counts["rejected"] += 1
                 return False
             self._pending.add(url)
+            self._hold(url, size)
             self._counts["submitted"] += 1
             return True
 
@@ -98,6 +114,7 @@ class Warmer:
                     break
                 with self._idle:
                     self._pending.discard(url)
+                    self._hold(url, 0)
                     self._idle.notify_all()
         for _ in self._threads:
             self._queue.put(_STOP)  # blocks only while workers drain a full queue
@@ -108,7 +125,8 @@ class Warmer:
         with self._lock:
             out: dict[str, Any] = dict(self._counts)
             out["queued"] = self._queue.qsize()
-        out.update(max_queue=self.max_queue, workers=self.workers, closed=self._closed)
+            out["queued_bytes"] = self._bytes
+        out.update(max_queue=self.max_queue, max_bytes=self.max_bytes, workers=self.workers, closed=self._closed)
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -122,6 +140,8 @@ class Warmer:
             outcome = "failed"
             try:
                 data = self.fetch_bytes(url)
+                with self._lock:  # the fetched bytes are what this item holds now
+                    self._hold(url, len(data))
                 _, hit = self.cache.get_or_compute(data, self.model.fingerprint, lambda: self.encode(data))
                 outcome = "hits" if hit else "computed"
             except Exception as exc:  # one bad image must not stop the warmer
@@ -132,13 +152,25 @@ class Warmer:
                     self._counts["done"] += 1
                     self._counts[outcome] += 1
                     self._pending.discard(url)
+                    self._hold(url, 0)
                     self._idle.notify_all()
+
+    def _hold(self, item: Any, size: int) -> None:
+        """``item`` holds ``size`` bytes now (0: none, it is done); call locked."""
+        self._bytes += size - self._held.pop(item, 0)
+        if size:
+            self._held[item] = size
+
+
+def _default_size(item: Any) -> int:
+    return len(item) if isinstance(item, (str, bytes, bytearray)) else 0
 
 
 # (stats key, metric name, type, help)
 PROMETHEUS_METRICS = (
     ("queued", "cass_warmup_queued", "gauge", "Image URLs waiting for warm-up"),
     ("in_progress", "cass_warmup_in_progress", "gauge", "Images being warmed"),
+    ("queued_bytes", "cass_warmup_queued_bytes", "gauge", "Bytes held by queued and in-progress warm-ups"),
     ("submitted", "cass_warmup_submitted_total", "counter", "URLs accepted for warm-up"),
     ("rejected", "cass_warmup_rejected_total", "counter", "URLs refused (queue full or closed)"),
     ("computed", "cass_warmup_computed_total", "counter", "Images encoded by the warmer"),
