@@ -47,4 +47,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
 # THREADS >= CASS_INFERENCE_SLOTS + CASS_MAX_QUEUE + 3 (defaults 1 + 16 + 3): a /predict beyond the queue is
 # answered 503 "busy" at once instead of waiting for a free thread (docs/security.md). MALLOC_ARENA_MAX=2
 # keeps glibc from growing one malloc arena per thread (measured: ~450 MiB less resident memory under load).
-CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:${PORT} --workers ${WORKERS} --threads ${THREADS} --timeout 300 --graceful-timeout 30 backend._wsgi:app"]
+# backend/http/gunicorn_conf.py reads PORT, WORKERS and THREADS, and adds connection deadlines: request line and
+# headers within CASS_HEADER_TIMEOUT_S (10 s), then CASS_BODY_IDLE_S (30 s) without a byte at most (docs/security.md).
+CMD ["gunicorn", "-c", "python:backend.http.gunicorn_conf", "backend._wsgi:app"]

@@ -1,4 +1,5 @@
-"""``python -m backend [serve] --host 127.0.0.1 --port 9090``: load the engine, then serve (threaded).
+"""``python -m backend [serve] --host 127.0.0.1 --port 9090``: load the engine, then serve (threaded, with
+connection deadlines: :func:`backend.http.deadlines.serve_werkzeug`).
 
 The other sub-commands (``worker``, ``preannotate``, ``jobs``, ``report``) live in their own
 modules, imported only when chosen: ``python -m backend jobs`` or ``--help`` never load the model.
@@ -107,10 +108,11 @@ def serve(args: argparse.Namespace) -> int:
 
         print(api._manager.init_kwargs["pipeline"].predictor.model_version)
         return 0
-    log.info("serving on http://%s:%d", args.host, args.port)
-    from werkzeug.serving import run_simple
+    from backend.http.deadlines import serve_werkzeug
 
-    run_simple(args.host, args.port, app, threaded=True, use_reloader=False, use_debugger=False)
+    # werkzeug, threaded, with the header deadline, body idle timeout and connection bound of
+    # backend.http.deadlines (CASS_HEADER_TIMEOUT_S, CASS_BODY_IDLE_S, CASS_MAX_CONNECTIONS)
+    serve_werkzeug(app, args.host, args.port)
     return 0
 
 

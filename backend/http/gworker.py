@@ -1,0 +1,35 @@
+"""gunicorn's threaded worker with a header deadline (:mod:`backend.http.deadlines`).
+
+gthread reads a connection's request line and headers in a pool thread, blocking, with no limit: a
+client dripping header bytes keeps that thread. :class:`DeadlineThreadWorker` arms the process's
+:class:`~backend.http.deadlines.Watchdog` when a pool thread takes a connection and disarms it once
+the headers are parsed; a connection that has not sent them within ``CASS_HEADER_TIMEOUT_S`` is shut
+down. After the headers the socket gets an idle timeout of ``CASS_BODY_IDLE_S`` for the body and the
+answer. Used by :mod:`backend.http.gunicorn_conf` (the Docker image's command).
+"""
+from __future__ import annotations
+
+from gunicorn.workers.gthread import ThreadWorker
+
+from backend.http.deadlines import (DEFAULT_BODY_IDLE_S, DEFAULT_HEADER_TIMEOUT_S, env_seconds,
+                                    watchdog)
+
+
+class DeadlineThreadWorker(ThreadWorker):
+    """``worker_class = "backend.http.gworker.DeadlineThreadWorker"``."""
+
+    header_s = env_seconds("CASS_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S)
+    idle_s = env_seconds("CASS_BODY_IDLE_S", DEFAULT_BODY_IDLE_S)
+
+    def handle(self, conn):
+        token = watchdog().arm(conn.sock, self.header_s)
+        conn.cass_deadline = token
+        try:
+            return super().handle(conn)
+        finally:
+            watchdog().disarm(token)
+
+    def handle_request(self, req, conn):
+        watchdog().disarm(getattr(conn, "cass_deadline", None))  # the headers are in
+        conn.sock.settimeout(self.idle_s)  # body and answer: this long without a byte at most
+        return super().handle_request(req, conn)
