@@ -21,6 +21,7 @@ from tests.redis_fixtures import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER_S = 2.0
+BODY_IDLE_S = 2.0
 DRIPPERS = 20
 DRIP_FOR_S = 12.0  # each dripper gives up after this (the deadline must close it long before)
 
@@ -28,6 +29,7 @@ DRIP_FOR_S = 12.0  # each dripper gives up after this (the deadline must close i
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CASS_", "LABEL_STUDIO_", "BASIC_AUTH_"))}
     env.update(PYTHONPATH=str(REPO), LOG_LEVEL="WARNING", CASS_HEADER_TIMEOUT_S=str(HEADER_S),
+               CASS_BODY_IDLE_S=str(BODY_IDLE_S),
                CASS_WARMUP="false", THREADS="20")
     env.pop("REDIS_URL", None)
     return env
@@ -117,3 +119,20 @@ def test_dripping_headers_do_not_block_health_and_are_cut_at_the_deadline(server
     assert health_s < HEADER_S + 3
     assert len(closed_after) == DRIPPERS, f"{DRIPPERS - len(closed_after)} dripping connections were never closed"
     assert max(closed_after) < HEADER_S + 3
+
+
+def test_a_stalled_body_is_cut_after_the_idle_timeout(server):
+    port, url = server
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=BODY_IDLE_S + 8) as sock:
+        sock.sendall(b"POST /setup HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"project\": ")  # then nothing more
+        try:
+            while sock.recv(4096):
+                pass  # an error answer, if any, then the close
+        except OSError:
+            pass
+    elapsed = time.monotonic() - t0
+    print(f'{{"body_stall_closed_after_s": {elapsed:.2f}}}')
+    assert elapsed < BODY_IDLE_S + 4
+    assert requests.get(f"{url}/health", timeout=5).status_code == 200
