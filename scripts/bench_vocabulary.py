@@ -46,7 +46,8 @@ def main() -> int:
     config = (f'<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">{labels}'
               f'</BrushLabels></View>')
     settings = Settings.from_env({})
-    client = create_app(Settings(warmup=False, warmup_queue=0, limits=settings.limits),
+    client = create_app(Settings(warmup=False, warmup_queue=0, limits=settings.limits,
+                                 max_setup_bytes=64 * 2**20),  # its 5 MB configs: over the 2 MiB default
                         Predictor(FakeEngine())).test_client()
     rss0 = rss_mb()
     setup = dict(ls_request("setup"), schema=config)
