@@ -5,7 +5,9 @@
 * **basic auth** (``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS``) on every endpoint but ``GET /health``,
   compared in constant time (SHA-256 digests through :func:`hmac.compare_digest`); 401 with
   ``WWW-Authenticate`` otherwise. Label Studio sends it when the model connection has basic auth set;
-* **request body limit** (``CASS_MAX_REQUEST_MB``): 413 before anything is parsed;
+* **request body limits** per endpoint (:mod:`backend.http.limits`: ``CASS_MAX_SETUP_MB``,
+  ``CASS_MAX_WEBHOOK_MB``, else ``CASS_MAX_REQUEST_MB``): 413 before anything is read or parsed; tasks
+  (``CASS_MAX_TASKS_PER_REQUEST``) and smart regions (``CASS_MAX_SMART_HINTS``) per ``/predict``: 400;
 * **JSON bodies**: ``/predict``, ``/setup``, ``/versions``, ``/train`` need a JSON object, ``/predict``
   one with ``tasks``; otherwise 400 naming what is wrong (label-studio-ml would answer 500 with a
   traceback);

@@ -12,9 +12,11 @@
   interval between request completions times its position in the line). A place that frees while
   tickets wait is *held* for the oldest ticket whose project is under its share; a caller without
   a (held) ticket cannot take a held place, so a client that re-sends the moment it is answered no
-  longer retakes the place it freed from the one that was told to come back. Tickets expire
-  ``grace_s`` after they fall due (Label Studio itself never retries a 503, so its reservations
-  must not keep places for long);
+  longer retakes the place it freed from the one that was told to come back. A waiting ticket
+  expires ``grace_s`` after it falls due, a held place ``grace_s`` after it was held (Label Studio
+  itself never retries a 503, so its reservations must not keep places for long); one client address
+  has at most ``max_tickets_per_client`` tickets (2 x the places; its oldest waiting one makes room),
+  and a request without a ticket takes a due held place of its own address and project;
 * **slots** (``with slots:``, around each engine call and each mask encoding): at most ``slots`` of
   them run at once, and a freed slot goes to the waiting call that is **due first**. A request of
   ``n`` tasks admitted at ``t`` is due at ``t + DUE_FACTOR * n * task_s`` (``task_s``: the measured
