@@ -19,7 +19,8 @@ with warnings.catch_warnings():  # Flask 1.1.2 (pinned by label-studio-ml) impor
 from backend.config import ConfigError, Settings
 from backend.controls.labels import parse_label_config
 from backend.http.mlbackend import setup_project_key
-from backend.predict.predictor import Predictor, make_feature_cache
+from backend.predict.loading import make_feature_cache
+from backend.predict.predictor import Predictor
 from cass.engine import Timings
 from tests.backend_fixtures import label_studio, LEGACY_TOKEN, ls_request, png_bytes, three_band_image
 from tests.redis_fixtures import redis_server, redis_server_fn, redis_url  # noqa: F401

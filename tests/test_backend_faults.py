@@ -24,7 +24,8 @@ from backend.predict import faults
 from backend.config import Settings
 from backend.http.health import CacheProbe
 from backend.fetch.images import DOWNLOADS, DownloadHealth
-from backend.predict.predictor import NoCache, Predictor, make_feature_cache
+from backend.predict.loading import NoCache, make_feature_cache
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, _Server, ls_request, png_bytes,
                                     three_band_image)
 from tests.redis_fixtures import free_port, redis_server_fn  # noqa: F401

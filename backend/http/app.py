@@ -35,7 +35,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         previous.warmer.close(timeout=0)
     services = build(settings, predictor)  # the composition root: engine, registry, listeners, pipeline
     settings, predictor, warmer = services.settings, services.predictor, services.warmer
-    api._manager = CASSManager()  # the routes look the manager up at request time
+    # label-studio-ml 1.0.9 has no public way to choose the manager class: its routes call the module
+    # global ``api._manager`` at request time, so this process's manager is put there
+    api._manager = CASSManager()
     app = api.init_app(model_class=CASSBackend, pipeline=services.pipeline)
     registry = prometheus.build_registry(predictor, warmer, settings.redis_url)  # jobs included (REDIS_URL)
 

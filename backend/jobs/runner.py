@@ -30,7 +30,7 @@ from backend.predict.predictor import TASK_ERRORS, TaskInfo
 from backend.predict.projects import Connection
 from backend.jobs.batching import Prefill, prefill
 from backend.labelstudio.client import Projects
-from backend.jobs.store import TERMINAL, JobStore, job_key, retrying
+from backend.jobs.store import TERMINAL, JobStore, retrying
 
 log = logging.getLogger("backend.jobs")
 
