@@ -39,8 +39,8 @@ def test_missing_weights_exit_1_with_the_reason(clean_env, capsys, tmp_path):
     assert main([]) == 1
     err = capsys.readouterr().err
     assert "could not load the model: 2 weight files are missing" in err
-    assert "CASS_CLIP_WEIGHTS = '/nonexistent/clip.safetensors': CLIP weights '/nonexistent/clip.safetensors': " \
-           "no such file" in err
+    assert "CASS_CLIP_WEIGHTS = '/nonexistent/clip.safetensors' (or --clip-weights): CLIP weights " \
+           "'/nonexistent/clip.safetensors': no such file" in err
 
 
 @pytest.mark.parametrize("args", [["--port", "http"], ["--log-level", "LOUD"]])
