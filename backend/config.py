@@ -25,6 +25,21 @@ class ConfigError(ValueError):
     """An environment variable with a value the backend cannot use."""
 
 
+#: the start warning and ``/health``'s hint when LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are not both set
+LABEL_STUDIO_HINT = ("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: images uploaded to Label "
+                     "Studio will answer 401 (Label Studio 1.23.2 sends /setup a legacy token, off by "
+                     "default); set LABEL_STUDIO_URL=http://<label-studio>:8080 and LABEL_STUDIO_API_KEY="
+                     "<personal access token> (Label Studio: Account & Settings -> Personal Access Token)")
+
+
+def warn_if_label_studio_unset(settings, log) -> bool:
+    """One WARNING line at start when :data:`LABEL_STUDIO_HINT` applies; True when it did."""
+    if settings.label_studio_state()["configured"]:
+        return False
+    log.warning("%s", LABEL_STUDIO_HINT)
+    return True
+
+
 @dataclass(frozen=True)
 class Settings:
     clip_weights: str = "openai"                 # CASS_CLIP_WEIGHTS: "openai" or a file path
@@ -70,6 +85,15 @@ class Settings:
                                                  # stays valid this long after its Retry-After
     text_budget_s: float = 30.0                  # CASS_TEXT_BUDGET_S: new prompts one /predict encodes at
                                                  # most for this long; the rest continue in the background
+
+    def label_studio_state(self) -> dict:
+        """``/health``'s ``label_studio`` field: both settings given, or not and the hint (the key
+        itself is never shown)."""
+        state = {"configured": bool(self.label_studio_url and self.label_studio_api_key),
+                 "url": self.label_studio_url, "api_key": bool(self.label_studio_api_key)}
+        if not state["configured"]:
+            state["hint"] = LABEL_STUDIO_HINT
+        return state
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
