@@ -130,7 +130,12 @@ def _refused(route: str, status: int, message) -> object:
 
 def install_views(app: Flask) -> Flask:
     """Replace label-studio-ml's ``/setup`` and ``/predict`` views with :func:`setup_view` and
-    :func:`predict_view` (before :func:`backend.http.edge.install` wraps ``/predict``)."""
+    :func:`predict_view` (before :func:`backend.http.edge.install` wraps ``/predict``). Once per app:
+    label-studio-ml has one app per process, and a re-targeted app keeps the edge's wrapper around
+    these views (the views look the manager up at request time)."""
+    if app.extensions.get("cass_views"):
+        return app
+    app.extensions["cass_views"] = True
     app.view_functions["_setup"] = setup_view
     app.view_functions["_predict"] = predict_view
     return app
