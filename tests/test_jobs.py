@@ -10,6 +10,7 @@ import redis as redis_lib
 from backend.config import Settings
 from backend.controls.config import parse_controls
 from backend.predict.pipeline import RequestContext
+from backend.predict.version import model_version
 from backend.fetch.images import ImageFetchError
 from backend.jobs.cli import progress_line
 from backend.jobs.queue import JobConflict, Jobs, JobNotFound
@@ -20,6 +21,7 @@ from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <BrushLabels name="tag" toName="image"><Label value="cat"/></BrushLabels></View>"""
+VERSION = model_version("cass-fake-1", parse_controls(CONFIG))  # what FakePipeline's runs post
 
 
 class FakeProjects:
@@ -72,7 +74,8 @@ class FakeFetcher:
 
 class FakePipeline:
     """Fake of :class:`backend.predict.pipeline.Pipeline` around a fake predictor: the surface the job
-    runner uses (parse, context, predict_task); the context's version is the predictor's."""
+    runner uses (parse, context, predict_task); the context's version is the real one of the predictor's
+    engine version and the label set (``<engine>-labels.<digest>``), as the real pipeline's."""
 
     def __init__(self, predictor):
         self.predictor = predictor
@@ -81,7 +84,7 @@ class FakePipeline:
         return parse_controls(config)
 
     def context(self, project, controls, *, label_config=None, fetch=None, connection=None):
-        return RequestContext(project, controls, fetch, None, self.predictor.model_version)
+        return RequestContext(project, controls, fetch, None, model_version(self.predictor.model_version, controls))
 
     def predict_task(self, task, ctx, info=None, prefill=None):
         return self.predictor.predict_task(task, ctx.controls, ctx.fetch, info, prefill=prefill)
@@ -102,7 +105,7 @@ def conn(redis_url):  # noqa: F811
 def test_spec_validates_and_keys_by_project_and_filter():
     assert JobSpec(1, (3, 1, 3)).task_ids == (1, 3)
     assert JobSpec(1, (1, 3)).key == JobSpec(1, (3, 1), chunk_size=99).key != JobSpec(1).key
-    assert JobSpec(1).key != JobSpec(1, only_missing=True).key != JobSpec(2).key
+    assert JobSpec(1).key != JobSpec(1, only_outdated=False).key != JobSpec(2).key
     for bad, word in [(dict(project=0), "project"), (dict(project=1, task_ids=()), "empty"),
                       (dict(project=1, task_ids=(1, -2)), "task ids"), (dict(project=1, chunk_size=0), "chunk_size")]:
         with pytest.raises(JobSpecError, match=word):
@@ -145,7 +148,7 @@ def test_a_prediction_that_appeared_meanwhile_is_not_posted_again(conn):
 
     def tasks_then_someone_else_posts(project, ids=None, view=None):
         out = real_tasks(project, ids, view)
-        projects.preds[2].append({"task": 2, "model_version": predictor.model_version})  # another worker
+        projects.preds[2].append({"task": 2, "model_version": VERSION})  # another worker
         return out
 
     projects.tasks = tasks_then_someone_else_posts
@@ -172,11 +175,11 @@ def test_second_job_for_the_same_filter_is_refused_until_the_first_is_over(conn)
         jobs.get("nope")
 
 
-def test_only_missing_and_retry_failed(conn):
+def test_only_outdated_and_retry_failed(conn):
     projects, predictor = FakeProjects(4), FakePredictor(bad={3})
-    projects.preds[1].append({"task": 1, "model_version": predictor.model_version})
+    projects.preds[1].append({"task": 1, "model_version": VERSION})
     jobs = Jobs(conn, projects)
-    rec = jobs.start(JobSpec(1, only_missing=True), predictor.model_version)
+    rec = jobs.start(JobSpec(1), predictor.model_version)
     assert rec["total"] == 3
     ChunkRun(context(conn, projects, predictor), rec["id"], [2, 3, 4]).run()
     rec = jobs.get(rec["id"])
@@ -188,6 +191,45 @@ def test_only_missing_and_retry_failed(conn):
     assert jobs.get(retry["id"])["done"] == 1
     with pytest.raises(JobSpecError, match="no failed tasks"):
         jobs.retry_failed(retry["id"])
+
+
+def test_planning_compares_with_the_label_set_version_the_workers_post(conn):
+    """Issue 20: a prediction of the bare engine version, or of another label set, is outdated; one of
+    ``<engine>-labels.<digest of this config>`` is current. ``all`` queues every task; the runner still
+    skips the current ones (and counts them)."""
+    projects, predictor = FakeProjects(4), FakePredictor()
+    projects.preds[1].append({"task": 1, "model_version": VERSION})
+    projects.preds[2].append({"task": 2, "model_version": "cass-fake-1"})  # before label-set versions
+    projects.preds[3].append({"task": 3, "model_version": "cass-fake-1-labels.0123456789ab"})  # other labels
+    jobs = Jobs(conn, projects)
+    conn.hset("cass:jobs:model_versions", "w1", predictor.model_version)  # a worker registered its engine
+    rec = jobs.start(JobSpec(1))
+    assert rec["total"] == 3 and rec["model_version"] == VERSION and rec["engine_version"] == "cass-fake-1"
+    jobs.cancel(rec["id"])
+    every = jobs.start(JobSpec(1, only_outdated=False), predictor.model_version)
+    assert every["total"] == 4
+    assert ChunkRun(context(conn, projects, predictor), every["id"], [1, 2, 3, 4]).run()["skipped"] == 1
+    assert JobSpec.from_request({"project": 1, "all": True}).only_outdated is False
+    assert JobSpec.from_request({"project": 1, "only_outdated": False}).only_outdated is False
+    assert JobSpec.from_request({"project": 1}).only_outdated is True
+    for body, word in [({"project": 1, "only_missing": True}, "unknown field"),
+                       ({"project": 1, "all": True, "only_outdated": True}, "'all'"),
+                       ({"project": 1, "all": "yes"}, "'all'")]:
+        with pytest.raises(JobSpecError, match=word):
+            JobSpec.from_request(body)
+
+
+def test_cli_has_only_outdated_and_all_and_no_only_missing(capsys):
+    from backend.jobs.cli import preannotate_parser
+
+    p = preannotate_parser()
+    assert p.parse_args(["--project", "3"]).all is False
+    assert p.parse_args(["--project", "3", "--all"]).all is True
+    assert p.parse_args(["--project", "3", "--only-outdated"]).all is False
+    with pytest.raises(SystemExit):
+        p.parse_args(["--project", "3", "--only-missing"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["--project", "3", "--all", "--only-outdated"])
 
 
 def test_redis_calls_wait_out_an_outage_then_raise():

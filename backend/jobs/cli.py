@@ -1,6 +1,6 @@
 """``python -m backend preannotate|jobs|worker``: start, watch and cancel jobs from a shell.
 
-    python -m backend preannotate --project 3 [--tasks 1,2,7-9] [--only-missing] [--view 5] [--wait]
+    python -m backend preannotate --project 3 [--tasks 1,2,7-9] [--only-outdated | --all] [--view 5] [--wait]
     python -m backend preannotate --retry-failed JOB_ID [--wait]
     python -m backend jobs [JOB_ID] [--json]
     python -m backend jobs cancel JOB_ID
@@ -29,7 +29,7 @@ def _jobs():
 
     settings = Settings.from_env()
     return Jobs(connect(settings.redis_url),
-                Projects(settings.label_studio_url or "", settings.label_studio_api_key or ""), settings.jobs)
+                Projects(settings.label_studio_url or "", settings.label_studio_api_key or ""), settings)
 
 
 def progress_line(rec: dict, elapsed_s: float) -> str:
@@ -67,7 +67,7 @@ def show(rec: dict, out=sys.stdout) -> None:
     spec = rec["spec"]
     out.write(f"job {rec['id']}: {rec['status']}, project {spec['project']}"
               f"{', tasks ' + str(len(spec['task_ids'])) if spec.get('task_ids') else ''}"
-              f"{', only missing' if spec.get('only_missing') else ''}"
+              f"{', all tasks' if not spec.get('only_outdated', True) else ''}"
               f"{', retry of ' + spec['retry_of'] if spec.get('retry_of') else ''}: "
               f"{rec['done']} done, {rec['skipped']} skipped, {rec['failed']} failed of {rec['total']}"
               f"{', ' + rec['error'] if rec.get('error') else ''}\n")
@@ -100,17 +100,29 @@ def main(argv: list[str]) -> int:
         return 2
 
 
-def preannotate(argv: list[str]) -> int:
+def preannotate_parser() -> argparse.ArgumentParser:
+    """The arguments of ``python -m backend preannotate``."""
     p = argparse.ArgumentParser(prog="python -m backend preannotate",
                                 description="pre-annotate a project's tasks on the workers (docs/jobs.md)")
     p.add_argument("--project", type=int, help="Label Studio project id")
     p.add_argument("--tasks", type=parse_task_ids, help="only these task ids: 1,2,7-9")
     p.add_argument("--view", type=int, help="only the tasks of this data-manager view (tab) id")
-    p.add_argument("--only-missing", action="store_true",
-                   help="leave out tasks that already have a prediction of the workers' model_version")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--only-outdated", dest="all", action="store_false",
+                       help="(the default) only tasks without a prediction of the version the workers post "
+                            "(engine + label set)")
+    which.add_argument("--all", dest="all", action="store_true",
+                       help="queue every task (those already current are still skipped, and counted, by the "
+                            "workers)")
+    p.set_defaults(all=False)
     p.add_argument("--chunk-size", type=int, default=8, help="tasks per RQ job (default 8)")
     p.add_argument("--retry-failed", metavar="JOB_ID", help="a new job for the failed tasks of JOB_ID")
     p.add_argument("--wait", action="store_true", help="show progress until the job is over")
+    return p
+
+
+def preannotate(argv: list[str]) -> int:
+    p = preannotate_parser()
     args = p.parse_args(argv)
     jobs = _jobs()
     if args.retry_failed:
@@ -118,7 +130,7 @@ def preannotate(argv: list[str]) -> int:
     else:
         if args.project is None:
             p.error("--project is required (or --retry-failed JOB_ID)")
-        rec = jobs.start(JobSpec(project=args.project, task_ids=args.tasks, only_missing=args.only_missing,
+        rec = jobs.start(JobSpec(project=args.project, task_ids=args.tasks, only_outdated=not args.all,
                                  view=args.view, chunk_size=args.chunk_size))
     print(rec["id"], flush=True)
     if not args.wait:

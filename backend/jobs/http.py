@@ -41,7 +41,7 @@ def jobs_for(state: dict):
 
         s = state["settings"]
         state["jobs"] = Jobs(connect(s.redis_url), Projects(s.label_studio_url or "", s.label_studio_api_key or ""),
-                             s.jobs)
+                             s)
     return state["jobs"]
 
 

@@ -46,38 +46,61 @@ def connect(redis_url: str | None) -> redis.Redis:
 
 
 class Jobs:
-    """``conn``: Redis; ``projects``: a :class:`~.lsclient.Projects` (or a fake in unit tests);
-    ``settings``: a :class:`backend.config.JobSettings` (queue name, chunk timeout; default: the
-    environment's)."""
+    """``conn``: Redis; ``projects``: a :class:`~backend.labelstudio.client.Projects` (or a fake in unit
+    tests); ``settings``: a :class:`backend.config.Settings` (its ``jobs`` block: queue name, chunk
+    timeout; its ``nothing``/``limits``/``regions``: how a label config is parsed when a job is
+    planned), or only a :class:`backend.config.JobSettings`; default: the environment's job settings."""
 
     def __init__(self, conn: redis.Redis, projects: Projects, settings=None):
-        from backend.config import JobSettings
+        from backend.config import JobSettings, Settings
 
-        settings = settings if settings is not None else JobSettings.from_env()
+        if isinstance(settings, Settings):
+            self.settings, job_settings = settings, settings.jobs
+        else:
+            self.settings = Settings()
+            job_settings = settings if settings is not None else JobSettings.from_env()
         self.conn = conn
         self.store = JobStore(conn)
         self.projects = projects
-        self.queue = Queue(settings.queue, connection=conn)
-        self.chunk_timeout_s = settings.chunk_timeout_s
+        self.queue = Queue(job_settings.queue, connection=conn)
+        self.chunk_timeout_s = job_settings.chunk_timeout_s
 
-    def model_version(self) -> str | None:
-        """The running workers' ``model_version`` (None when there is none, or they disagree)."""
+    def engine_version(self) -> str | None:
+        """The running workers' engine version (None when there is none, or they disagree)."""
         versions = set(self.store.worker_model_versions().values())
         return versions.pop() if len(versions) == 1 else None
 
+    def planned_version(self, project: int, engine_version: str) -> str:
+        """The ``model_version`` the workers will post for ``project``: ``engine_version`` and the
+        label-set digest of the project's output controls (:func:`backend.predict.version.model_version`,
+        parsed as :meth:`backend.predict.pipeline.Pipeline.parse` does). Without the project memory's
+        digest: with a non-empty memory the workers post ``...-mem.<digest>``, every task then counts as
+        outdated here, and the runner skips, precisely, those that have that version."""
+        from backend.controls.config import parse_controls
+        from backend.controls.labels import LabelConfigError
+        from backend.predict.version import model_version
+
+        s = self.settings
+        try:
+            controls = parse_controls(self.projects.label_config(project), s.nothing, s.limits, s.regions)
+        except LabelConfigError as exc:
+            raise JobSpecError(f"project {project}: its label config cannot be predicted: {exc}") from None
+        return model_version(engine_version, controls)
+
     # -------------------------------------------------------------------------------------------
-    def start(self, spec: JobSpec, model_version: str | None = None) -> dict:
-        """Plan and enqueue ``spec``; raises :class:`JobConflict` while the same job runs."""
-        model_version = model_version or self.model_version()
+    def start(self, spec: JobSpec, engine_version: str | None = None) -> dict:
+        """Plan and enqueue ``spec``; raises :class:`JobConflict` while the same job runs.
+        ``engine_version``: the engine's version when the registered workers do not agree on one."""
+        engine_version = self.engine_version() or engine_version
         job_id = uuid.uuid4().hex[:12]
         holder = self.store.claim(spec.key, job_id)
         if holder is not None:
             raise JobConflict(holder)
         try:
-            task_ids = self.plan(spec, model_version)
+            task_ids, version = self.plan(spec, engine_version)
             parts = chunks(task_ids, spec.chunk_size)
             rq_ids = [f"{job_id}-{n:05d}" for n in range(len(parts))]
-            self.store.create(job_id, spec.to_dict(), spec.key, len(task_ids), rq_ids, model_version)
+            self.store.create(job_id, spec.to_dict(), spec.key, len(task_ids), rq_ids, version, engine_version)
             with self.conn.pipeline() as pipe:
                 for rq_id, part in zip(rq_ids, parts):
                     self.queue.enqueue("backend.jobs.runner.run_chunk", job_id, part, job_id=rq_id,
@@ -92,22 +115,26 @@ class Jobs:
         if not parts:
             self.store.release(spec.key, job_id)
         log.info("job %s: project %s, %d task(s) in %d chunk(s)%s", job_id, spec.project, len(task_ids),
-                 len(parts), f", model_version {model_version}" if model_version else "")
+                 len(parts), f", model_version {version}" if version else "")
         return self.get(job_id)
 
-    def plan(self, spec: JobSpec, model_version: str | None) -> list[int]:
-        """The task ids of ``spec``, in id order (``only_missing``: without those already predicted)."""
-        if spec.task_ids is not None and not spec.only_missing:
-            return list(spec.task_ids)  # unknown ids are recorded as failed by the runner
+    def plan(self, spec: JobSpec, engine_version: str | None) -> tuple[list[int], str | None]:
+        """The task ids of ``spec`` in id order (``only_outdated``: without those that already have a
+        prediction of the planned version) and that version (None when no engine version is known)."""
+        if spec.task_ids is not None and (not spec.only_outdated or not engine_version):
+            if spec.only_outdated:
+                log.warning("only_outdated: no engine version known (no worker registered yet): every task is "
+                            "queued and the workers skip those already predicted")
+            return list(spec.task_ids), None  # unknown ids are recorded as failed by the runner
+        version = self.planned_version(spec.project, engine_version) if engine_version else None
         tasks = self.projects.tasks(spec.project, ids=spec.task_ids, view=spec.view)
-        if spec.only_missing and model_version:
-            tasks = [t for t in tasks if not any(p["model_version"] == model_version for p in t["predictions"])]
-        elif spec.only_missing:
-            log.warning("only_missing: no worker has registered its model_version yet; every task is queued "
-                        "and the workers skip those already predicted")
-        return [t["id"] for t in tasks]
+        if spec.only_outdated and version:
+            tasks = [t for t in tasks if not any(p["model_version"] == version for p in t["predictions"])]
+        elif spec.only_outdated:
+            log.warning("only_outdated: no engine version known (no worker registered yet): every task is "
+                        "queued and the workers skip those already predicted")
+        return [t["id"] for t in tasks], version
 
-    # -------------------------------------------------------------------------------------------
     def get(self, job_id: str) -> dict:
         rec = self.store.record(job_id)
         if rec is None:
@@ -163,4 +190,4 @@ class Jobs:
         old = JobSpec.from_dict(rec["spec"])
         spec = JobSpec(project=old.project, task_ids=tuple(failed), chunk_size=chunk_size or old.chunk_size,
                        retry_of=job_id)
-        return self.start(spec, rec["model_version"])
+        return self.start(spec, rec["engine_version"])

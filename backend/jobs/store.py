@@ -3,7 +3,8 @@
 Keys (``cass:jobs:`` prefix)::
 
     cass:jobs:<id>            hash: spec (JSON), status, total, chunks (JSON list of RQ job ids),
-                              model_version, created, finished, first_prediction, error
+                              model_version (planned: engine + label set), engine_version,
+                              created, finished, first_prediction, error
     cass:jobs:<id>:done       set of task ids with a prediction posted by this job
     cass:jobs:<id>:skipped    set of task ids that already had a prediction of this model_version
     cass:jobs:<id>:failed     hash task id -> reason (removed again when a retry succeeds)
@@ -88,12 +89,13 @@ class JobStore:
             self.conn.delete(lock)
 
     def create(self, job_id: str, spec: dict, spec_key: str, total: int, chunks: list[str],
-               model_version: str | None) -> None:
+               model_version: str | None, engine_version: str | None = None) -> None:
         now = time.time()
         with self.conn.pipeline() as pipe:
             pipe.hset(job_key(job_id), mapping={
                 "spec": json.dumps(spec), "spec_key": spec_key, "status": "queued" if chunks else "finished",
                 "total": total, "chunks": json.dumps(chunks), "model_version": model_version or "",
+                "engine_version": engine_version or "",
                 "created": now, "finished": "" if chunks else now, "first_prediction": "", "error": ""})
             pipe.zadd(f"{PREFIX}index", {job_id: now})
             pipe.execute()
@@ -149,6 +151,7 @@ class JobStore:
                 "total": int(rec["total"]), "done": done, "skipped": skipped, "failed": len(failed),
                 "failed_tasks": {int(k): v for k, v in sorted(failed.items(), key=lambda kv: int(kv[0]))},
                 "chunks": json.loads(rec["chunks"]), "model_version": rec.get("model_version") or None,
+                "engine_version": rec.get("engine_version") or None,
                 "created": num("created"), "finished": num("finished"),
                 "first_prediction": num("first_prediction"), "error": rec.get("error") or None}
 
