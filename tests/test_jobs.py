@@ -3,6 +3,7 @@ and a real redis-server; the end-to-end version is tests/e2e/test_jobs.py."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis as redis_lib
@@ -230,6 +231,28 @@ def test_cli_has_only_outdated_and_all_and_no_only_missing(capsys):
         p.parse_args(["--project", "3", "--only-missing"])
     with pytest.raises(SystemExit):
         p.parse_args(["--project", "3", "--all", "--only-outdated"])
+
+
+def test_a_holder_whose_task_lock_expired_cannot_release_its_successors_lock(conn, monkeypatch):
+    """Issue 20: the per-task posting lock is released with a token check (redis-py ``Lock``): a slow
+    holder whose lock expired while it posted leaves the lock another worker took since alone."""
+    from backend.jobs import runner
+
+    monkeypatch.setattr(runner, "LOCK_TTL_S", 1)
+    projects, predictor = FakeProjects(1), FakePredictor()
+    rec = Jobs(conn, projects).start(JobSpec(1), predictor.model_version)
+    key = f"cass:jobs:posting:1:1:{VERSION}"
+    real_import = projects.import_predictions
+
+    def slow_import(project, predictions):
+        assert conn.exists(key)  # held while posting
+        time.sleep(1.3)  # longer than the lock's TTL: it expired
+        assert conn.set(key, "successor", nx=True, px=30_000)  # another worker takes it
+        return real_import(project, predictions)
+
+    projects.import_predictions = slow_import
+    assert ChunkRun(context(conn, projects, predictor), rec["id"], [1]).run()["done"] == 1
+    assert conn.get(key) == b"successor" and conn.pttl(key) > 0
 
 
 def test_redis_calls_wait_out_an_outage_then_raise():
