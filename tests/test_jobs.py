@@ -3,6 +3,7 @@ and a real redis-server; the end-to-end version is tests/e2e/test_jobs.py."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -108,6 +109,7 @@ def test_spec_validates_and_keys_by_project_and_filter():
     assert JobSpec(1, (1, 3)).key == JobSpec(1, (3, 1), chunk_size=99).key != JobSpec(1).key
     assert JobSpec(1).key != JobSpec(1, only_outdated=False).key != JobSpec(2).key
     for bad, word in [(dict(project=0), "project"), (dict(project=1, task_ids=()), "empty"),
+                      (dict(project=1, chunk_size=3), "at least 4"),
                       (dict(project=1, task_ids=(1, -2)), "task ids"), (dict(project=1, chunk_size=0), "chunk_size")]:
         with pytest.raises(JobSpecError, match=word):
             JobSpec(**bad)
@@ -160,8 +162,8 @@ def test_a_prediction_that_appeared_meanwhile_is_not_posted_again(conn):
 def test_second_job_for_the_same_filter_is_refused_until_the_first_is_over(conn):
     projects, predictor = FakeProjects(5), FakePredictor()
     jobs = Jobs(conn, projects)
-    first = jobs.start(JobSpec(1, chunk_size=2), predictor.model_version)
-    assert first["total"] == 5 and len(first["chunks"]) == 3 and first["status"] == "queued"
+    first = jobs.start(JobSpec(1, chunk_size=4), predictor.model_version)
+    assert first["total"] == 5 and len(first["chunks"]) == 2 and first["status"] == "queued"
     with pytest.raises(JobConflict) as exc:
         jobs.start(JobSpec(1, chunk_size=4))
     assert exc.value.job_id == first["id"]
@@ -274,7 +276,7 @@ def test_progress_line_shows_counts_rate_and_eta():
     assert "13/40" in line and "1 failed" in line and "2.00 images/s" in line and "ETA 14s" in line
 
 
-def test_http_jobs_endpoints_answer_201_400_404_409(conn, redis_url, monkeypatch):  # noqa: F811
+def test_http_jobs_endpoints_answer_202_400_404_409(conn, redis_url, monkeypatch):  # noqa: F811
     from flask import Flask
 
     from backend.jobs import http
@@ -286,14 +288,92 @@ def test_http_jobs_endpoints_answer_201_400_404_409(conn, redis_url, monkeypatch
     client = app.test_client()
     assert client.post("/jobs", json={"project": "x"}).status_code == 400
     resp = client.post("/jobs", json={"project": 1})
-    assert resp.status_code == 201 and resp.get_json()["total"] == 3
+    assert resp.status_code == 202 and resp.get_json()["status"] == "planning"
     job_id = resp.get_json()["id"]
     again = client.post("/jobs", json={"project": 1})
     assert again.status_code == 409 and again.get_json()["job"] == job_id
-    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "queued"
+    assert wait_for_status(client, job_id, "queued")["total"] == 3
     assert client.get("/jobs/nope").status_code == 404
     assert client.delete(f"/jobs/{job_id}").get_json()["status"] == "cancelled"
     assert json.loads(client.get("/jobs").data)["jobs"][0]["id"] == job_id
+
+
+def wait_for_status(client, job_id: str, status: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rec = client.get(f"/jobs/{job_id}").get_json()
+        if rec["status"] == status or time.monotonic() > deadline:
+            assert rec["status"] == status, rec
+            return rec
+        time.sleep(0.05)
+
+
+class GatedProjects(FakeProjects):
+    """A project of ``n`` tasks whose task list is only answered once ``gate`` is set."""
+
+    def __init__(self, n: int):
+        super().__init__(0)
+        self.n, self.gate = n, threading.Event()
+
+    def tasks(self, project, ids=None, view=None):
+        assert self.gate.wait(60)
+        return [{"id": i, "data": {}, "predictions": []} for i in range(1, self.n + 1)]
+
+
+def jobs_app(conn, redis_url, projects, **job_settings):  # noqa: F811
+    from flask import Flask
+
+    from backend.config import JobSettings
+    from backend.jobs import http
+
+    app = Flask("fake")
+    settings = Settings(redis_url=redis_url, jobs=JobSettings(**job_settings))
+    http.register(app, settings, FakePredictor())
+    app.extensions["cass_jobs"]["jobs"] = Jobs(conn, projects, settings)
+    return app.test_client()
+
+
+def test_post_jobs_answers_202_while_a_100000_task_job_is_planned_in_the_background(conn, redis_url,  # noqa: F811
+                                                                                   monkeypatch):
+    """Issue 21: planning and enqueueing run outside the request (here held back by the fake until the
+    answer is in), enqueueing in bounded pipelines."""
+    from rq import Queue
+
+    from backend.jobs import queue as jobs_queue
+
+    monkeypatch.setattr(jobs_queue, "ENQUEUE_BATCH", 30)
+    projects = GatedProjects(100_000)
+    client = jobs_app(conn, redis_url, projects)
+    resp = client.post("/jobs", json={"project": 1, "chunk_size": 1000})
+    assert resp.status_code == 202, resp.get_json()
+    rec = resp.get_json()
+    assert rec["status"] == "planning" and rec["total"] == 0 and not projects.gate.is_set()
+    assert client.get(f"/jobs/{rec['id']}").get_json()["status"] == "planning"
+    projects.gate.set()
+    rec = wait_for_status(client, rec["id"], "queued")
+    assert rec["total"] == 100_000 and len(rec["chunks"]) == 100
+    assert Queue("cass-preannotate", connection=conn).count == 100
+
+
+def test_job_limits_most_tasks_and_smallest_chunk(conn, redis_url):  # noqa: F811
+    """Issue 21: CASS_JOB_MAX_TASKS (400 naming it for explicit ids; a planned project over it fails the
+    job with the reason) and chunks of at least 4 tasks."""
+    client = jobs_app(conn, redis_url, FakeProjects(7), max_tasks=5)
+    small = client.post("/jobs", json={"project": 1, "chunk_size": 1})
+    assert small.status_code == 400 and "chunk_size" in small.get_json()["error"]
+    many = client.post("/jobs", json={"project": 1, "tasks": [1, 2, 3, 4, 5, 6]})
+    assert many.status_code == 400 and "CASS_JOB_MAX_TASKS" in many.get_json()["error"]
+    planned = client.post("/jobs", json={"project": 1})
+    assert planned.status_code == 202
+    failed = wait_for_status(client, planned.get_json()["id"], "failed")
+    assert "CASS_JOB_MAX_TASKS" in failed["error"] and "7" in failed["error"]
+    assert client.post("/jobs", json={"project": 1, "tasks": [1, 2]}).status_code == 202  # the lock is free
+    from backend.config import JobSettings
+
+    jobs = Jobs(conn, FakeProjects(7), Settings(jobs=JobSettings(max_tasks=5)))
+    with pytest.raises(JobSpecError, match="CASS_JOB_MAX_TASKS"):  # the CLI plans in its own process
+        jobs.start(JobSpec(2), "cass-fake-1")
+    assert jobs.list()[0]["status"] == "failed"
 
 
 def test_job_metrics_collector(conn, redis_url):  # noqa: F811

@@ -155,7 +155,7 @@ def outage_run(server, tmp_path: Path, outage_s: float, tasks: int = 12) -> None
                 pass
 
             rec = Jobs(conn, NoLS()).start(JobSpec(1, task_ids=tuple(range(1, tasks + 1)), only_outdated=False,
-                                                   chunk_size=3), version)
+                                                   chunk_size=4), version)
             conn.close()
             assert ls.posted.wait(240), "no prediction before the outage"
             client = server.client()

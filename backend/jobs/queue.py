@@ -1,5 +1,10 @@
 """Start, watch, cancel and retry jobs: the one code path behind the CLI, ``/jobs`` and auto mode.
 
+A job is claimed (one running job per project + filter) and recorded in state ``planning`` at once;
+planning (which tasks, :meth:`Jobs.plan`) and enqueueing (``ENQUEUE_BATCH`` chunks per Redis
+pipeline) follow in the caller (the CLI) or in a background thread (``POST /jobs``, auto mode), then
+the job is ``queued``; ``running`` from its first chunk on; ``finished``, ``failed`` or ``cancelled``.
+
 A job's chunks are RQ jobs on the queue ``cass-preannotate`` of ``REDIS_URL`` (the Redis of the
 feature cache), ids ``<job id>-<chunk number>``, each with ``Retry(max=3)``: a chunk whose worker
 died (RQ finds it abandoned once its heartbeat lapses, see :mod:`.worker`) or that raised is run
@@ -8,6 +13,8 @@ again, and the runner skips every task that already has a prediction of its ``mo
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 
 import redis
@@ -23,6 +30,8 @@ log = logging.getLogger("backend.jobs")
 
 QUEUE_NAME = "cass-preannotate"  # the default of CASS_JOB_QUEUE (backend.config.JobSettings.queue)
 CHUNK_RETRIES = 3
+ENQUEUE_BATCH = 500      # RQ jobs (chunks) per Redis pipeline when a job is enqueued
+PLANNING_STALE_S = 600   # a job planning without a sign of life for this long failed (its process ended)
 
 
 class JobConflict(Exception):
@@ -64,6 +73,7 @@ class Jobs:
         self.projects = projects
         self.queue = Queue(job_settings.queue, connection=conn)
         self.chunk_timeout_s = job_settings.chunk_timeout_s
+        self.max_tasks = job_settings.max_tasks
 
     def engine_version(self) -> str | None:
         """The running workers' engine version (None when there is none, or they disagree)."""
@@ -88,35 +98,81 @@ class Jobs:
         return model_version(engine_version, controls)
 
     # -------------------------------------------------------------------------------------------
-    def start(self, spec: JobSpec, engine_version: str | None = None) -> dict:
-        """Plan and enqueue ``spec``; raises :class:`JobConflict` while the same job runs.
+    def start(self, spec: JobSpec, engine_version: str | None = None, *, background: bool = False) -> dict:
+        """Claim, plan and enqueue ``spec``; returns the job record. Raises :class:`JobConflict` while
+        the same job runs, :class:`JobSpecError` for more explicit task ids than ``CASS_JOB_MAX_TASKS``.
+        ``background``: answer at once with the job in state ``planning`` while a thread plans and
+        enqueues it (``POST /jobs``); else plan here and raise what planning raises (the CLI).
         ``engine_version``: the engine's version when the registered workers do not agree on one."""
+        if spec.task_ids is not None and len(spec.task_ids) > self.max_tasks:
+            raise JobSpecError(self._too_many(len(spec.task_ids), "task ids given"))
         engine_version = self.engine_version() or engine_version
         job_id = uuid.uuid4().hex[:12]
         holder = self.store.claim(spec.key, job_id)
         if holder is not None:
             raise JobConflict(holder)
         try:
-            task_ids, version = self.plan(spec, engine_version)
-            parts = chunks(task_ids, spec.chunk_size)
-            rq_ids = [f"{job_id}-{n:05d}" for n in range(len(parts))]
-            self.store.create(job_id, spec.to_dict(), spec.key, len(task_ids), rq_ids, version, engine_version)
-            with self.conn.pipeline() as pipe:
-                for rq_id, part in zip(rq_ids, parts):
-                    self.queue.enqueue("backend.jobs.runner.run_chunk", job_id, part, job_id=rq_id,
-                                       job_timeout=self.chunk_timeout_s, retry=Retry(max=CHUNK_RETRIES),
-                                       result_ttl=7 * 86400, failure_ttl=7 * 86400, pipeline=pipe,
-                                       description=f"job {job_id}: tasks {part[0]}..{part[-1]} of project "
-                                                   f"{spec.project}")
-                pipe.execute()
+            self.store.create(job_id, spec.to_dict(), spec.key)
         except BaseException:
             self.store.release(spec.key, job_id)
             raise
-        if not parts:
+        if background:
+            threading.Thread(target=self._plan_quietly, args=(job_id, spec, engine_version),
+                             name=f"cass-plan-{job_id}", daemon=True).start()
+        else:
+            self.enqueue(job_id, spec, engine_version)
+        return self.get(job_id)
+
+    def _too_many(self, n: int, what: str) -> str:
+        return (f"{n} {what}: more than CASS_JOB_MAX_TASKS = {self.max_tasks} tasks per job; split the job "
+                f"(--tasks / \"tasks\", or a data-manager view) or raise CASS_JOB_MAX_TASKS")
+
+    def _plan_quietly(self, job_id: str, spec: JobSpec, engine_version: str | None) -> None:
+        try:
+            self.enqueue(job_id, spec, engine_version)
+        except Exception:  # recorded in the job (status failed, error) by enqueue
+            pass
+
+    def enqueue(self, job_id: str, spec: JobSpec, engine_version: str | None) -> None:
+        """Plan the job (:meth:`plan`), record it, and enqueue its chunks ``ENQUEUE_BATCH`` per Redis
+        pipeline; then planning -> queued. A failure fails the job (with the reason in ``error``),
+        frees its lock and is raised; a job cancelled meanwhile stops being enqueued."""
+        try:
+            task_ids, version = self.plan(spec, engine_version)
+            if len(task_ids) > self.max_tasks:
+                raise JobSpecError(self._too_many(len(task_ids), f"tasks of project {spec.project} to queue"))
+            parts = chunks(task_ids, spec.chunk_size)
+            rq_ids = [f"{job_id}-{n:05d}" for n in range(len(parts))]
+            self.store.planned(job_id, len(task_ids), rq_ids, version, engine_version)
+            for first in range(0, len(parts), ENQUEUE_BATCH):
+                if self.store.status(job_id) in TERMINAL:
+                    log.info("job %s: %s while its chunks were enqueued", job_id, self.store.status(job_id))
+                    return
+                with self.conn.pipeline() as pipe:
+                    for rq_id, part in zip(rq_ids[first:first + ENQUEUE_BATCH], parts[first:first + ENQUEUE_BATCH]):
+                        self.queue.enqueue("backend.jobs.runner.run_chunk", job_id, part, job_id=rq_id,
+                                           job_timeout=self.chunk_timeout_s, retry=Retry(max=CHUNK_RETRIES),
+                                           result_ttl=7 * 86400, failure_ttl=7 * 86400, pipeline=pipe,
+                                           description=f"job {job_id}: tasks {part[0]}..{part[-1]} of project "
+                                                       f"{spec.project}")
+                    pipe.execute()
+                self.store.beat(job_id)
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, JobSpecError) else f"planning failed: {type(exc).__name__}: {exc}"
+            log.warning("job %s: %s", job_id, reason)
+            try:
+                self.store.set_status(job_id, "failed", reason)
+                self.store.release(spec.key, job_id)
+            except redis.exceptions.RedisError as again:
+                log.warning("job %s: could not record the failure: %s", job_id, again)
+            raise
+        if parts:
+            self.store.enqueued(job_id)
+        else:
+            self.store.set_status(job_id, "finished")
             self.store.release(spec.key, job_id)
         log.info("job %s: project %s, %d task(s) in %d chunk(s)%s", job_id, spec.project, len(task_ids),
                  len(parts), f", model_version {version}" if version else "")
-        return self.get(job_id)
 
     def plan(self, spec: JobSpec, engine_version: str | None) -> tuple[list[int], str | None]:
         """The task ids of ``spec`` in id order (``only_outdated``: without those that already have a
@@ -146,7 +202,15 @@ class Jobs:
 
     def _settle(self, rec: dict) -> dict:
         """Finish a job whose chunks are all over (the runner finishes it too, when its last task is
-        recorded); a chunk RQ gave up on (failed after its retries) fails the job."""
+        recorded); a chunk RQ gave up on (failed after its retries) fails the job; so does planning
+        that stopped (no heartbeat for ``PLANNING_STALE_S``: the process planning it ended)."""
+        if rec["status"] == "planning":
+            if time.time() - (rec["heartbeat"] or rec["created"] or 0) > PLANNING_STALE_S:
+                self.store.set_status(rec["id"], "failed", f"planning stopped (no sign of life for "
+                                                           f"{PLANNING_STALE_S}s: the process planning it ended?)")
+                self.store.release(JobSpec.from_dict(rec["spec"]).key, rec["id"])
+                rec = self.store.record(rec["id"])
+            return rec
         statuses = []
         for job in Job.fetch_many(rec["chunks"], connection=self.conn):
             statuses.append(job.get_status(refresh=False) if job is not None else None)
@@ -190,4 +254,4 @@ class Jobs:
         old = JobSpec.from_dict(rec["spec"])
         spec = JobSpec(project=old.project, task_ids=tuple(failed), chunk_size=chunk_size or old.chunk_size,
                        retry_of=job_id)
-        return self.start(spec, rec["engine_version"])
+        return self.start(spec, rec.get("engine_version"))

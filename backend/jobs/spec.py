@@ -10,6 +10,7 @@ class JobSpecError(ValueError):
     """A job request the backend cannot run (names the parameter and what is wrong)."""
 
 
+MIN_CHUNK = 4     # tasks per chunk at least: each chunk costs a label-config read, a task list and an RQ job
 MAX_CHUNK = 1000
 FIELDS = ("project", "tasks", "only_outdated", "all", "view", "chunk_size")  # of a POST /jobs body
 
@@ -35,6 +36,8 @@ class JobSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise JobSpecError(f"{name} must be a positive integer, got {value!r}")
+        if self.chunk_size < MIN_CHUNK:
+            raise JobSpecError(f"chunk_size must be at least {MIN_CHUNK} tasks per chunk, got {self.chunk_size}")
         if self.chunk_size > MAX_CHUNK:
             raise JobSpecError(f"chunk_size must be at most {MAX_CHUNK}, got {self.chunk_size}")
         if self.task_ids is not None:
