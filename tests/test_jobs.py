@@ -288,7 +288,7 @@ def test_http_jobs_endpoints_answer_202_400_404_409(conn, redis_url, monkeypatch
     client = app.test_client()
     assert client.post("/jobs", json={"project": "x"}).status_code == 400
     resp = client.post("/jobs", json={"project": 1})
-    assert resp.status_code == 202 and resp.get_json()["status"] == "planning"
+    assert resp.status_code == 202 and resp.get_json()["status"] in ("planning", "queued")  # a 3-task plan is quick
     job_id = resp.get_json()["id"]
     again = client.post("/jobs", json={"project": 1})
     assert again.status_code == 409 and again.get_json()["job"] == job_id
