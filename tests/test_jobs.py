@@ -271,9 +271,78 @@ def test_redis_calls_wait_out_an_outage_then_raise():
         retrying(lambda: (_ for _ in ()).throw(redis_lib.exceptions.ConnectionError("x")), "test", wait_s=0)
 
 
-def test_progress_line_shows_counts_rate_and_eta():
-    line = progress_line({"total": 40, "done": 10, "skipped": 2, "failed": 1, "status": "running"}, 5.0)
-    assert "13/40" in line and "1 failed" in line and "2.00 images/s" in line and "ETA 14s" in line
+def test_throughput_and_eta_are_measured_from_the_first_started_task():
+    from backend.jobs.watch import throughput
+
+    rec = {"total": 40, "done": 10, "skipped": 2, "failed": 2, "status": "running", "started": 100.0,
+           "finished": None}
+    assert throughput(rec, now=106.0) == (2.0, 13.0)  # 12 finished in 6 s, 26 left
+    assert throughput({**rec, "started": None}, now=106.0) == (None, None)
+    line = progress_line({**rec, "rate_tasks_per_s": 2.0, "eta_s": 13.0})
+    assert "14/40" in line and "2 failed" in line and "2.00 tasks/s" in line and "ETA 13s" in line
+
+
+def test_no_worker_warning_until_a_worker_beats(conn):
+    from datetime import datetime, timedelta, timezone
+
+    from rq import Worker
+
+    jobs = Jobs(conn, FakeProjects(1))
+    seen = jobs.workers()
+    assert seen["workers"] == 0 and "start one: python -m backend worker" in seen["warning"]
+    Worker(["cass-preannotate"], connection=conn, name="w1").register_birth()
+    assert jobs.workers()["workers"] == 1 and jobs.workers()["warning"] is None
+    later = jobs.workers(now=datetime.now(timezone.utc) + timedelta(seconds=75))
+    assert "no worker seen for 60s" in later["warning"] and "75s ago" in later["warning"]
+
+
+class ScriptedJobs:
+    """The CLI's view of :class:`Jobs`: records in turn (the last one repeats), no worker."""
+
+    def __init__(self, recs: list[dict]):
+        self.recs, self.last = iter(recs), None
+
+    def start(self, spec, engine_version=None):
+        return self.get("abc")
+
+    def get(self, job_id):
+        self.last = next(self.recs, self.last)
+        return self.last
+
+    def list(self):
+        return [self.last or self.get("abc")]
+
+    def workers(self, now=None):
+        return {"workers": 0, "last_seen_s": None, "warning": "no worker seen for 60s: start one: python -m backend worker"}
+
+
+def scripted_records() -> list[dict]:
+    base = {"id": "abc", "spec": {"project": 1}, "total": 4, "done": 0, "skipped": 0, "failed": 0,
+            "failed_tasks": {}, "created": 1_700_000_000.0, "started": None, "finished": None, "error": None,
+            "status": "queued", "rate_tasks_per_s": None, "eta_s": None}
+    running = {**base, "status": "running", "done": 1, "started": 1_700_000_002.0, "rate_tasks_per_s": 0.5,
+               "eta_s": 6.0}
+    over = {**running, "status": "finished", "done": 3, "failed": 1, "failed_tasks": {4: "ImageFetchError: 404"},
+            "finished": 1_700_000_010.0, "eta_s": 0.0}
+    return [base, running, over]
+
+
+def test_preannotate_wait_shows_progress_warns_without_workers_and_exits_4_with_failed_tasks(monkeypatch, capsys):
+    from backend.jobs import cli
+
+    monkeypatch.setattr(cli, "_jobs", lambda: ScriptedJobs(scripted_records()))
+    monkeypatch.setattr(cli, "POLL_S", 0.0)
+    assert cli.main(["preannotate", "--project", "1", "--wait"]) == cli.EXIT_FAILED_TASKS == 4
+    out, err = capsys.readouterr()
+    assert out.startswith("abc\n") and "0.50 tasks/s" in out and "ETA 6s" in out and "4/4" in out
+    assert "start one: python -m backend worker" in err
+    assert "failed task 4: ImageFetchError" in out and "started 2023-" in out and "finished 2023-" in out
+    monkeypatch.setattr(cli, "_jobs", lambda: ScriptedJobs(scripted_records()[2:]))
+    assert cli.main(["jobs", "abc"]) == 4
+    assert cli.main(["jobs"]) == 0 and "created 2023-" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "_jobs", lambda: ScriptedJobs([{**scripted_records()[2], "failed": 0,
+                                                              "failed_tasks": {}}]))
+    assert cli.main(["jobs", "abc"]) == 0
 
 
 def test_http_jobs_endpoints_answer_202_400_404_409(conn, redis_url, monkeypatch):  # noqa: F811
@@ -295,7 +364,9 @@ def test_http_jobs_endpoints_answer_202_400_404_409(conn, redis_url, monkeypatch
     assert wait_for_status(client, job_id, "queued")["total"] == 3
     assert client.get("/jobs/nope").status_code == 404
     assert client.delete(f"/jobs/{job_id}").get_json()["status"] == "cancelled"
-    assert json.loads(client.get("/jobs").data)["jobs"][0]["id"] == job_id
+    listed = json.loads(client.get("/jobs").data)
+    assert listed["jobs"][0]["id"] == job_id and "python -m backend worker" in listed["warning"]
+    assert listed["workers"] == {"workers": 0, "last_seen_s": None}
 
 
 def wait_for_status(client, job_id: str, status: str, timeout_s: float = 60.0) -> dict:

@@ -79,7 +79,15 @@ def start_job():
 
 @blueprint.route("/jobs", methods=["GET"])
 def list_jobs():
-    return _guard(lambda: jsonify({"jobs": jobs_for(_state()).list()}))
+    """``{"jobs": [...], "workers": {"workers", "last_seen_s"}, "warning": str | None}``; the warning
+    (with the hint ``start one: python -m backend worker``) when no worker was seen for
+    ``2 x CASS_JOB_MAINTENANCE_S`` (at least 30 s)."""
+    def go():
+        jobs = jobs_for(_state())
+        seen = jobs.workers()
+        warning = seen.pop("warning")
+        return jsonify({"jobs": jobs.list(), "workers": seen, "warning": warning})
+    return _guard(go)
 
 
 @blueprint.route("/jobs/<job_id>", methods=["GET"])

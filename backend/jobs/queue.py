@@ -74,6 +74,16 @@ class Jobs:
         self.queue = Queue(job_settings.queue, connection=conn)
         self.chunk_timeout_s = job_settings.chunk_timeout_s
         self.max_tasks = job_settings.max_tasks
+        self.silent_s = max(30.0, 2.0 * job_settings.maintenance_s)  # "no worker seen" after this long
+
+    def workers(self, now=None) -> dict:
+        """``{"workers", "last_seen_s", "warning"}``: the RQ workers on the job queue, the age of the
+        freshest heartbeat, and a warning with a hint when none was seen for ``silent_s``
+        (:mod:`backend.jobs.watch`)."""
+        from backend.jobs.watch import no_worker_warning, worker_presence
+
+        presence = worker_presence(self.queue, now)
+        return {**presence, "warning": no_worker_warning(presence, self.silent_s, self.queue.name)}
 
     def engine_version(self) -> str | None:
         """The running workers' engine version (None when there is none, or they disagree)."""
@@ -197,7 +207,12 @@ class Jobs:
             raise JobNotFound(job_id)
         if rec["status"] not in TERMINAL:
             rec = self._settle(rec)
+        from backend.jobs.watch import throughput
+
         rec["processed"] = rec["done"] + rec["skipped"] + rec["failed"]
+        rate, eta = throughput(rec)
+        rec["rate_tasks_per_s"] = round(rate, 3) if rate is not None else None
+        rec["eta_s"] = round(eta, 1) if eta is not None else None
         return rec
 
     def _settle(self, rec: dict) -> dict:
