@@ -255,6 +255,7 @@ class JobSettings:
     batch: int | None = None         # CASS_JOB_BATCH: images per backbone call (default: 1 on CPU, 4 on CUDA)
     chunk_timeout_s: int = 1800      # CASS_JOB_CHUNK_TIMEOUT_S: RQ job timeout of one chunk
     auto_preannotate: bool = False   # CASS_AUTO_PREANNOTATE: TASKS_CREATED starts a job for the new tasks
+    max_tasks: int = 100_000         # CASS_JOB_MAX_TASKS: most tasks one job may queue
 
     def batch_for(self, device: str | None) -> int:
         """Images per backbone call on ``device`` ("cpu", "cuda", "cuda:1", ...)."""
@@ -286,4 +287,5 @@ class JobSettings:
             batch=_number(get("CASS_JOB_BATCH"), "CASS_JOB_BATCH", int, minimum=1),
             chunk_timeout_s=number("CASS_JOB_CHUNK_TIMEOUT_S", int, 60, cls.chunk_timeout_s),
             auto_preannotate=_flag(get("CASS_AUTO_PREANNOTATE"), "CASS_AUTO_PREANNOTATE", cls.auto_preannotate),
+            max_tasks=number("CASS_JOB_MAX_TASKS", int, 1, cls.max_tasks),
         )
