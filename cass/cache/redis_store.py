@@ -203,7 +203,8 @@ class RedisCache(_BaseCache):
             log.debug("compute lock %s expired before it was released", lock.name)
             return False
 
-    def _fill(self, key: str, fingerprint: str, compute) -> tuple[ImageFeatures, bytes | None, bool]:
+    def _fill(self, key: str, fingerprint: str, compute,
+              size: tuple[int, int] | None = None) -> tuple[ImageFeatures, bytes | None, bool]:
         lock = self._lock(key + ":lock")
         got = self._try_lock(lock)
         if got is False:  # another process computes it: poll for its result, for a bounded time
@@ -214,7 +215,7 @@ class RedisCache(_BaseCache):
             while self.clock() < deadline:
                 time.sleep(max(0.0, min(delay, deadline - self.clock())))
                 delay = min(delay * 1.5, 0.5)
-                found = self._lookup(key, fingerprint)
+                found = self._lookup(key, fingerprint, size)
                 if found is not None:
                     self._count("lock_hits")
                     self._count("hits")
