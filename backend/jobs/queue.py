@@ -15,6 +15,7 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from backend.jobs.allowlist import SERIALIZER
 from backend.labelstudio.client import Projects
 from backend.jobs.spec import JobSpec, JobSpecError, chunks
 from backend.jobs.store import TERMINAL, JobStore
@@ -40,8 +41,12 @@ class JobNotFound(KeyError):
 
 
 def connect(redis_url: str | None) -> redis.Redis:
+    """A client of the **state** Redis (``Settings.redis_url``: ``CASS_STATE_REDIS_URL``, else
+    ``REDIS_URL``), which holds the queue and the job records. Queues and workers on it use
+    :data:`backend.jobs.allowlist.SERIALIZER` (JSON)."""
     if not redis_url:
-        raise JobSpecError("jobs need REDIS_URL (the Redis of the feature cache holds the queue and the job records)")
+        raise JobSpecError("jobs need a state Redis: set CASS_STATE_REDIS_URL (or REDIS_URL, which serves both "
+                           "the feature cache and the state); it holds the queue and the job records")
     return redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10)
 
 
@@ -57,7 +62,7 @@ class Jobs:
         self.conn = conn
         self.store = JobStore(conn)
         self.projects = projects
-        self.queue = Queue(settings.queue, connection=conn)
+        self.queue = Queue(settings.queue, connection=conn, serializer=SERIALIZER)
         self.chunk_timeout_s = settings.chunk_timeout_s
 
     def model_version(self) -> str | None:
@@ -121,7 +126,7 @@ class Jobs:
         """Finish a job whose chunks are all over (the runner finishes it too, when its last task is
         recorded); a chunk RQ gave up on (failed after its retries) fails the job."""
         statuses = []
-        for job in Job.fetch_many(rec["chunks"], connection=self.conn):
+        for job in Job.fetch_many(rec["chunks"], connection=self.conn, serializer=SERIALIZER):
             statuses.append(job.get_status(refresh=False) if job is not None else None)
         over = all(s in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED, None)
                    for s in statuses)
@@ -143,7 +148,7 @@ class Jobs:
         if rec["status"] in TERMINAL:
             return rec
         self.store.set_status(job_id, "cancelled")
-        for job in Job.fetch_many(rec["chunks"], connection=self.conn):
+        for job in Job.fetch_many(rec["chunks"], connection=self.conn, serializer=SERIALIZER):
             if job is not None and job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.DEFERRED,
                                                                      JobStatus.SCHEDULED):
                 try:
