@@ -45,8 +45,8 @@ def connect(redis_url: str | None) -> redis.Redis:
     ``REDIS_URL``), which holds the queue and the job records. Queues and workers on it use
     :data:`backend.jobs.allowlist.SERIALIZER` (JSON)."""
     if not redis_url:
-        raise JobSpecError("jobs need a state Redis: set CASS_STATE_REDIS_URL (or REDIS_URL, which serves both "
-                           "the feature cache and the state); it holds the queue and the job records")
+        raise JobSpecError("jobs need REDIS_URL or CASS_STATE_REDIS_URL (the state Redis holds the queue and the "
+                           "job records; REDIS_URL serves both the feature cache and the state)")
     return redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10)
 
 

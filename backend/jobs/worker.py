@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LabelStudioError, ValueError) as exc:
         print(f"configuration error: {exc}", flush=True)
         return 2
+    from backend.startup import check_state_redis
+
+    check_state_redis(settings)  # a warning unless the state Redis is noeviction (it holds the queue)
     job = settings.jobs  # CASS_JOB_* (backend.config.JobSettings)
     heartbeat_s, maintenance_s, queue = job.heartbeat_s, job.maintenance_s, job.queue
     services = build(settings, warm_tasks=False)  # the engine once, for every chunk of this process
