@@ -22,6 +22,7 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from backend.jobs.allowlist import SERIALIZER
 from backend.labelstudio.client import Projects
 from backend.jobs.spec import JobSpec, JobSpecError, chunks
 from backend.jobs.store import TERMINAL, JobStore
@@ -49,8 +50,12 @@ class JobNotFound(KeyError):
 
 
 def connect(redis_url: str | None) -> redis.Redis:
+    """A client of the **state** Redis (``Settings.redis_url``: ``CASS_STATE_REDIS_URL``, else
+    ``REDIS_URL``), which holds the queue and the job records. Queues and workers on it use
+    :data:`backend.jobs.allowlist.SERIALIZER` (JSON)."""
     if not redis_url:
-        raise JobSpecError("jobs need REDIS_URL (the Redis of the feature cache holds the queue and the job records)")
+        raise JobSpecError("jobs need REDIS_URL or CASS_STATE_REDIS_URL (the state Redis holds the queue and the "
+                           "job records; REDIS_URL serves both the feature cache and the state)")
     return redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10)
 
 
@@ -71,7 +76,7 @@ class Jobs:
         self.conn = conn
         self.store = JobStore(conn)
         self.projects = projects
-        self.queue = Queue(job_settings.queue, connection=conn)
+        self.queue = Queue(job_settings.queue, connection=conn, serializer=SERIALIZER)
         self.chunk_timeout_s = job_settings.chunk_timeout_s
         self.max_tasks = job_settings.max_tasks
         self.silent_s = max(30.0, 2.0 * job_settings.maintenance_s)  # "no worker seen" after this long
@@ -227,7 +232,7 @@ class Jobs:
                 rec = self.store.record(rec["id"])
             return rec
         statuses = []
-        for job in Job.fetch_many(rec["chunks"], connection=self.conn):
+        for job in Job.fetch_many(rec["chunks"], connection=self.conn, serializer=SERIALIZER):
             statuses.append(job.get_status(refresh=False) if job is not None else None)
         over = all(s in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED, None)
                    for s in statuses)
@@ -249,7 +254,7 @@ class Jobs:
         if rec["status"] in TERMINAL:
             return rec
         self.store.set_status(job_id, "cancelled")
-        for job in Job.fetch_many(rec["chunks"], connection=self.conn):
+        for job in Job.fetch_many(rec["chunks"], connection=self.conn, serializer=SERIALIZER):
             if job is not None and job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.DEFERRED,
                                                                      JobStatus.SCHEDULED):
                 try:

@@ -44,12 +44,14 @@ class NoCache:
         return {"backend": "none", "reachable": True}
 
 
-def make_feature_cache(redis_url: str | None) -> "FeatureCache":
-    """``cass.cache``'s feature cache: Redis when ``redis_url`` is set, else in-process, sized by its
-    ``CASS_CACHE_*`` variables (docs/cache.md)."""
+def make_feature_cache(redis_url: str | None, holds_state: bool = False) -> "FeatureCache":
+    """``cass.cache``'s feature cache: Redis when ``redis_url`` (``Settings.cache_redis_url``) is set,
+    else in-process, sized by its ``CASS_CACHE_*`` variables (docs/cache.md). ``holds_state``: that
+    Redis is also the state Redis (one ``REDIS_URL``)."""
     from cass.cache.env import make_cache_from_env
 
-    return make_cache_from_env({**os.environ, "REDIS_URL": redis_url or ""})
+    return make_cache_from_env({**os.environ, "CASS_CACHE_REDIS_URL": redis_url or "", "REDIS_URL": ""},
+                               holds_state=holds_state)
 
 
 def build_predictor(settings) -> "Predictor":
@@ -62,7 +64,8 @@ def build_predictor(settings) -> "Predictor":
 
     tune_malloc()  # before the request threads allocate (backend.ops.allocator: arenas, mmap threshold)
     t0 = time.perf_counter()
-    cache = make_feature_cache(settings.redis_url)
+    cache_url = getattr(settings, "cache_redis_url", None)
+    cache = make_feature_cache(cache_url, holds_state=bool(cache_url) and cache_url == settings.redis_url)
     preset = cass.load_preset(settings.preset)
     if getattr(settings, "pamr", False) and preset.text.pamr is None:
         preset = preset.replace(pamr=True)
