@@ -50,6 +50,14 @@ class CASSWorker(SimpleWorker):
         kwargs.setdefault("job_class", AllowedJob)
         super().__init__(queues, *args, **kwargs)
 
+    #: set when a stop was asked for (SIGTERM/SIGINT or RQ's shutdown command): our own public flag,
+    #: so the restart loop in :func:`main` reads none of RQ's private attributes
+    stopping: bool = False
+
+    def request_stop(self, signum, frame):
+        self.stopping = True
+        super().request_stop(signum, frame)
+
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         return max(3, int(3 * self.heartbeat_s))
 
@@ -147,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.warning("worker %s: Redis failed (%s): waiting for it", name, exc)
                 time.sleep(1.0)
                 continue
-            if args.burst or worker._stop_requested or getattr(worker, "_shutdown_requested_date", None):
+            if args.burst or worker.stopping:
                 break
             log.warning("worker %s: RQ's work loop ended (Redis error); starting again", name)
             time.sleep(1.0)
