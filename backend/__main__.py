@@ -80,10 +80,12 @@ def serve(args: argparse.Namespace) -> int:
     """Check the settings and the weight files, build the app, then serve it (or ``--check``: stop)."""
     from backend.config import ConfigError, Settings
     from backend.ops.logs import setup_logging
+    from backend.startup import server_checks
 
     setup_logging(args.log_level)
     try:
         settings = Settings.from_env()
+        server_checks(settings)  # basic auth or CASS_ALLOW_UNAUTHENTICATED; the state Redis's policy
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ def build(settings: Settings | None = None, predictor=None, *, warm_tasks: bool 
     """Everything a process needs; loads the engine unless ``predictor`` is given."""
     from backend.corrections.wiring import install_listeners
     from backend.predict.pipeline import Pipeline
-    from backend.predict.predictor import build_predictor
+    from backend.predict.loading import build_predictor
     from backend.predict.projects import ProjectRegistry
     from backend.predict.warm_tasks import make_task_warmer
 

@@ -25,6 +25,21 @@ class ConfigError(ValueError):
     """An environment variable with a value the backend cannot use."""
 
 
+#: the start warning and ``/health``'s hint when LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are not both set
+LABEL_STUDIO_HINT = ("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: images uploaded to Label "
+                     "Studio will answer 401 (Label Studio 1.23.2 sends /setup a legacy token, off by "
+                     "default); set LABEL_STUDIO_URL=http://<label-studio>:8080 and LABEL_STUDIO_API_KEY="
+                     "<personal access token> (Label Studio: Account & Settings -> Personal Access Token)")
+
+
+def warn_if_label_studio_unset(settings, log) -> bool:
+    """One WARNING line at start when :data:`LABEL_STUDIO_HINT` applies; True when it did."""
+    if settings.label_studio_state()["configured"]:
+        return False
+    log.warning("%s", LABEL_STUDIO_HINT)
+    return True
+
+
 @dataclass(frozen=True)
 class Settings:
     clip_weights: str = "openai"                 # CASS_CLIP_WEIGHTS: "openai" or a file path
@@ -36,7 +51,10 @@ class Settings:
     preset: str = "default"                      # CASS_PRESET: a preset name or a .json path
     device: str | None = None                    # CASS_DEVICE: cpu / cuda / cuda:1 (default: cuda if any)
     threads: int | None = None                   # CASS_THREADS: torch intra-op threads
-    redis_url: str | None = field(default=None, repr=False)  # REDIS_URL: feature cache (optional)
+    redis_url: str | None = field(default=None, repr=False)  # the STATE Redis: CASS_STATE_REDIS_URL, else
+                                                 # REDIS_URL (RQ jobs, project memory, agreement totals)
+    cache_redis_url: str | None = field(default=None, repr=False)  # the evictable feature cache:
+                                                 # CASS_CACHE_REDIS_URL, else REDIS_URL (None: in-process)
     label_studio_url: str | None = None          # LABEL_STUDIO_URL: where /data/... URLs are fetched
     label_studio_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY: legacy token or
                                                  # personal access token
@@ -55,6 +73,8 @@ class Settings:
     local_files_root: str | None = None          # CASS_LOCAL_FILES_ROOT: file:// URLs below this directory
     basic_auth_user: str | None = None           # BASIC_AUTH_USER: with BASIC_AUTH_PASS, every endpoint but
     basic_auth_pass: str | None = field(default=None, repr=False)  # /health needs HTTP basic auth
+    allow_unauthenticated: bool = False          # CASS_ALLOW_UNAUTHENTICATED: serve without basic auth (trusted
+                                                 # network only; backend.startup.check_exposure)
     max_request_bytes: int = 64 * MiB            # CASS_MAX_REQUEST_MB: request body limit
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # CASS_MAX_IMAGE_MP: declared width x height limit
     inference_slots: int = 1                     # CASS_INFERENCE_SLOTS: tasks computed at once
@@ -76,6 +96,20 @@ class Settings:
     max_tasks_per_request: int = 1000            # CASS_MAX_TASKS_PER_REQUEST: tasks of one /predict
     max_smart_hints: int = 20                    # CASS_MAX_SMART_HINTS: smart regions of one context
     warmup_queue_bytes: int = 64 * MiB           # CASS_WARMUP_QUEUE_MB: bytes queued (or held) for warm-up
+
+    def label_studio_state(self) -> dict:
+        """``/health``'s ``label_studio`` field: both settings given, or not and the hint (the key
+        itself is never shown)."""
+        state = {"configured": bool(self.label_studio_url and self.label_studio_api_key),
+                 "url": self.label_studio_url, "api_key": bool(self.label_studio_api_key)}
+        if not state["configured"]:
+            state["hint"] = LABEL_STUDIO_HINT
+        return state
+
+    @property
+    def state_redis_url(self) -> str | None:
+        """The Redis that must not evict (``redis_url``; docs/security.md, *Two Redis roles*)."""
+        return self.redis_url
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -111,7 +145,7 @@ class Settings:
             preset=get("CASS_PRESET") or cls.preset,
             device=get("CASS_DEVICE"),
             threads=_number(get("CASS_THREADS"), "CASS_THREADS", int, minimum=1),
-            redis_url=get("REDIS_URL"),
+            **_redis_roles(get),
             label_studio_url=url,
             label_studio_api_key=key,
             nothing=NothingRule(threshold, split_prompts(get("CASS_BACKGROUND") or "")),
@@ -127,6 +161,19 @@ class Settings:
             warmup_queue=_default(_number(get("CASS_WARMUP_QUEUE"), "CASS_WARMUP_QUEUE", int, minimum=0),
                                   cls.warmup_queue),
         )
+
+
+def _redis_roles(get) -> dict[str, str | None]:
+    """``redis_url`` (state) and ``cache_redis_url``: each its own variable, else ``REDIS_URL``."""
+    shared = get("REDIS_URL")
+    urls = {"redis_url": get("CASS_STATE_REDIS_URL") or shared,
+            "cache_redis_url": get("CASS_CACHE_REDIS_URL") or shared}
+    for name, value in (("CASS_STATE_REDIS_URL", get("CASS_STATE_REDIS_URL")), ("REDIS_URL", shared),
+                        ("CASS_CACHE_REDIS_URL", get("CASS_CACHE_REDIS_URL"))):
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL (got scheme "
+                              f"{urlsplit(value).scheme!r})")
+    return urls
 
 
 def _weights(env: Mapping[str, str]) -> dict[str, str | None]:
@@ -204,6 +251,8 @@ def _deployment(get) -> dict:
         local_files_root=os.path.realpath(root) if root is not None else None,
         basic_auth_user=user,
         basic_auth_pass=password,
+        allow_unauthenticated=_flag(get("CASS_ALLOW_UNAUTHENTICATED"), "CASS_ALLOW_UNAUTHENTICATED",
+                                    defaults.allow_unauthenticated),
         max_request_bytes=int(number("CASS_MAX_REQUEST_MB", float, 0.001, defaults.max_request_bytes / MiB) * MiB),
         max_image_pixels=int(number("CASS_MAX_IMAGE_MP", float, 0.001, defaults.max_image_pixels / 1e6) * 1e6),
         inference_slots=number("CASS_INFERENCE_SLOTS", int, 1, defaults.inference_slots),
@@ -242,6 +291,7 @@ class JobSettings:
     batch: int | None = None         # CASS_JOB_BATCH: images per backbone call (default: 1 on CPU, 4 on CUDA)
     chunk_timeout_s: int = 1800      # CASS_JOB_CHUNK_TIMEOUT_S: RQ job timeout of one chunk
     auto_preannotate: bool = False   # CASS_AUTO_PREANNOTATE: TASKS_CREATED starts a job for the new tasks
+    max_tasks: int = 100_000         # CASS_JOB_MAX_TASKS: most tasks one job may queue
 
     def batch_for(self, device: str | None) -> int:
         """Images per backbone call on ``device`` ("cpu", "cuda", "cuda:1", ...)."""
@@ -273,4 +323,5 @@ class JobSettings:
             batch=_number(get("CASS_JOB_BATCH"), "CASS_JOB_BATCH", int, minimum=1),
             chunk_timeout_s=number("CASS_JOB_CHUNK_TIMEOUT_S", int, 60, cls.chunk_timeout_s),
             auto_preannotate=_flag(get("CASS_AUTO_PREANNOTATE"), "CASS_AUTO_PREANNOTATE", cls.auto_preannotate),
+            max_tasks=number("CASS_JOB_MAX_TASKS", int, 1, cls.max_tasks),
         )

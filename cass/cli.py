@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cass.engine import create_model
 from cass.images import ImageError, load_image
-from cass.overlay import legend_entries, palette, save_outputs, with_legend  # noqa: F401 (re-exported)
+from cass.overlay import save_outputs
 from cass.presets import PresetError, list_presets, load_preset
 from cass.vocabulary import Vocabulary, VocabularyError
 from cass.weight_sources import check_sources, chosen_sources, missing_weights_message

@@ -33,6 +33,11 @@ SHARED="${CASS_SHARED_DIR:-$REPO/../shared}"
 WEIGHTS="$(cd "$SHARED/parity/weights" 2>/dev/null && pwd || true)"
 export E2E_LS_PORT="${E2E_LS_PORT:-18080}" E2E_BACKEND_PORT="${E2E_BACKEND_PORT:-19090}"
 export E2E_REDIS_PORT="${E2E_REDIS_PORT:-16379}" E2E_IMAGES_PORT="${E2E_IMAGES_PORT:-18081}"
+export E2E_STATE_REDIS_PORT="${E2E_STATE_REDIS_PORT:-16380}"
+# the two Redis roles with their passwords, as a user's .env holds them (docker-compose.yml)
+CASS_CACHE_REDIS_PASSWORD="$(/usr/bin/python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+CASS_STATE_REDIS_PASSWORD="$(/usr/bin/python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+export CASS_CACHE_REDIS_PASSWORD CASS_STATE_REDIS_PASSWORD
 WHEEL_PORT="${E2E_WHEEL_PORT:-18082}"
 PROJECT=cass-e2e
 TIMEOUT_BUILD_S="${DOCKER_E2E_BUILD_TIMEOUT_S:-1800}"
@@ -46,7 +51,7 @@ cleanup() {
     set +e
     if [ ${#COMPOSE[@]} -gt 0 ] && [ -n "$RUN_DIR" ]; then
         if [ $rc -ne 0 ]; then
-            for s in label-studio cass-backend redis; do
+            for s in label-studio cass-backend redis-cache redis-state; do
                 echo "--- last log lines of $s"; "${COMPOSE[@]}" logs --no-color --tail 30 "$s" 2>&1 | tail -30
             done
         fi
@@ -106,6 +111,9 @@ import sys, yaml
 config = yaml.safe_load(open(sys.argv[1]))
 for service in config["services"].values():
     service.pop("ports", None)
+    if service.get("network_mode") == "host":  # no compose networks under the host network
+        service.pop("networks", None)
+config.pop("networks", None)
 yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
 PY
     COMPOSE=(docker-compose -p "$PROJECT" -f "$RUN_DIR/compose.yml")
@@ -202,8 +210,9 @@ RUN_DIR=$(mktemp -d /tmp/cass-docker-e2e.XXXXXX)
 mkdir -p "$RUN_DIR/files"
 export E2E_FILES="$RUN_DIR/files" LOCAL_FILES_DIR="$RUN_DIR/files" E2E_WEIGHTS="$WEIGHTS" LABEL_STUDIO_API_KEY=""
 compose_file
-say "starting redis and label-studio"
-"${COMPOSE[@]}" up -d --no-build redis label-studio >/dev/null || fail "docker-compose up redis label-studio failed"
+say "starting redis-cache, redis-state (passwords, the two roles) and label-studio"
+"${COMPOSE[@]}" up -d --no-build redis-cache redis-state label-studio >/dev/null \
+    || fail "docker-compose up redis-cache redis-state label-studio failed"
 
 say "waiting for Label Studio, making a personal access token through its API"
 LABEL_STUDIO_API_KEY=$(timeout 600 "$PYTHON" -m tests.e2e.compose_check token \
@@ -215,6 +224,7 @@ say "starting cass-backend with that token"
 
 # --------------------------------------------------------------------------------- 5. the check
 timeout 900 "$PYTHON" -m tests.e2e.compose_check check --label-studio "http://127.0.0.1:$E2E_LS_PORT" \
-    --backend "http://127.0.0.1:$E2E_BACKEND_PORT" --redis "redis://127.0.0.1:$E2E_REDIS_PORT/0" \
+    --backend "http://127.0.0.1:$E2E_BACKEND_PORT" --redis "redis://:$CASS_CACHE_REDIS_PASSWORD@127.0.0.1:$E2E_REDIS_PORT/0" \
+    --state-redis "redis://:$CASS_STATE_REDIS_PASSWORD@127.0.0.1:$E2E_STATE_REDIS_PORT/0" \
     --files "$E2E_FILES" --images-port "$E2E_IMAGES_PORT" --build-s "$BUILD_S" --image-size "$SIZE" --restart "${COMPOSE[*]} restart cass-backend" \
     || fail "the e2e check against the containers failed (see above)"

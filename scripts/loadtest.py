@@ -147,7 +147,7 @@ def start_backend(args, images_url: str, log_path: Path) -> tuple[subprocess.Pop
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CASS_", "LABEL_STUDIO_", "BASIC_AUTH_"))}
     env.pop("REDIS_URL", None)
-    env.update(PYTHONPATH=str(REPO), LABEL_STUDIO_URL=images_url, LOG_LEVEL=args.log_level,
+    env.update(PYTHONPATH=str(REPO), CASS_ALLOW_UNAUTHENTICATED="true", LABEL_STUDIO_URL=images_url, LOG_LEVEL=args.log_level,
                CASS_CLIP_WEIGHTS=str(args.clip), CASS_DINO_WEIGHTS=str(args.dino))
     if args.torch_threads is not None:
         env["CASS_THREADS"] = str(args.torch_threads)

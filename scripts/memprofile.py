@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     from backend.config import Settings
     from backend.controls.labels import parse_label_config
-    from backend.predict.predictor import build_predictor
+    from backend.predict.loading import build_predictor
 
     start = rss_mb()
     settings = Settings(clip_weights=args.clip, dino_weights=args.dino, threads=args.torch_threads, warmup=True)

@@ -105,7 +105,7 @@ def test_predict_bad_task_gets_an_error_entry_and_the_others_predictions(client,
     resp = client.post("/predict", json=body)
     assert resp.status_code == 200  # an HTTP 500 would make Label Studio drop the whole batch
     results = resp.get_json()["results"]
-    assert [("result" in r) for r in results] == [True, False, True, False, True]
+    assert [("error" not in r) for r in results] == [True, False, True, False, True]
     assert results[1]["task"] == 2 and "missing.png answered HTTP 404" in results[1]["error"]
     assert results[3]["task"] == 4 and results[3]["error"].startswith("ImageError:")
 

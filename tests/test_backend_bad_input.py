@@ -72,7 +72,9 @@ def predict(client, images, config=CONFIG):
 
 
 def assert_task_error(entry, task_id, fragment, caplog):
-    assert "result" not in entry, entry
+    # stored by Label Studio as a visible error: no regions, score 0, the reason in model_version
+    assert entry["result"] == [] and entry["score"] == 0.0, entry
+    assert entry["model_version"].startswith("error: "), entry
     assert entry["task"] == task_id
     assert fragment in entry["error"], entry["error"]
     assert f"task {task_id}: no prediction: " in caplog.text
@@ -226,7 +228,7 @@ def test_tasks_without_the_image_field_or_data(client, caplog):
     body["tasks"] = [{"id": 1, "data": {"image": GOOD}}, {"id": 2, "data": {"photo": GOOD}}, {"id": 3},
                      {"id": 4, "data": {"image": ""}}, {"id": 5, "data": {"image": GOOD}}]
     results = client.post("/predict", json=body).get_json()["results"]
-    assert ["result" in r for r in results] == [True, False, False, False, True]
+    assert ["error" not in r for r in results] == [True, False, False, False, True]
     assert_task_error(results[1], 2, "task 2 has no data field 'image'", caplog)
     assert_task_error(results[2], 3, "task 3 has no 'data' object", caplog)
     assert_task_error(results[3], 4, "task 4 has no data field 'image'", caplog)

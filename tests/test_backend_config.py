@@ -63,7 +63,7 @@ def test_admission_is_bounded_by_count_and_by_time():
 def test_the_predictor_gets_the_time_bound(monkeypatch):
     """``build_predictor`` builds its InferenceSlots from the settings (fake engine, no weights)."""
     import cass
-    from backend.predict.predictor import build_predictor
+    from backend.predict.loading import build_predictor
     from tests.backend_fixtures import FakeEngine
 
     engine = FakeEngine()

@@ -24,7 +24,8 @@ from backend.predict import faults
 from backend.config import Settings
 from backend.http.health import CacheProbe
 from backend.fetch.images import DOWNLOADS, DownloadHealth
-from backend.predict.predictor import NoCache, Predictor, make_feature_cache
+from backend.predict.loading import NoCache, make_feature_cache
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import (label_studio, LEGACY_TOKEN, FakeEngine, _Server, ls_request, png_bytes,
                                     three_band_image)
 from tests.redis_fixtures import free_port, redis_server_fn  # noqa: F401
@@ -65,7 +66,7 @@ def test_redis_down_and_back(ls, model, redis_server_fn, monkeypatch):  # noqa: 
                         redis_url=redis_server_fn.url)
     client = create_app(settings, Predictor(model, make_feature_cache(redis_server_fn.url))).test_client()
     assert health(client)["degraded"] == [] and health(client)["cache"]["reachable"] is True
-    assert all("result" in r for r in client.post("/predict", json=body("/data/upload/1/0.png")).get_json()["results"])
+    assert all("error" not in r for r in client.post("/predict", json=body("/data/upload/1/0.png")).get_json()["results"])
 
     redis_server_fn.kill()
     resp = client.post("/predict", json=body("/data/upload/1/1.png", "/data/upload/1/0.png"))
@@ -146,7 +147,7 @@ def test_health_answers_while_the_cache_probe_hangs(ls):
     state = result["state"]
     assert "did not answer a health probe within 0.5s" in state["cache"]["slow"]
     assert any(d.startswith("feature cache slow") for d in state["degraded"])
-    assert "result" in client.post("/predict", json=body("/data/upload/1/0.png")).get_json()["results"][0]
+    assert "error" not in client.post("/predict", json=body("/data/upload/1/0.png")).get_json()["results"][0]
     cache.release.set()
     deadline = time.monotonic() + HANG_S
     while health(client)["degraded"] and time.monotonic() < deadline:

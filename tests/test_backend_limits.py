@@ -187,7 +187,7 @@ class FakeTextEncoder:
 
 
 def test_big_vocabularies_are_encoded_in_chunks_each_in_its_own_slot_turn():
-    from backend.predict.predictor import TEXT_CHUNK
+    from backend.predict.text_budget import TEXT_CHUNK
     from cass.vocabulary import Vocabulary
 
     engine = FakeEngine()

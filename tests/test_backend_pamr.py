@@ -7,7 +7,8 @@ import pytest
 
 from backend.config import ConfigError, Settings
 from backend.controls.labels import LabelConfigError, parse_label_config
-from backend.predict.predictor import Predictor, make_feature_cache
+from backend.predict.loading import make_feature_cache
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import png_bytes
 
 CONFIG = """<View>

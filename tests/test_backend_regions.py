@@ -34,7 +34,7 @@ def test_rle_round_trip_shapes_and_long_runs(shape):
 
 def test_rle_decode_checks_the_size():
     rle = mask_to_rle(np.ones((4, 5), bool))
-    with pytest.raises(ValueError, match=r"RLE holds 80 values, expected 5x5x4 = 100"):
+    with pytest.raises(ValueError, match=r"the RLE declares 80 values, expected 5x5x4 = 100: refused before decoding"):
         rle_to_mask(rle, 5, 4 + 1)
     with pytest.raises(ValueError, match="2-D"):
         mask_to_rle(np.ones((2, 2, 2)))

@@ -8,7 +8,8 @@ from backend.fetch.images import ImageFetchError
 from backend.controls.labels import NothingRule, parse_label_config
 from backend.controls.brush_rle import rle_to_mask
 from backend.http.health import report
-from backend.predict.predictor import NoCache, Predictor, make_feature_cache
+from backend.predict.loading import NoCache, make_feature_cache
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import BRUSH_CONFIG, FakeEngine, label_set_version, png_bytes, three_band_image
 
 IMAGES = {

@@ -72,7 +72,7 @@ def _make_voc(root, n=3):
         ann[10:40, 20:60] = 1 + i % 2
         ann[0:3] = 255
         png = Image.fromarray(ann, mode="P")
-        png.putpalette(cli.palette(256).reshape(-1).tolist())
+        png.putpalette(overlay.palette(256).reshape(-1).tolist())
         png.save(root / "SegmentationClass" / f"{name}.png")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names) + "\n")
 
@@ -148,8 +148,8 @@ def test_overlay_legend_shows_colour_label_and_share(tmp_path):
     labels[:10, :10] = -1
     counts = np.array([(labels == 0).sum(), (labels == 1).sum(), 0])
     seg = Segmentation(labels, np.array([0.9, 0.8, 0.0], np.float32), counts, ["sky", "tree", "cat"])
-    colours = cli.palette(3)
-    entries = cli.legend_entries(seg, colours)
+    colours = overlay.palette(3)
+    entries = overlay.legend_entries(seg, colours)
     assert [text for _, text in entries] == ["sky  70.8 %", "tree  25.0 %", "(no label)  4.2 %"]
     rgb = np.full((40, 60, 3), 128, np.uint8)
     _, overlay_path = cli.save_outputs(rgb, seg, tmp_path, "x")
@@ -167,8 +167,8 @@ def test_swatches_are_the_overlay_blend_over_mid_grey():
 
     labels = np.array([[0, 1], [1, -1]], np.int32)
     seg = Segmentation(labels, np.zeros(2, np.float32), np.array([1, 2]), ["a", "b"])
-    colours = cli.palette(2)
-    entries = dict((text.split()[0], colour) for colour, text in cli.legend_entries(seg, colours))
+    colours = overlay.palette(2)
+    entries = dict((text.split()[0], colour) for colour, text in overlay.legend_entries(seg, colours))
     for name, c in (("a", 0), ("b", 1)):
         expected = tuple(int(v) for v in (0.5 * 128.0 + 0.5 * colours[c].astype(np.float32)).round())
         assert entries[name] == expected == tuple(overlay.blend(np.full(3, 128, np.uint8), colours[c]))

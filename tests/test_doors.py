@@ -22,7 +22,8 @@ from backend.jobs.queue import Jobs
 from backend.jobs.runner import ChunkRun, WorkerContext
 from backend.jobs.spec import JobSpec
 from backend.jobs.store import JobStore
-from backend.predict.predictor import Predictor, make_feature_cache
+from backend.predict.loading import make_feature_cache
+from backend.predict.predictor import Predictor
 from backend.predict.projects import setup_project_key
 from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio, ls_request, png_bytes
 from tests.parity import tiny_model

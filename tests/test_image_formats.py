@@ -135,7 +135,7 @@ def test_crafted_ico_through_the_app_is_a_task_error_and_never_decoded(ico, monk
         LabelStudioAuth._access.clear()
     assert resp.status_code == 200
     (result,) = resp.get_json()["results"]
-    assert "result" not in result
+    assert result["result"] == [] and result["model_version"].startswith("error: ImageError: ")
     assert result["error"].startswith("ImageError: the image is in ICO format, which is not decoded here: "
                                       "allowed formats are PNG, JPEG, WebP, GIF, BMP, TIFF")
     assert spy.calls == []

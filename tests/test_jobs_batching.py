@@ -74,7 +74,7 @@ class FakeBatchPredictor:
 
     def __init__(self):
         self.engine, self.cache = FakeEngine(), FakeCache()
-        self._lock = threading.Lock()
+        self.slots = threading.Lock()  # the inference slot (Predictor.slots)
         self.counters: Counter = Counter()
 
     def _count(self, name, n=1):
@@ -164,7 +164,7 @@ def test_real_engine_batches_two_images_per_backbone_call(conn, tmp_path, monkey
     import numpy as np
     from PIL import Image
 
-    from backend.predict.predictor import build_predictor
+    from backend.predict.loading import build_predictor
 
     repo = Path(__file__).resolve().parents[1]
     tiny = Path(__import__("os").environ.get("CASS_SHARED_DIR", repo.parent / "shared")) / "parity" / "weights"

@@ -154,7 +154,8 @@ def outage_run(server, tmp_path: Path, outage_s: float, tasks: int = 12) -> None
             class NoLS:  # the job is planned from explicit ids: no Label Studio call here
                 pass
 
-            rec = Jobs(conn, NoLS()).start(JobSpec(1, task_ids=tuple(range(1, tasks + 1)), chunk_size=3), version)
+            rec = Jobs(conn, NoLS()).start(JobSpec(1, task_ids=tuple(range(1, tasks + 1)), only_outdated=False,
+                                                   chunk_size=4), version)
             conn.close()
             assert ls.posted.wait(240), "no prediction before the outage"
             client = server.client()

@@ -17,10 +17,12 @@ def test_job_settings_defaults_and_values():
         (300.0, "cass-preannotate", None, False)
     env = {"CASS_JOB_HEARTBEAT_S": "1.5", "CASS_JOB_MAINTENANCE_S": "5", "CASS_JOB_PREFETCH": "0",
            "CASS_JOB_POST_EVERY": "3", "CASS_JOB_REDIS_WAIT_S": "45", "CASS_JOB_QUEUE": "cass-big",
-           "CASS_JOB_BATCH": "4", "CASS_JOB_CHUNK_TIMEOUT_S": "600", "CASS_AUTO_PREANNOTATE": "true"}
+           "CASS_JOB_BATCH": "4", "CASS_JOB_CHUNK_TIMEOUT_S": "600", "CASS_AUTO_PREANNOTATE": "true",
+           "CASS_JOB_MAX_TASKS": "500"}
     j = Settings.from_env(env).jobs
     assert (j.heartbeat_s, j.maintenance_s, j.prefetch, j.post_every, j.redis_wait_s, j.queue, j.batch,
-            j.chunk_timeout_s, j.auto_preannotate) == (1.5, 5, 0, 3, 45.0, "cass-big", 4, 600, True)
+            j.chunk_timeout_s, j.auto_preannotate, j.max_tasks) == (1.5, 5, 0, 3, 45.0, "cass-big", 4, 600, True, 500)
+    assert s.jobs.max_tasks == 100_000
     assert JobSettings.from_env(env) == j  # the worker, CLI and /jobs read the same block
 
 
@@ -38,6 +40,7 @@ def test_job_batch_defaults_by_device():
     ("CASS_JOB_POST_EVERY", "0", "at least 1"),
     ("CASS_JOB_REDIS_WAIT_S", "nan", "at least 1"),
     ("CASS_JOB_BATCH", "0", "at least 1"),
+    ("CASS_JOB_MAX_TASKS", "0", "at least 1"),
     ("CASS_JOB_BATCH", "many", "not an integer"),
     ("CASS_JOB_CHUNK_TIMEOUT_S", "5", "at least 60"),
     ("CASS_JOB_QUEUE", "my queue", "CASS_JOB_QUEUE"),

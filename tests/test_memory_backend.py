@@ -17,7 +17,8 @@ from backend.fetch.images import LabelStudioAuth
 from backend.controls.labels import LabelConfigError
 from backend.corrections.memory import memory_requested
 from backend.controls.brush_rle import mask_to_rle
-from backend.predict.predictor import Predictor, make_feature_cache
+from backend.predict.loading import make_feature_cache
+from backend.predict.predictor import Predictor
 from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio, label_set_version, ls_request, png_bytes
 from tests.parity import tiny_model
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401

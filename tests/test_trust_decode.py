@@ -141,7 +141,7 @@ def test_the_agreement_listener_uses_the_settings_limit(monkeypatch):
 
     monkeypatch.setattr(events, "register_listener", lambda fn, name=None: fn)  # no process-wide listener
     settings = SimpleNamespace(redis_url=None, max_image_pixels=123_000_000)
-    listener = install(settings, predictor=SimpleNamespace())
+    listener = install(settings, predictor=SimpleNamespace(), credentials=lambda project: ("", ""))
     assert listener.max_pixels == 123_000_000
 
 

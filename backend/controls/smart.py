@@ -17,6 +17,12 @@ Per ``(output control, L)`` one mask at the original size:
   resolution), its features cached under the crop bytes' key. Once that encode has finished, the
   same rectangle (Label Studio re-sends every smart region with each new one) is answered from the
   crop's features instead: the pixels of ``L`` of the crop's own segmentation;
+* **fallback** (a positive rectangle whose label wins nowhere in its box: no pixel's argmax is
+  ``L``): the box's most ``L``-like part instead of nothing -- ``p_L - max(p_other)`` per pixel of the
+  box (the whole image's probabilities), thresholded by Otsu inside the box (at least the best pixel).
+  Its score is ``L``'s mean probability there (lower than a winner's) and the region says so:
+  ``"meta": {"text": [...]}`` (Label Studio shows it in the region's details) and
+  ``"cass": {"fallback": "relative"}``;
 * **positive keypoint**: on the whole image's label map (features from the feature cache, the map
   kept in an in-process LRU, so later clicks cost a flood fill): if the point's pixel is ``L``, the
   8-connected region of ``L`` under it is added; otherwise the 8-connected region of the point's
@@ -159,7 +165,7 @@ class Refiner:
         """One prediction ``{result, score, model_version}`` holding only the refined regions."""
         hints = parse_context(context, controls)
         images: dict[str, tuple[bytes, np.ndarray]] = {}
-        masks: dict[tuple, list] = {}  # (target index, label) -> [mask, score_sum, n]
+        masks: dict[tuple, list] = {}  # (target index, label) -> [mask, score_sum, n, fallback notes]
         clock = getattr(self.predictor, "clock", time.monotonic)
         budget_s = getattr(self.predictor, "predict_budget_s", None)
         start = clock()
@@ -175,15 +181,18 @@ class Refiner:
                 images[url] = (data, self.decoded(data))
             data, rgb = images[url]
             height, width = rgb.shape[:2]
-            entry = masks.setdefault(key, [np.zeros((height, width), bool), 0.0, 0])
+            entry = masks.setdefault(key, [np.zeros((height, width), bool), 0.0, 0, []])
             if hint.kind == "rectangle":
                 self._rectangle(hint, target, data, rgb, entry)
             else:
                 self._keypoint(hint, target, data, entry)
         regions = []
-        for (index, label), (mask, score_sum, n) in masks.items():
+        for (index, label), (mask, score_sum, n, notes) in masks.items():
             target = controls.outputs[index]
-            regions.extend(adapter_for(target).mask_regions(mask, label, score_sum / n if n else 0.0, target))
+            found = adapter_for(target).mask_regions(mask, label, score_sum / n if n else 0.0, target)
+            if notes:  # some rectangle of this label fell back to its most label-like part
+                found = [{**r, "meta": {"text": notes[:1]}, "cass": {"fallback": "relative"}} for r in found]
+            regions.extend(found)
         scores = [r["score"] for r in regions]
         return {"result": regions, "score": round(float(np.mean(scores)), 4) if scores else 0.0,
                 "model_version": self.predictor.model_version}
@@ -200,12 +209,21 @@ class Refiner:
         key = (hashlib.blake2b(crop, digest_size=16).digest(), self.predictor.engine.fingerprint)
         if self.crops.ready(key):  # the crop's own features are cached: its higher-resolution map
             seg = self.predictor.segment(self.predictor.features(crop), target)
-            entry[0][y0:y1, x0:x1] |= seg.labels == index
+            won = seg.labels == index
         else:  # at once from the whole image's map; the crop's encode goes to the background
             seg = self.label_map(data, target)
-            entry[0][y0:y1, x0:x1] |= seg.labels[y0:y1, x0:x1] == index
+            won = seg.labels[y0:y1, x0:x1] == index
             self.crops.submit(key, lambda: self.predictor.features(crop))
-        entry[1] += float(seg.scores[index])
+        if won.any():
+            entry[0][y0:y1, x0:x1] |= won
+            entry[1] += float(seg.scores[index])
+        else:  # L wins nowhere in the box: its most L-like part, said so (module docstring)
+            part, score = self._relative(data, target, index, (x0, y0, x1, y1))
+            entry[0][y0:y1, x0:x1] |= part
+            entry[1] += score
+            entry[3].append(f"CASS: {hint.label!r} wins nowhere in the box; this is the box's most "
+                            f"{hint.label!r}-like part (its probability relative to the best other class, "
+                            f"Otsu threshold), score {score:.2f}")
         entry[2] += 1
 
     def _crop_png(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
@@ -217,6 +235,30 @@ class Refiner:
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(rgb[y0:y1, x0:x1])).save(buf, "PNG", compress_level=1)
         return buf.getvalue()
+
+    def _relative(self, data: bytes, target, index: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, float]:
+        """``(mask of the box, score)``: where ``p_index - max(p_other)`` (the whole image's per-class
+        probabilities) is over the box's Otsu threshold, at least its best pixel; the score is the
+        label's mean probability there."""
+        x0, y0, x1, y1 = box
+        features = self.predictor.features(data)
+        with self.predictor.slots:  # an inference slot, as Predictor.segment takes it
+            seg = self.predictor.engine.segment(features, target.vocabulary,
+                                                params=self.predictor.text_params(target), return_probs=True)
+        probs = np.asarray(seg.probs[:, y0:y1, x0:x1], np.float32)
+        own = probs[index]
+        others = np.delete(probs, index, axis=0)
+        relative = own - (others.max(axis=0) if len(others) else 0.0)
+        lo, hi = float(relative.min()), float(relative.max())
+        if hi - lo < 1e-6:  # no contrast in the box: the whole box is equally L-like
+            part = np.ones_like(relative, dtype=bool)
+        else:
+            scaled = np.round((relative - lo) / (hi - lo) * 255).astype(np.uint8)
+            threshold, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+            part = scaled > threshold
+            if not part.any():
+                part = scaled == scaled.max()
+        return part, round(float(own[part].mean()), 4)
 
     def _keypoint(self, hint: Hint, target, data: bytes, entry: list) -> None:
         self._keypoint_mask(hint, target, self.label_map(data, target), entry)

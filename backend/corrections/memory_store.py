@@ -26,6 +26,8 @@ class MemoryStore:
 
     @classmethod
     def from_url(cls, redis_url: str | None) -> "MemoryStore":
+        """``redis_url``: the **state** Redis (``Settings.state_redis_url``: ``CASS_STATE_REDIS_URL``,
+        else ``REDIS_URL``), never the evictable feature cache; None: in-process."""
         if not redis_url:
             return cls()
         import redis

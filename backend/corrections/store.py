@@ -139,7 +139,10 @@ _stores_lock = threading.Lock()
 
 
 def store_for(redis_url: str | None):
-    """The process's store: one :class:`RedisStore` per URL, else the one :class:`MemoryStore`."""
+    """The process's store: one :class:`RedisStore` per URL, else the one :class:`MemoryStore`.
+
+    ``redis_url``: the **state** Redis (``Settings.state_redis_url``: ``CASS_STATE_REDIS_URL``, else
+    ``REDIS_URL``): totals must not be evicted, so never the feature cache's Redis."""
     if not redis_url:
         return _memory
     with _stores_lock:

@@ -14,10 +14,10 @@ from label_studio_ml import api
 from label_studio_ml.model import LABEL_STUDIO_ML_BACKEND_V2_DEFAULT
 
 from backend.ops import metrics as prometheus
-from backend.config import Settings
+from backend.config import Settings, warn_if_label_studio_unset
 from backend.jobs.http import auto_preannotate, register as register_jobs
 from backend.bootstrap import build
-from backend.http.mlbackend import CASSBackend, CASSManager
+from backend.http.mlbackend import CASSBackend, CASSManager, install_views
 from backend.http.edge import install as install_security
 from backend.http.health import report as health_report
 from backend.predict.predictor import Predictor
@@ -35,14 +35,17 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         previous.warmer.close(timeout=0)
     services = build(settings, predictor)  # the composition root: engine, registry, listeners, pipeline
     settings, predictor, warmer = services.settings, services.predictor, services.warmer
-    api._manager = CASSManager()  # the routes look the manager up at request time
+    warn_if_label_studio_unset(settings, log)  # uploads would answer 401: one line at start
+    # label-studio-ml 1.0.9 has no public way to choose the manager class: its routes call the module
+    # global ``api._manager`` at request time, so this process's manager is put there
+    api._manager = CASSManager()
     app = api.init_app(model_class=CASSBackend, pipeline=services.pipeline)
     registry = prometheus.build_registry(predictor, warmer, settings.redis_url)  # jobs included (REDIS_URL)
 
     def health():
         return jsonify({"status": "UP", "model_dir": None,
                         "v2": os.getenv("LABEL_STUDIO_ML_BACKEND_V2", default=LABEL_STUDIO_ML_BACKEND_V2_DEFAULT),
-                        **health_report(predictor)})
+                        **health_report(predictor, settings)})
 
     def metrics():
         if request.args.get("format") == "json":
@@ -67,6 +70,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.view_functions["health"] = health
     app.view_functions["metrics"] = metrics
     app.view_functions["webhook"] = webhook
+    install_views(app)  # /setup and /predict errors: the reason where Label Studio shows it, one log line
     register_jobs(app, settings, predictor)  # POST/GET/DELETE /jobs (backend.jobs.http)
     # basic auth, body limits, JSON checks, /predict admission (busy -> 503), no debug (backend.http.edge)
     return install_security(app, settings, predictor)

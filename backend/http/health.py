@@ -72,8 +72,10 @@ def memory() -> dict:
     return out
 
 
-def report(predictor) -> dict:
-    """The health fields of a :class:`backend.predict.predictor.Predictor` (the engine is loaded: it exists)."""
+def report(predictor, settings=None) -> dict:
+    """The health fields of a :class:`backend.predict.predictor.Predictor` (the engine is loaded: it exists);
+    with ``settings``, ``label_studio``: whether LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set
+    (:meth:`backend.config.Settings.label_studio_state`; ``configured: false`` comes with the hint)."""
     with _probes_lock:
         probe = predictor.__dict__.get("_cache_probe")
         if probe is None or probe.cache is not predictor.cache:
@@ -94,5 +96,8 @@ def report(predictor) -> dict:
     if slots["queue_full"]:
         degraded.append("busy: every inference slot and queue place is taken; new /predict requests get "
                         "HTTP 503 until one finishes")
-    return {"model_version": predictor.model_version, "model_loaded": True, "cache": cache,
-            "inference": slots, "downloads": downloads, "memory": memory(), "degraded": degraded}
+    out = {"model_version": predictor.model_version, "model_loaded": True, "cache": cache,
+           "inference": slots, "downloads": downloads, "memory": memory(), "degraded": degraded}
+    if settings is not None and hasattr(settings, "label_studio_state"):
+        out["label_studio"] = settings.label_studio_state()
+    return out

@@ -14,12 +14,24 @@ passes in as an init kwarg. Nothing else lives here: no prediction logic, no pro
 * ``/webhook`` events run in-process instead of spawning a Python process per annotation that
   writes a job directory; ``TASKS_CREATED`` queues the new tasks' images for feature-cache warm-up
   without waiting for it; annotation events go to the corrections dispatcher;
-* a bad label config or request answers HTTP 400 with the reason.
+* a bad label config or request answers HTTP 400 with the reason **in the HTTP reason phrase** (and
+  the JSON ``detail`` / ``error``), logged as one WARNING line without a traceback: Label Studio
+  1.23.2 never reads an error answer's body (``ml/api_connector.py`` ``_request``:
+  ``raise_for_status()`` then ``str(HTTPError)`` = ``"400 Client Error: <reason phrase> for url:
+  ..."``), and *Connect Model* shows that string (``ml/serializers.py`` ``_validate_setup``);
+* a task that failed (image 401, not decodable, no data field) is answered as a stored, visible
+  prediction: ``result: []``, ``score: 0`` and ``model_version: "error: <reason> (<version>)"`` --
+  Label Studio 1.23.2 drops an entry without ``result`` (``ml/models.py``
+  ``_get_predictions_from_ml_backend``) and keeps only ``result``, ``score`` and ``model_version`` of
+  the others (docs/backend.md, "What Label Studio shows").
 """
 from __future__ import annotations
 
 import logging
+import re
 
+from flask import Flask, jsonify, request
+from label_studio_ml import api as ls_ml_api
 from label_studio_ml.exceptions import AnswerException
 from label_studio_ml.model import LabelStudioMLBase, LabelStudioMLManager, ModelWrapper
 
@@ -32,6 +44,101 @@ from backend.predict.pipeline import Pipeline, RequestContext
 from backend.predict.projects import Connection, setup_project_key
 
 log = logging.getLogger("backend.http.mlbackend")
+
+MAX_REASON_CHARS = 1000  # of the HTTP reason phrase (the JSON body keeps the whole message)
+MAX_VERSION_REASON_CHARS = 300  # of the reason in an error prediction's model_version
+ERROR_VERSION_PREFIX = "error: "
+#: per-task errors that say "later", not "this task is broken": left without ``result`` so that Label
+#: Studio stores nothing and asks again (budget used up; text prompts still encoding)
+RETRY_LATER_PREFIXES = ("not predicted:", "TextNotReady:")
+
+
+def one_line(text, limit: int | None = None) -> str:
+    """``text`` as one line of printable ASCII (whitespace runs -> one space, others -> ``?``),
+    cut to ``limit`` characters with an ellipsis."""
+    flat = re.sub(r"\s+", " ", str(text)).strip()
+    flat = "".join(c if " " <= c <= "~" else "?" for c in flat)
+    if limit is not None and len(flat) > limit:
+        flat = flat[:limit - 3].rstrip() + "..."
+    return flat
+
+
+def error_answer(status: int, message: str):
+    """A JSON error answer whose HTTP reason phrase is ``message``: Label Studio shows only
+    ``str(requests.HTTPError)``, i.e. ``"<status> Client Error: <reason phrase> for url: <url>"``."""
+    resp = jsonify({"status": status, "detail": message, "error": message})
+    resp.status = f"{status} {one_line(message, MAX_REASON_CHARS) or 'error'}"
+    return resp
+
+
+def visible_error(entry: dict) -> dict:
+    """A per-task error entry ``{task, error, model_version}`` -> a prediction Label Studio stores
+    and shows: no regions, score 0, the reason in ``model_version`` (``"error" kept for API users).
+    Errors that mean "retry later" (see :data:`RETRY_LATER_PREFIXES`) stay as they are."""
+    if "result" in entry or not isinstance(entry.get("error"), str) or \
+            entry["error"].startswith(RETRY_LATER_PREFIXES):
+        return entry
+    reason = one_line(entry["error"], MAX_VERSION_REASON_CHARS)
+    return {**entry, "result": [], "score": 0.0,
+            "model_version": f"{ERROR_VERSION_PREFIX}{reason} ({entry.get('model_version')})"}
+
+
+def setup_view():
+    """``POST /setup`` (label-studio-ml's, with :func:`error_answer` for its errors)."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        return _refused("/setup", 400, "the /setup body must be a JSON object")
+    try:
+        model = ls_ml_api._manager.fetch(data.get("project"), data.get("schema"), data.get("force_reload", False),
+                                         hostname=data.get("hostname", ""),
+                                         access_token=data.get("access_token", ""),
+                                         model_version=data.get("model_version"))
+    except AnswerException as exc:
+        return _refused("/setup", exc.status, exc.msg)
+    except Exception as exc:  # a bug: the traceback belongs in the log, the reason in the answer
+        log.exception("POST /setup failed")
+        return error_answer(500, f"{type(exc).__name__}: {exc}")
+    return jsonify({"model_version": model.model_version})
+
+
+def predict_view():
+    """``POST /predict`` (label-studio-ml's, with :func:`error_answer` for its errors)."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        return _refused("/predict", 400, "the /predict body must be a JSON object")
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        return _refused("/predict", 400, f"'params' must be an object, got {type(params).__name__}")
+    try:
+        predictions, model = ls_ml_api._manager.predict(data.get("tasks"), data.get("project"),
+                                                        data.get("label_config"), data.get("force_reload", False),
+                                                        data.get("try_fetch", True), **params)
+    except AnswerException as exc:
+        return _refused("/predict", exc.status, exc.msg)
+    except Exception as exc:  # a bug: the traceback belongs in the log, the reason in the answer
+        log.exception("POST /predict failed")
+        return error_answer(500, f"{type(exc).__name__}: {exc}")
+    return jsonify({"results": predictions, "model_version": model.model_version})
+
+
+def _refused(route: str, status: int, message) -> object:
+    """A user error (config, request): one WARNING line, no traceback, the reason in the answer."""
+    message = str(message)
+    log.warning("POST %s refused (HTTP %d): %s", route, status, one_line(message))
+    return error_answer(status, message)
+
+
+def install_views(app: Flask) -> Flask:
+    """Replace label-studio-ml's ``/setup`` and ``/predict`` views with :func:`setup_view` and
+    :func:`predict_view` (before :func:`backend.http.edge.install` wraps ``/predict``). Once per app:
+    label-studio-ml has one app per process, and a re-targeted app keeps the edge's wrapper around
+    these views (the views look the manager up at request time)."""
+    if app.extensions.get("cass_views"):
+        return app
+    app.extensions["cass_views"] = True
+    app.view_functions["_setup"] = setup_view
+    app.view_functions["_predict"] = predict_view
+    return app
 
 
 class CASSBackend(LabelStudioMLBase):
@@ -121,6 +228,8 @@ class CASSManager(LabelStudioMLManager):
             predictions, version = model.predict(tasks, project=project, **kwargs)
         except (LabelConfigError, ContextError) as exc:
             raise AnswerException(400, f"{type(exc).__name__}: {exc}", {}) from exc
+        if isinstance(predictions, list):
+            predictions = [visible_error(p) if isinstance(p, dict) else p for p in predictions]
         return predictions, ModelWrapper(model=model, model_version=version)
 
     @classmethod

@@ -72,7 +72,7 @@ def prefill(predictor, images: list[bytes], batch: int, timing: dict | None = No
             continue  # the one-image path encodes it (same work, and its errors name the image)
         t0 = time.perf_counter()
         try:
-            with predictor._lock:  # one inference slot, like Predictor.encode
+            with predictor.slots:  # one inference slot, like Predictor.encode
                 features = encode_many([misses[k] for k in part])
             if len(features) != len(part):
                 raise RuntimeError(f"encode_many returned {len(features)} features for {len(part)} images")

@@ -29,6 +29,7 @@ import requests
 from PIL import Image
 
 from backend.jobs.processes import start_workers, stop_workers
+from backend.jobs.spec import MIN_CHUNK
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.tasks is None:
         args.tasks = 4 if args.full_size else 200
-    if args.tasks < 1 or args.chunk_size < 1 or args.full < 0:
-        p.error("--tasks and --chunk-size must be at least 1, --full at least 0")
+    if args.tasks < 1 or args.chunk_size < MIN_CHUNK or args.full < 0:
+        p.error(f"--tasks must be at least 1, --chunk-size at least {MIN_CHUNK} (a job's smallest chunk), "
+                "--full at least 0")
     tmp = Path(tempfile.mkdtemp(prefix="jobbench-"))
     ls_proc = None
     if not args.label_studio:  # Label Studio as the e2e tests run it (legacy tokens off): a personal access token

@@ -1,14 +1,17 @@
 """``python -m backend preannotate|jobs|worker``: start, watch and cancel jobs from a shell.
 
-    python -m backend preannotate --project 3 [--tasks 1,2,7-9] [--only-missing] [--view 5] [--wait]
+    python -m backend preannotate --project 3 [--tasks 1,2,7-9] [--only-outdated | --all] [--view 5] [--wait]
     python -m backend preannotate --retry-failed JOB_ID [--wait]
     python -m backend jobs [JOB_ID] [--json]
     python -m backend jobs cancel JOB_ID
     python -m backend worker [--burst]
 
 They read ``REDIS_URL``, ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` like the backend.
-Exit status: 0 done, 1 the job failed or was cancelled, 2 bad input / configuration, 3 conflict (a
-job for the same project and filter is running; its id is printed).
+Exit status: 0 the job finished without failed tasks (or, ``jobs JOB_ID``, is not over yet), 1 the
+job failed or was cancelled, 2 bad input / configuration, 3 conflict (a job for the same project
+and filter is running; its id is printed), 4 the job finished with failed tasks (``jobs JOB_ID``
+lists them; ``preannotate --retry-failed JOB_ID``). ``--wait`` and ``jobs`` warn on stderr when no
+worker has been seen for ``2 x CASS_JOB_MAINTENANCE_S`` (60 s by default).
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ import time
 from backend.jobs.spec import JobSpec, JobSpecError, parse_task_ids
 
 COMMANDS = ("preannotate", "jobs", "worker")
+EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_FAILED_TASKS = 0, 1, 2, 3, 4
+POLL_S = 1.0
+OVER = ("finished", "cancelled", "failed")
 
 
 def _jobs():
@@ -29,48 +35,69 @@ def _jobs():
 
     settings = Settings.from_env()
     return Jobs(connect(settings.redis_url),
-                Projects(settings.label_studio_url or "", settings.label_studio_api_key or ""), settings.jobs)
+                Projects(settings.label_studio_url or "", settings.label_studio_api_key or ""), settings)
 
 
-def progress_line(rec: dict, elapsed_s: float) -> str:
-    """``[#####.....] 20/40 done, 2 failed, 3 skipped | 1.8 images/s | ETA 11s | running``."""
-    total, processed = rec["total"], rec["done"] + rec["skipped"] + rec["failed"]
-    width = 30
-    filled = int(width * processed / total) if total else width
-    rate = rec["done"] / elapsed_s if elapsed_s > 0 else 0.0
-    left = total - processed
-    eta = f"{left / rate:.0f}s" if rate > 0 and left else ("0s" if not left else "?")
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {processed}/{total} "
-            f"({rec['done']} done, {rec['failed']} failed, {rec['skipped']} skipped) | {rate:.2f} images/s | "
-            f"ETA {eta} | {rec['status']}")
+def exit_code(rec: dict) -> int:
+    """0 finished cleanly or not over, 1 failed/cancelled, 4 finished with failed tasks."""
+    if rec["status"] in ("failed", "cancelled"):
+        return EXIT_JOB_FAILED
+    if rec["status"] == "finished" and rec["failed"]:
+        return EXIT_FAILED_TASKS
+    return EXIT_OK
 
 
-def wait(jobs, job_id: str, out=sys.stdout, poll_s: float = 1.0) -> dict:
-    t0 = time.monotonic()
-    tty = out.isatty()
-    last = ""
-    while True:
-        rec = jobs.get(job_id)
-        line = progress_line(rec, time.monotonic() - t0)
-        if line != last:
-            out.write(("\r" + line) if tty else line + "\n")
-            out.flush()
-            last = line
-        if rec["status"] in ("finished", "cancelled", "failed"):
-            if tty:
-                out.write("\n")
-            return rec
-        time.sleep(poll_s)
+def progress_line(rec: dict) -> str:
+    """``14/40 (10 done, 2 failed, 2 skipped) | 2.00 tasks/s | ETA 13s | running`` (rate and ETA as
+    :func:`backend.jobs.watch.throughput` measures them, in the record from ``Jobs.get``)."""
+    from backend.jobs.watch import duration
+
+    processed = rec["done"] + rec["skipped"] + rec["failed"]
+    rate, eta = rec.get("rate_tasks_per_s"), rec.get("eta_s")
+    return (f"{processed}/{rec['total']} ({rec['done']} done, {rec['failed']} failed, {rec['skipped']} skipped) | "
+            f"{'?' if rate is None else f'{rate:.2f}'} tasks/s | ETA {duration(eta)} | {rec['status']}")
 
 
-def show(rec: dict, out=sys.stdout) -> None:
+def wait(jobs, job_id: str, out=None, err=None) -> dict:
+    """A tqdm bar of the job's tasks (per task, as the workers record them) until it is over; a
+    warning on ``err`` whenever no worker is seen (once per silence)."""
+    from tqdm import tqdm
+
+    out, err = out or sys.stdout, err or sys.stderr
+    rec = jobs.get(job_id)
+    warned = False
+    with tqdm(total=rec["total"], file=out, unit="task", dynamic_ncols=True, mininterval=0,
+              bar_format="{l_bar}{bar}| {postfix}") as bar:
+        while True:
+            bar.total = rec["total"]
+            bar.n = rec["done"] + rec["skipped"] + rec["failed"]
+            bar.set_postfix_str(progress_line(rec), refresh=True)
+            if rec["status"] in OVER:
+                return rec
+            warning = jobs.workers()["warning"]
+            if warning and not warned:
+                bar.write(f"warning: {warning}", file=err)
+            warned = bool(warning)
+            time.sleep(POLL_S)
+            rec = jobs.get(job_id)
+
+
+def show(rec: dict, out=None) -> None:
+    """One job: status, filter, counts, times (created, started, finished, took) and failed tasks."""
+    from backend.jobs.watch import clock, duration
+
+    out = out or sys.stdout
     spec = rec["spec"]
+    took = (rec["finished"] or time.time()) - rec["started"] if rec.get("started") else None
     out.write(f"job {rec['id']}: {rec['status']}, project {spec['project']}"
               f"{', tasks ' + str(len(spec['task_ids'])) if spec.get('task_ids') else ''}"
-              f"{', only missing' if spec.get('only_missing') else ''}"
+              f"{', all tasks' if not spec.get('only_outdated', True) else ''}"
               f"{', retry of ' + spec['retry_of'] if spec.get('retry_of') else ''}: "
               f"{rec['done']} done, {rec['skipped']} skipped, {rec['failed']} failed of {rec['total']}"
-              f"{', ' + rec['error'] if rec.get('error') else ''}\n")
+              f"{', ' + rec['error'] if rec.get('error') else ''}\n"
+              f"  created {clock(rec.get('created'))}, started {clock(rec.get('started'))}, "
+              f"finished {clock(rec.get('finished'))}"
+              f"{', took ' + duration(took) if took is not None else ''}\n")
     for task_id, reason in rec["failed_tasks"].items():
         out.write(f"  failed task {task_id}: {reason}\n")
 
@@ -94,23 +121,35 @@ def main(argv: list[str]) -> int:
     except JobConflict as exc:
         print(f"refused: {exc}", file=sys.stderr)
         print(exc.job_id)
-        return 3
+        return EXIT_CONFLICT
     except (JobSpecError, ConfigError, LabelStudioError, JobNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
-def preannotate(argv: list[str]) -> int:
+def preannotate_parser() -> argparse.ArgumentParser:
+    """The arguments of ``python -m backend preannotate``."""
     p = argparse.ArgumentParser(prog="python -m backend preannotate",
                                 description="pre-annotate a project's tasks on the workers (docs/jobs.md)")
     p.add_argument("--project", type=int, help="Label Studio project id")
     p.add_argument("--tasks", type=parse_task_ids, help="only these task ids: 1,2,7-9")
     p.add_argument("--view", type=int, help="only the tasks of this data-manager view (tab) id")
-    p.add_argument("--only-missing", action="store_true",
-                   help="leave out tasks that already have a prediction of the workers' model_version")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--only-outdated", dest="all", action="store_false",
+                       help="(the default) only tasks without a prediction of the version the workers post "
+                            "(engine + label set)")
+    which.add_argument("--all", dest="all", action="store_true",
+                       help="queue every task (those already current are still skipped, and counted, by the "
+                            "workers)")
+    p.set_defaults(all=False)
     p.add_argument("--chunk-size", type=int, default=8, help="tasks per RQ job (default 8)")
     p.add_argument("--retry-failed", metavar="JOB_ID", help="a new job for the failed tasks of JOB_ID")
     p.add_argument("--wait", action="store_true", help="show progress until the job is over")
+    return p
+
+
+def preannotate(argv: list[str]) -> int:
+    p = preannotate_parser()
     args = p.parse_args(argv)
     jobs = _jobs()
     if args.retry_failed:
@@ -118,14 +157,14 @@ def preannotate(argv: list[str]) -> int:
     else:
         if args.project is None:
             p.error("--project is required (or --retry-failed JOB_ID)")
-        rec = jobs.start(JobSpec(project=args.project, task_ids=args.tasks, only_missing=args.only_missing,
+        rec = jobs.start(JobSpec(project=args.project, task_ids=args.tasks, only_outdated=not args.all,
                                  view=args.view, chunk_size=args.chunk_size))
     print(rec["id"], flush=True)
     if not args.wait:
-        return 0
+        return EXIT_OK
     rec = wait(jobs, rec["id"])
     show(rec)
-    return 0 if rec["status"] == "finished" else 1
+    return exit_code(rec)
 
 
 def jobs_command(argv: list[str]) -> int:
@@ -134,12 +173,14 @@ def jobs_command(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="JSON output")
     args = p.parse_args(argv)
     jobs = _jobs()
+    code = EXIT_OK
     if args.args and args.args[0] == "cancel":
         if len(args.args) != 2:
             p.error("usage: jobs cancel JOB_ID")
         recs = [jobs.cancel(args.args[1])]
     elif len(args.args) == 1:
         recs = [jobs.get(args.args[0])]
+        code = exit_code(recs[0])
     elif not args.args:
         recs = jobs.list()
     else:
@@ -149,4 +190,8 @@ def jobs_command(argv: list[str]) -> int:
             print(json.dumps(rec))
         else:
             show(rec)
-    return 0
+    if any(rec["status"] not in OVER for rec in recs):
+        warning = jobs.workers()["warning"]
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    return code

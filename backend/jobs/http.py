@@ -1,7 +1,8 @@
 """``POST /jobs``, ``GET /jobs``, ``GET /jobs/<id>``, ``DELETE /jobs/<id>`` on the backend.
 
 The blueprint sits behind the app's basic auth (``backend.http.edge`` checks every path but
-``/health``). Answers: 201 with the job record, 200, 400 (bad body, naming the field), 404 (no such
+``/health``). Answers: 202 with the job record in state ``planning`` (planning and enqueueing go on
+in a background thread: :meth:`backend.jobs.queue.Jobs.start`), 200, 400 (bad body, naming the field), 404 (no such
 job), 409 with ``{"error", "job"}`` when a job for the same project and filter is running, 503 when
 ``REDIS_URL`` or Label Studio is missing or unreachable. Also the optional auto mode
 (``CASS_AUTO_PREANNOTATE=true``): :func:`auto_preannotate` enqueues a ``TASKS_CREATED`` webhook's
@@ -41,7 +42,7 @@ def jobs_for(state: dict):
 
         s = state["settings"]
         state["jobs"] = Jobs(connect(s.redis_url), Projects(s.label_studio_url or "", s.label_studio_api_key or ""),
-                             s.jobs)
+                             s)
     return state["jobs"]
 
 
@@ -71,14 +72,22 @@ def start_job():
     def go():
         state = _state()
         spec = JobSpec.from_request(request.get_json(silent=True))
-        rec = jobs_for(state).start(spec, state["predictor"].model_version)
-        return jsonify(rec), 201
+        rec = jobs_for(state).start(spec, state["predictor"].model_version, background=True)
+        return jsonify(rec), 202
     return _guard(go)
 
 
 @blueprint.route("/jobs", methods=["GET"])
 def list_jobs():
-    return _guard(lambda: jsonify({"jobs": jobs_for(_state()).list()}))
+    """``{"jobs": [...], "workers": {"workers", "last_seen_s"}, "warning": str | None}``; the warning
+    (with the hint ``start one: python -m backend worker``) when no worker was seen for
+    ``2 x CASS_JOB_MAINTENANCE_S`` (at least 30 s)."""
+    def go():
+        jobs = jobs_for(_state())
+        seen = jobs.workers()
+        warning = seen.pop("warning")
+        return jsonify({"jobs": jobs.list(), "workers": seen, "warning": warning})
+    return _guard(go)
 
 
 @blueprint.route("/jobs/<job_id>", methods=["GET"])
@@ -107,9 +116,10 @@ def auto_preannotate(app, data: dict) -> dict | None:
     if not isinstance(project, dict) or not isinstance(project.get("id"), int) or not ids:
         return {"error": "no project id or task ids in the webhook"}
     try:
-        rec = jobs_for(state).start(JobSpec(project=project["id"], task_ids=ids), state["predictor"].model_version)
+        rec = jobs_for(state).start(JobSpec(project=project["id"], task_ids=ids), state["predictor"].model_version,
+                                    background=True)
     except (JobConflict, JobSpecError, LabelStudioError, redis.exceptions.RedisError) as exc:
         log.warning("auto pre-annotation of %d new task(s) of project %s not queued: %s", len(ids),
                     project["id"], exc)
         return {"error": str(exc)}
-    return {"job": rec["id"], "tasks": rec["total"]}
+    return {"job": rec["id"], "tasks": len(ids), "status": rec["status"]}

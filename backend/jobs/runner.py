@@ -11,7 +11,8 @@ next ``prefetch`` tasks' images in threads while the current one is encoded, pre
 (``CASS_JOB_BATCH``), the cache misses among each next ``batch`` tasks' images are encoded in one
 ``engine.encode_many`` call first (:mod:`.batching`); the tasks then find their features ready.
 
-Exactly once: every post takes a per-task Redis lock, asks Label Studio again which of its tasks
+Exactly once: every post takes a per-task Redis lock (redis-py ``Lock``: a random token, released only
+by its holder, so a holder whose lock expired cannot delete its successor's), asks Label Studio again which of its tasks
 already have a prediction of this version, and posts only the others; a chunk retried after a
 worker died mid-chunk therefore re-posts nothing. Cooperative cancel: the job's status is read
 before every task. A failing task (404, not an image, ...) is recorded with its reason and the
@@ -24,13 +25,15 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from redis.exceptions import LockError
+
 from backend.fetch.images import ImageFetchError
 from backend.controls.labels import LabelConfigError, TaskDataError
 from backend.predict.predictor import TASK_ERRORS, TaskInfo
 from backend.predict.projects import Connection
 from backend.jobs.batching import Prefill, prefill
 from backend.labelstudio.client import Projects
-from backend.jobs.store import TERMINAL, JobStore, job_key, retrying
+from backend.jobs.store import TERMINAL, JobStore, retrying
 
 log = logging.getLogger("backend.jobs")
 
@@ -194,23 +197,33 @@ class ChunkRun:
         if not self.pending:
             return
         conn, ids = self.ctx.store.conn, [p["task"] for p in self.pending]
-        locks = [f"cass:jobs:posting:{project}:{t}:{version}" for t in ids]
-        token = f"{self.ctx.name}:{time.time()}"
+        locks = [conn.lock(f"cass:jobs:posting:{project}:{t}:{version}", timeout=LOCK_TTL_S, sleep=0.2,
+                           thread_local=False) for t in ids]
         deadline = time.monotonic() + LOCK_TTL_S
-        for lock in locks:  # ids ascend in every chunk: locks are always taken in the same order
-            while not self.redis(lambda: conn.set(lock, token, nx=True, ex=LOCK_TTL_S), "locking a task"):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"task lock {lock} held for over {LOCK_TTL_S}s")
-                time.sleep(0.2)
+        held = []
         try:
+            for lock in locks:  # ids ascend in every chunk: locks are always taken in the same order
+                wait_s = max(0.0, deadline - time.monotonic())
+                if not self.redis(lambda: lock.acquire(blocking_timeout=wait_s), "locking a task"):
+                    raise RuntimeError(f"task lock {lock.name} held for over {LOCK_TTL_S}s")
+                held.append(lock)
             already = self.ctx.projects.predicted(project, ids, version)
             fresh = [p for p in self.pending if p["task"] not in already]
             self.ctx.projects.import_predictions(project, fresh)
         finally:
-            for lock in locks:
-                self.redis(lambda: conn.delete(lock), "unlocking a task")
+            for lock in held:
+                self.unlock(lock)
         self.mark(done=[p["task"] for p in fresh], skipped=sorted(already))
         self.pending = []
+
+    def unlock(self, lock) -> None:
+        """Release one task lock; redis-py's ``Lock.release`` deletes it only while it still holds this
+        run's token, so a lock that expired (a slow post) and was taken by another worker stays theirs."""
+        try:
+            self.redis(lock.release, "unlocking a task")
+        except LockError as exc:  # LockNotOwnedError: expired, perhaps taken over
+            log.warning("job %s: task lock %s expired while posting (over %ss): left to its new holder (%s)",
+                        self.job_id, lock.name, LOCK_TTL_S, exc)
 
     # -------------------------------------------------------------------------------------------
     def mark(self, done=(), skipped=()) -> None:

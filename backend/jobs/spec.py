@@ -10,20 +10,23 @@ class JobSpecError(ValueError):
     """A job request the backend cannot run (names the parameter and what is wrong)."""
 
 
+MIN_CHUNK = 4     # tasks per chunk at least: each chunk costs a label-config read, a task list and an RQ job
 MAX_CHUNK = 1000
+FIELDS = ("project", "tasks", "only_outdated", "all", "view", "chunk_size")  # of a POST /jobs body
 
 
 @dataclass(frozen=True)
 class JobSpec:
     """``project``: Label Studio project id; ``task_ids``: only these tasks (None = all of the project,
-    or of ``view``, a data-manager view id); ``only_missing``: leave out, when the job is planned,
-    tasks that already have a prediction of the workers' ``model_version`` (they are skipped by the
-    workers in any case: a task never gets a second prediction of one version); ``chunk_size``: tasks
-    per RQ job."""
+    or of ``view``, a data-manager view id); ``only_outdated`` (the default): leave out, when the job
+    is planned, tasks that already have a prediction of the version the workers will post
+    (``<engine>-labels.<label-set digest>``, :mod:`backend.predict.version`); False (``--all``): queue
+    every task (the workers still skip and count those already current: a task never gets a second
+    prediction of one version); ``chunk_size``: tasks per RQ job."""
 
     project: int
     task_ids: tuple[int, ...] | None = None
-    only_missing: bool = False
+    only_outdated: bool = True
     view: int | None = None
     chunk_size: int = 8
     retry_of: str | None = field(default=None, compare=False)
@@ -33,6 +36,8 @@ class JobSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise JobSpecError(f"{name} must be a positive integer, got {value!r}")
+        if self.chunk_size < MIN_CHUNK:
+            raise JobSpecError(f"chunk_size must be at least {MIN_CHUNK} tasks per chunk, got {self.chunk_size}")
         if self.chunk_size > MAX_CHUNK:
             raise JobSpecError(f"chunk_size must be at most {MAX_CHUNK}, got {self.chunk_size}")
         if self.task_ids is not None:
@@ -47,7 +52,7 @@ class JobSpec:
     def key(self) -> str:
         """Same project and filter -> same key (the one-running-job lock); chunking is not part of it."""
         ident = {"project": self.project, "tasks": list(self.task_ids) if self.task_ids else None,
-                 "only_missing": self.only_missing, "view": self.view}
+                 "only_outdated": self.only_outdated, "view": self.view}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -58,29 +63,35 @@ class JobSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "JobSpec":
         return cls(project=d["project"], task_ids=tuple(d["task_ids"]) if d.get("task_ids") else None,
-                   only_missing=bool(d.get("only_missing")), view=d.get("view"),
+                   only_outdated=bool(d.get("only_outdated", True)), view=d.get("view"),
                    chunk_size=d.get("chunk_size", 8), retry_of=d.get("retry_of"))
 
     @classmethod
     def from_request(cls, body: object, default_chunk: int = 8) -> "JobSpec":
-        """A ``POST /jobs`` body: ``{"project": 1, "tasks": [1, 2], "only_missing": true, "view": 3,
-        "chunk_size": 8}``; anything else raises :class:`JobSpecError` naming the problem."""
+        """A ``POST /jobs`` body: ``{"project": 1, "tasks": [1, 2], "only_outdated": true, "view": 3,
+        "chunk_size": 8}`` (``"all": true`` = ``"only_outdated": false``); anything else raises
+        :class:`JobSpecError` naming the problem."""
         if not isinstance(body, dict):
             raise JobSpecError(f"the body must be a JSON object such as {{\"project\": 1}}, got "
                                f"{type(body).__name__}")
-        unknown = sorted(set(body) - {"project", "tasks", "only_missing", "view", "chunk_size"})
+        unknown = sorted(set(body) - set(FIELDS))
         if unknown:
-            raise JobSpecError(f"unknown field(s) {unknown}: use project, tasks, only_missing, view, chunk_size")
+            raise JobSpecError(f"unknown field(s) {unknown}: use {', '.join(FIELDS)}")
         if "project" not in body:
             raise JobSpecError("'project' (the Label Studio project id) is missing")
         tasks = body.get("tasks")
         if tasks is not None and not isinstance(tasks, list):
             raise JobSpecError(f"'tasks' must be a list of task ids, got {type(tasks).__name__}")
-        only = body.get("only_missing", False)
-        if not isinstance(only, bool):
-            raise JobSpecError(f"'only_missing' must be true or false, got {only!r}")
+        for name in ("only_outdated", "all"):
+            if name in body and not isinstance(body[name], bool):
+                raise JobSpecError(f"'{name}' must be true or false, got {body[name]!r}")
+        every = body.get("all", False)
+        if every and body.get("only_outdated") is True:
+            raise JobSpecError("'all': true queues every task, 'only_outdated': true only those without a "
+                               "current prediction: give one of them")
+        only = body.get("only_outdated", True) and not every
         return cls(project=body["project"], task_ids=tuple(tasks) if tasks is not None else None,
-                   only_missing=only, view=body.get("view"), chunk_size=body.get("chunk_size", default_chunk))
+                   only_outdated=only, view=body.get("view"), chunk_size=body.get("chunk_size", default_chunk))
 
 
 def parse_task_ids(text: str) -> tuple[int, ...]:

@@ -2,8 +2,11 @@
 
 Keys (``cass:jobs:`` prefix)::
 
-    cass:jobs:<id>            hash: spec (JSON), status, total, chunks (JSON list of RQ job ids),
-                              model_version, created, finished, first_prediction, error
+    cass:jobs:<id>            hash: spec (JSON), status (planning, queued, running, finished,
+                              cancelled, failed), total, chunks (JSON list of RQ job ids),
+                              model_version (planned: engine + label set), engine_version,
+                              created, started (the first chunk), finished, first_prediction,
+                              error, heartbeat (of the planner)
     cass:jobs:<id>:done       set of task ids with a prediction posted by this job
     cass:jobs:<id>:skipped    set of task ids that already had a prediction of this model_version
     cass:jobs:<id>:failed     hash task id -> reason (removed again when a retry succeeds)
@@ -37,7 +40,9 @@ def job_key(job_id: str, part: str = "") -> str:
 def retrying(call: Callable[[], T], what: str, wait_s: float = 300.0, sleep=time.sleep) -> T:
     """``call()``, retried while Redis is unreachable (connection refused/reset, timeouts) for up to
     ``wait_s`` seconds with backoff 0.5 s .. 5 s; then the last error is raised. A Redis outage
-    therefore pauses a worker instead of losing the chunk."""
+    therefore pauses a worker instead of losing the chunk. (Not redis-py's ``Retry``: it counts
+    attempts, has no wall-clock budget and sleeps with ``time.sleep`` only; tenacity is not a
+    dependency.)"""
     deadline = time.monotonic() + wait_s
     delay, logged = 0.5, False
     while True:
@@ -87,16 +92,32 @@ class JobStore:
         if self.conn.get(lock) == job_id.encode():
             self.conn.delete(lock)
 
-    def create(self, job_id: str, spec: dict, spec_key: str, total: int, chunks: list[str],
-               model_version: str | None) -> None:
+    def create(self, job_id: str, spec: dict, spec_key: str) -> None:
+        """A new job in state ``planning`` (its tasks and chunks come with :meth:`planned`)."""
         now = time.time()
         with self.conn.pipeline() as pipe:
             pipe.hset(job_key(job_id), mapping={
-                "spec": json.dumps(spec), "spec_key": spec_key, "status": "queued" if chunks else "finished",
-                "total": total, "chunks": json.dumps(chunks), "model_version": model_version or "",
-                "created": now, "finished": "" if chunks else now, "first_prediction": "", "error": ""})
+                "spec": json.dumps(spec), "spec_key": spec_key, "status": "planning", "total": 0,
+                "chunks": "[]", "model_version": "", "engine_version": "", "created": now, "started": "",
+                "finished": "", "first_prediction": "", "error": "", "heartbeat": now})
             pipe.zadd(f"{PREFIX}index", {job_id: now})
             pipe.execute()
+
+    def planned(self, job_id: str, total: int, chunks: list[str], model_version: str | None,
+                engine_version: str | None) -> None:
+        """The plan of a job (still ``planning`` while its chunks are enqueued)."""
+        self.conn.hset(job_key(job_id), mapping={
+            "total": total, "chunks": json.dumps(chunks), "model_version": model_version or "",
+            "engine_version": engine_version or "", "heartbeat": time.time()})
+
+    def beat(self, job_id: str) -> None:
+        """The planner is alive (a ``planning`` job without a beat for long is failed by ``Jobs.get``)."""
+        self.conn.hset(job_key(job_id), "heartbeat", time.time())
+
+    def enqueued(self, job_id: str) -> None:
+        """planning -> queued, once every chunk is in RQ (a later status is left alone)."""
+        self.conn.eval("if redis.call('hget', KEYS[1], 'status') == 'planning' then "
+                       "redis.call('hset', KEYS[1], 'status', 'queued') end", 1, job_key(job_id))
 
     # -- progress (idempotent) -------------------------------------------------------------------
     def mark(self, job_id: str, done=(), skipped=(), failed: dict | None = None) -> None:
@@ -117,9 +138,13 @@ class JobStore:
                            job_key(job_id), repr(time.time()))
 
     def started(self, job_id: str) -> None:
-        """queued -> running (a later status is left alone)."""
-        self.conn.eval("if redis.call('hget', KEYS[1], 'status') == 'queued' then "
-                       "redis.call('hset', KEYS[1], 'status', 'running') end", 1, job_key(job_id))
+        """A chunk starts: the job's first one records ``started``; queued -> running (a job still
+        ``planning`` -- chunks enqueued, not all yet -- and a later status are left alone)."""
+        self.conn.eval("local s = redis.call('hget', KEYS[1], 'status') "
+                       "if s == 'queued' then redis.call('hset', KEYS[1], 'status', 'running') end "
+                       "local t = redis.call('hget', KEYS[1], 'started') "
+                       "if s and (not t or t == '') then redis.call('hset', KEYS[1], 'started', ARGV[1]) end",
+                       1, job_key(job_id), repr(time.time()))
 
     def set_status(self, job_id: str, status: str, error: str = "") -> None:
         fields = {"status": status}
@@ -149,7 +174,9 @@ class JobStore:
                 "total": int(rec["total"]), "done": done, "skipped": skipped, "failed": len(failed),
                 "failed_tasks": {int(k): v for k, v in sorted(failed.items(), key=lambda kv: int(kv[0]))},
                 "chunks": json.loads(rec["chunks"]), "model_version": rec.get("model_version") or None,
-                "created": num("created"), "finished": num("finished"),
+                "engine_version": rec.get("engine_version") or None,
+                "created": num("created"), "started": num("started"), "finished": num("finished"),
+                "heartbeat": num("heartbeat"),
                 "first_prediction": num("first_prediction"), "error": rec.get("error") or None}
 
     def job_ids(self, limit: int = 50) -> list[str]:

@@ -10,6 +10,8 @@ CUDA does not survive ``fork``); :class:`CASSWorker` is RQ's non-forking ``Simpl
   With the heartbeat, a worker killed with ``kill -9`` leaves an entry that expires within
   ``3 x heartbeat_s``; the next maintenance run of any live worker (every ``maintenance_s``)
   finds it in ``StartedJobRegistry.cleanup`` and, the chunk having ``Retry(max=3)``, requeues it;
+* **only its own jobs**: JSON-serialised, and only the allow-listed functions run
+  (:mod:`backend.jobs.allowlist`; a job naming anything else is marked failed, never imported);
 * **Redis outages**: ``Worker.work`` gives up on a Redis timeout or error; the loop here then waits
   for Redis (logging once) and starts the worker again with the same engine; a chunk that was
   running meanwhile waits in :func:`~.store.retrying` for up to ``CASS_JOB_REDIS_WAIT_S``.
@@ -28,6 +30,7 @@ import redis
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
+from backend.jobs.allowlist import SERIALIZER, AllowedJob
 from backend.jobs.queue import connect
 from backend.jobs.runner import WorkerContext, install
 from backend.jobs.store import JobStore
@@ -36,9 +39,24 @@ log = logging.getLogger("backend.jobs.worker")
 
 
 class CASSWorker(SimpleWorker):
-    """See the module docstring."""
+    """See the module docstring. Jobs are JSON (never unpickled) and only the allow-listed job
+    functions run (:mod:`backend.jobs.allowlist`)."""
 
     heartbeat_s: float = 10.0
+    job_class = AllowedJob
+
+    def __init__(self, queues, *args, **kwargs):
+        kwargs.setdefault("serializer", SERIALIZER)
+        kwargs.setdefault("job_class", AllowedJob)
+        super().__init__(queues, *args, **kwargs)
+
+    #: set when a stop was asked for (SIGTERM/SIGINT or RQ's shutdown command): our own public flag,
+    #: so the restart loop in :func:`main` reads none of RQ's private attributes
+    stopping: bool = False
+
+    def request_stop(self, signum, frame):
+        self.stopping = True
+        super().request_stop(signum, frame)
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         return max(3, int(3 * self.heartbeat_s))
@@ -101,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LabelStudioError, ValueError) as exc:
         print(f"configuration error: {exc}", flush=True)
         return 2
+    from backend.startup import check_state_redis
+
+    check_state_redis(settings)  # a warning unless the state Redis is noeviction (it holds the queue)
     job = settings.jobs  # CASS_JOB_* (backend.config.JobSettings)
     heartbeat_s, maintenance_s, queue = job.heartbeat_s, job.maintenance_s, job.queue
     services = build(settings, warm_tasks=False)  # the engine once, for every chunk of this process
@@ -134,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.warning("worker %s: Redis failed (%s): waiting for it", name, exc)
                 time.sleep(1.0)
                 continue
-            if args.burst or worker._stop_requested or getattr(worker, "_shutdown_requested_date", None):
+            if args.burst or worker.stopping:
                 break
             log.warning("worker %s: RQ's work loop ended (Redis error); starting again", name)
             time.sleep(1.0)

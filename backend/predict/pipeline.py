@@ -11,11 +11,12 @@ differ only in what they do with it: answer HTTP, post to Label Studio in bulk, 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from backend.controls.config import Controls, parse_controls
-from backend.controls.smart import ContextError, refiner_for
+from backend.controls.smart import ContextError, Refiner
 from backend.predict.projects import Connection, ProjectRegistry
 
 Fetch = Callable[[str, Any], bytes]
@@ -49,6 +50,15 @@ class Pipeline:
         self.projects = projects
         self.memory = memory    # backend.corrections.memory.MemoryService, or None
         self.warmer = warmer    # backend.predict.warm_tasks.TaskWarmer, or None (off)
+        self._refiner: Refiner | None = None  # smart tools: made on first use (it starts a thread)
+        self._refiner_lock = threading.Lock()
+
+    def refiner(self) -> Refiner:
+        """The process's one smart-tool :class:`~backend.controls.smart.Refiner` (label maps, crops)."""
+        with self._refiner_lock:
+            if self._refiner is None:
+                self._refiner = Refiner(self.predictor)
+            return self._refiner
 
     # -- the request context --------------------------------------------------------------------
     def parse(self, label_config: str) -> Controls:
@@ -94,7 +104,7 @@ class Pipeline:
         from backend.predict.predictor import TASK_ERRORS
 
         try:
-            answer = refiner_for(self.predictor).answer(task, ctx.controls, context, ctx.fetch)
+            answer = self.refiner().answer(task, ctx.controls, context, ctx.fetch)
         except TASK_ERRORS as exc:
             raise ContextError(f"{type(exc).__name__}: {exc}") from exc
         return {**answer, "model_version": ctx.version}

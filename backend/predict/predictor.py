@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -28,7 +27,8 @@ from backend.controls.labels import BrushTarget, TaskDataError
 from backend.controls.base import regions_for
 from backend.controls.brush_rle import confidence_sums
 from backend.predict.slots import InferenceSlots
-from backend.predict.text_budget import TEXT_CHUNK, TextNotReady, TextPreparer
+from backend.predict.text_budget import TextNotReady, TextPreparer
+from backend.predict.loading import NoCache
 from backend.predict.version import model_version
 
 if TYPE_CHECKING:
@@ -39,40 +39,6 @@ log = logging.getLogger("backend.predict.predictor")
 #: Failures of one task that are about its data, not a bug: logged as one line, no traceback.
 TASK_ERRORS = (TaskDataError, ImageFetchError, ImageError, VocabularyError, FeaturesFormatError,
                TaskOutOfMemory, TextNotReady)
-
-
-class NoCache:
-    """A cache that stores nothing, with ``cass.cache.FeatureCache``'s interface (used when
-    ``cass.cache`` is not available, and by default in tests)."""
-
-    def __init__(self):
-        self._misses = 0
-        self._lock = threading.Lock()
-
-    def get_or_compute(self, image_bytes: bytes, fingerprint: str, compute: Callable):
-        with self._lock:
-            self._misses += 1
-        return compute(), False
-
-    def get_text(self, key: str) -> bytes | None:
-        return None
-
-    def set_text(self, key: str, value: bytes) -> None:
-        return None
-
-    def stats(self) -> dict:
-        return {"backend": "none", "hits": 0, "misses": self._misses, "bytes": 0, "errors": 0}
-
-    def health(self) -> dict:
-        return {"backend": "none", "reachable": True}
-
-
-def make_feature_cache(redis_url: str | None) -> "FeatureCache":
-    """``cass.cache``'s feature cache: Redis when ``redis_url`` is set, else in-process, sized by its
-    ``CASS_CACHE_*`` variables (docs/cache.md)."""
-    from cass.cache.env import make_cache_from_env
-
-    return make_cache_from_env({**os.environ, "REDIS_URL": redis_url or ""})
 
 
 @dataclasses.dataclass
@@ -124,7 +90,7 @@ class Predictor:
                  slots: InferenceSlots | None = None, text_budget_s: float = 30.0,
                  max_background_text: int = 1):
         self.engine = engine
-        self.cache = cache if cache is not None else NoCache()
+        self.cache = cache if cache is not None else NoCache()  # backend.predict.loading
         self.predict_budget_s = predict_budget_s
         self.clock = clock
         self.slots = slots if slots is not None else InferenceSlots()
@@ -332,30 +298,3 @@ class Predictor:
         except Exception as exc:
             cache = {"error": f"{type(exc).__name__}: {exc}"}
         return {"model_version": self.model_version, **counters, "cache": cache, "text": self.text.stats()}
-
-
-def build_predictor(settings) -> Predictor:
-    """Load the engine (once per process) with the feature cache; :class:`backend.config.Settings`."""
-    import cass
-
-    from backend.ops.allocator import tune_malloc
-
-    tune_malloc()  # before the request threads allocate (backend.ops.allocator: arenas, mmap threshold)
-    t0 = time.perf_counter()
-    cache = make_feature_cache(settings.redis_url)
-    preset = cass.load_preset(settings.preset)
-    if getattr(settings, "pamr", False) and preset.text.pamr is None:
-        preset = preset.replace(pamr=True)
-    engine = cass.create_model(settings.clip_weights, settings.dino_weights, preset,
-                               device=settings.device, threads=settings.threads, text_cache=cache,
-                               global_clip_weights=getattr(settings, "global_clip_weights", None))
-    log.info("loaded %s on %s in %.1fs (cache: %s)", engine.model_version, engine.device,
-             time.perf_counter() - t0, type(cache).__name__)
-    predictor = Predictor(engine, cache, predict_budget_s=settings.predict_budget_s,
-                          text_budget_s=getattr(settings, "text_budget_s", 30.0),
-                          slots=InferenceSlots(settings.inference_slots, settings.max_queue,
-                                               grace_s=getattr(settings, "reservation_grace_s", 5.0),
-                                               queue_wait_s=getattr(settings, "queue_wait_s", None)))
-    if settings.warmup:
-        predictor.warm_up()
-    return predictor

@@ -22,8 +22,10 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _SIZE_SUFFIX[m.group(2).lower()])
 
 
-def make_cache_from_env(environ: Mapping[str, str] | None = None) -> FeatureCache:
-    """:func:`make_cache` configured by environment variables (documented in docs/cache.md)."""
+def make_cache_from_env(environ: Mapping[str, str] | None = None, holds_state: bool = False) -> FeatureCache:
+    """:func:`make_cache` configured by environment variables (documented in docs/cache.md): Redis at
+    ``CASS_CACHE_REDIS_URL``, else ``REDIS_URL``, else in-process. ``holds_state``: that Redis is
+    also the state Redis (see :class:`~cass.cache.redis_store.RedisCache`)."""
     env = os.environ if environ is None else environ
 
     def num(name: str, default: float) -> float:
@@ -40,5 +42,7 @@ def make_cache_from_env(environ: Mapping[str, str] | None = None) -> FeatureCach
             options[opt] = num(var, 0.0)
     max_bytes = parse_size(env.get("CASS_CACHE_MAX_BYTES", "").strip() or DEFAULT_MAX_BYTES)
     ttl_s = int(num("CASS_CACHE_TTL_S", DEFAULT_TTL_S))
-    redis_url = env.get("REDIS_URL", "").strip() or None
+    redis_url = env.get("CASS_CACHE_REDIS_URL", "").strip() or env.get("REDIS_URL", "").strip() or None
+    if holds_state:
+        options["holds_state"] = True
     return make_cache(redis_url, max_bytes=max_bytes, ttl_s=ttl_s, **(options if redis_url else {}))

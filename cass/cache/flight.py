@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable
 
 from cass.cache.keys import KEY_PREFIX, feature_key, image_digest, text_cache_key
+from cass.cache.validate import Size, check_blob, image_size
 from cass.features import FeaturesFormatError, ImageFeatures
 
 log = logging.getLogger("cass.cache")
@@ -88,7 +89,7 @@ class _BaseCache:
     def peek(self, image_bytes: bytes, fingerprint: str) -> ImageFeatures | None:
         """Cached features of ``image_bytes`` for an engine with ``fingerprint``, computing nothing
         (None on a miss or an unreadable entry)."""
-        found = self._lookup(self.key_for(image_bytes, fingerprint), fingerprint)
+        found = self._lookup(self.key_for(image_bytes, fingerprint), fingerprint, image_size(image_bytes))
         return found[0] if found is not None else None
 
     def get_or_compute(self, image_bytes: bytes, fingerprint: str,
@@ -100,7 +101,8 @@ class _BaseCache:
         from ``compute`` propagate and nothing is stored; threads that were waiting retry.
         """
         key = self.key_for(image_bytes, fingerprint)
-        found = self._lookup(key, fingerprint)
+        size = image_size(image_bytes)  # the header's (H, W): what a cached entry may declare (validate)
+        found = self._lookup(key, fingerprint, size)
         if found is not None:
             self._count("hits")
             return found[0], True
@@ -113,7 +115,7 @@ class _BaseCache:
                 else:
                     flight.waiters += 1
             if leader:
-                return self._lead(key, fingerprint, compute, flight)
+                return self._lead(key, fingerprint, compute, flight, size)
             flight.done.wait()
             if flight.ok:
                 self._count("hits")
@@ -123,15 +125,16 @@ class _BaseCache:
                 return flight.features, True
             # the computing thread failed: try again (become the leader or wait for a new one)
 
-    def _lead(self, key: str, fingerprint: str, compute, flight: _Flight) -> tuple[ImageFeatures, bool]:
+    def _lead(self, key: str, fingerprint: str, compute, flight: _Flight,
+              size: Size | None = None) -> tuple[ImageFeatures, bool]:
         try:
-            found = self._lookup(key, fingerprint)  # stored between our miss and registering?
+            found = self._lookup(key, fingerprint, size)  # stored between our miss and registering?
             if found is not None:
                 features, blob = found
                 was_hit = True
                 self._count("hits")
             else:
-                features, blob, was_hit = self._fill(key, fingerprint, compute)
+                features, blob, was_hit = self._fill(key, fingerprint, compute, size)
             flight.features, flight.blob, flight.ok = features, blob, True
             return features, was_hit
         finally:
@@ -139,7 +142,8 @@ class _BaseCache:
                 self._flights.pop(key, None)
             flight.done.set()
 
-    def _fill(self, key: str, fingerprint: str, compute) -> tuple[ImageFeatures, bytes | None, bool]:
+    def _fill(self, key: str, fingerprint: str, compute,
+              size: Size | None = None) -> tuple[ImageFeatures, bytes | None, bool]:
         """Compute and store (the Redis cache adds the cross-process lock around this)."""
         features, blob = self._compute(fingerprint, compute)
         if blob is not None:
@@ -171,11 +175,16 @@ class _BaseCache:
     def _put(self, key: str, blob: bytes) -> None:
         self._store(key, blob)
 
-    def _lookup(self, key: str, fingerprint: str) -> tuple[ImageFeatures, bytes] | None:
+    def _lookup(self, key: str, fingerprint: str,
+                size: Size | None = None) -> tuple[ImageFeatures, bytes] | None:
+        """The entry under ``key``, decoded, or None. An entry that fails :func:`check_blob` against
+        the image's declared ``size`` (or does not decode) is a miss: logged, counted ``corrupt``
+        and deleted, so the computed entry overwrites it."""
         blob = self._load(key)
         if blob is None:
             return None
         try:
+            check_blob(blob, size)  # before anything is decompressed or allocated from it
             features = ImageFeatures.from_bytes(blob, expected_fingerprint=fingerprint)
         except FeaturesFormatError as exc:
             log.warning("ignoring unreadable cache entry %s (%s); recomputing", key, exc)

@@ -40,6 +40,8 @@ class RedisCache(_BaseCache):
             itself.
         poll_interval_s: first polling interval while waiting (grows to 0.5 s).
         client: a ready ``redis.Redis`` (tests); ``url`` is then only used for display.
+        holds_state: this Redis is also the state Redis (one ``REDIS_URL`` for both roles): the start
+            warning then never advises an evicting policy (that would drop jobs and memories).
     """
 
     backend = "redis"
@@ -52,7 +54,7 @@ class RedisCache(_BaseCache):
                  retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
                  lock_ttl_s: float = DEFAULT_LOCK_TTL_S, lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
                  poll_interval_s: float = 0.05, prefix: str = KEY_PREFIX, client=None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, holds_state: bool = False):
         super().__init__(ttl_s, prefix)
         import redis
         from redis.backoff import NoBackoff
@@ -84,6 +86,7 @@ class RedisCache(_BaseCache):
         self._last_error = ""
         self._warned_other = False
         self._checked_config = False
+        self.holds_state = bool(holds_state)
         self.health()  # connect now: an unreachable Redis is reported at start-up (never raises)
 
     # -- connection state ----------------------------------------------------------------------
@@ -203,7 +206,8 @@ class RedisCache(_BaseCache):
             log.debug("compute lock %s expired before it was released", lock.name)
             return False
 
-    def _fill(self, key: str, fingerprint: str, compute) -> tuple[ImageFeatures, bytes | None, bool]:
+    def _fill(self, key: str, fingerprint: str, compute,
+              size: tuple[int, int] | None = None) -> tuple[ImageFeatures, bytes | None, bool]:
         lock = self._lock(key + ":lock")
         got = self._try_lock(lock)
         if got is False:  # another process computes it: poll for its result, for a bounded time
@@ -214,7 +218,7 @@ class RedisCache(_BaseCache):
             while self.clock() < deadline:
                 time.sleep(max(0.0, min(delay, deadline - self.clock())))
                 delay = min(delay * 1.5, 0.5)
-                found = self._lookup(key, fingerprint)
+                found = self._lookup(key, fingerprint, size)
                 if found is not None:
                     self._count("lock_hits")
                     self._count("hits")
@@ -256,10 +260,7 @@ class RedisCache(_BaseCache):
             out["maxmemory_policy"] = info.get("maxmemory_policy")
             if not self._checked_config:
                 self._checked_config = True
-                if not info.get("maxmemory") or info.get("maxmemory_policy") == "noeviction":
-                    log.warning("Redis at %s has maxmemory=%s, maxmemory-policy=%s: set maxmemory and "
-                                "allkeys-lru so the feature cache cannot fill it (docs/cache.md)",
-                                self.url, info.get("maxmemory"), info.get("maxmemory_policy"))
+                self._warn_config(info)
         with self._state_lock:
             if self._down_since is not None:
                 out["down_for_s"] = round(self.clock() - self._down_since, 3)
@@ -268,6 +269,19 @@ class RedisCache(_BaseCache):
         out["fallback_entries"] = len(self._fallback)
         out["fallback_bytes"] = self._fallback.nbytes
         return out
+
+    def _warn_config(self, info: dict) -> None:
+        """One start-up warning about the Redis's memory settings (docs/cache.md)."""
+        maxmemory, policy = info.get("maxmemory"), info.get("maxmemory_policy")
+        if self.holds_state:  # evicting here would drop jobs and project memories: never advise it
+            log.warning("the feature cache shares Redis %s with the state (jobs, project memories; "
+                        "maxmemory=%s, maxmemory-policy=%s): keep it noeviction, and give the cache its "
+                        "own Redis with allkeys-lru (CASS_CACHE_REDIS_URL) so it cannot fill the state "
+                        "Redis (docs/cache.md)", self.url, maxmemory, policy)
+        elif not maxmemory or policy == "noeviction":
+            log.warning("Redis at %s has maxmemory=%s, maxmemory-policy=%s: set maxmemory and "
+                        "allkeys-lru so the feature cache cannot fill it (a Redis of its own: "
+                        "CASS_CACHE_REDIS_URL; docs/cache.md)", self.url, maxmemory, policy)
 
     def close(self) -> None:
         try:

@@ -94,6 +94,7 @@ def check(args) -> int:
 
         keys = redis.Redis.from_url(args.redis).dbsize()
         assert keys > 0, "nothing in the compose Redis after the first project"
+        roles = check_redis_roles(args.redis, args.state_redis)
         second = user_path(ls, backend, images, title="compose: other labels", config=OTHER_CONFIG,
                            labels=OTHER_LABELS)
         warm = second.warmup
@@ -103,11 +104,33 @@ def check(args) -> int:
     finally:
         server.shutdown()
     print(f"docker e2e: PASSED; image built in {args.build_s}s, {args.image_size}; compose services "
-          f"label-studio + cass-backend + redis; 2 projects x {len(GOOD) + len(BROKEN)} tasks (uploads, local "
+          f"label-studio + cass-backend + redis-cache + redis-state ({roles}); 2 projects x {len(GOOD) + len(BROKEN)} tasks (uploads, local "
           f"file, plain URL), {stored} predictions stored and validated, {2 * len(BROKEN)} broken tasks "
           f"skipped; after a backend restart the second label set found {warm['hits']}/{len(GOOD)} images' "
           f"features in Redis ({keys} keys); retrieval {first.retrieve_s:.1f}s then {second.retrieve_s:.1f}s")
     return 0
+
+
+def check_redis_roles(cache_url: str, state_url: str) -> str:
+    """Both Redis refuse a client without the password; the cache evicts, the state never does and
+    appends to disk (docker-compose.yml, docs/security.md)."""
+    import redis
+    from urllib.parse import urlsplit
+
+    out = []
+    for url, policy, aof in ((cache_url, "allkeys-lru", "no"), (state_url, "noeviction", "yes")):
+        parts = urlsplit(url)
+        anonymous = redis.Redis(host=parts.hostname, port=parts.port)
+        try:
+            anonymous.ping()
+            raise AssertionError(f"Redis on port {parts.port} answers without its password")
+        except redis.exceptions.AuthenticationError:
+            pass
+        conn = redis.Redis.from_url(url)
+        got = conn.config_get("maxmemory-policy")["maxmemory-policy"], conn.config_get("appendonly")["appendonly"]
+        assert got == (policy, aof), f"Redis on port {parts.port}: policy/appendonly {got}, want {(policy, aof)}"
+        out.append(f"{policy}, appendonly {aof}, password required")
+    return "cache " + out[0] + "; state " + out[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check")
     c.add_argument("--label-studio", required=True)
     c.add_argument("--backend", required=True)
-    c.add_argument("--redis", required=True)
+    c.add_argument("--redis", required=True, help="the cache Redis (with its password)")
+    c.add_argument("--state-redis", required=True, help="the state Redis (with its password)")
     c.add_argument("--files", required=True, help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (same path inside)")
     c.add_argument("--images-port", type=int, required=True)
     c.add_argument("--restart", default="", help="command that restarts the backend container")

@@ -215,7 +215,8 @@ def start_backend(root: Path, ls_url: str, token: str,
     env = {
         **os.environ, "PYTHONPATH": str(REPO), "CASS_CLIP_WEIGHTS": str(clip), "CASS_DINO_WEIGHTS": str(dino),
         "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": token,
-        "CASS_THREADS": os.environ.get("CASS_THREADS", "2"), "LOG_LEVEL": "INFO", **(extra_env or {}),
+        "CASS_THREADS": os.environ.get("CASS_THREADS", "2"), "LOG_LEVEL": "INFO", "CASS_ALLOW_UNAUTHENTICATED": "true",
+        **(extra_env or {}),
     }
     env.pop("REDIS_URL", None)
     log = root / "backend.log"

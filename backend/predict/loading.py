@@ -1,0 +1,84 @@
+"""Loading the engine once per process, with its feature cache: :func:`build_predictor`.
+
+``NoCache`` stores nothing (unit tests, and a stand-in with ``cass.cache.FeatureCache``'s interface).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from cass.cache import FeatureCache
+
+    from backend.predict.predictor import Predictor
+
+log = logging.getLogger("backend.predict.loading")
+
+
+class NoCache:
+    """A cache that stores nothing, with ``cass.cache.FeatureCache``'s interface (used when
+    ``cass.cache`` is not available, and by default in tests)."""
+
+    def __init__(self):
+        self._misses = 0
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, image_bytes: bytes, fingerprint: str, compute: Callable):
+        with self._lock:
+            self._misses += 1
+        return compute(), False
+
+    def get_text(self, key: str) -> bytes | None:
+        return None
+
+    def set_text(self, key: str, value: bytes) -> None:
+        return None
+
+    def stats(self) -> dict:
+        return {"backend": "none", "hits": 0, "misses": self._misses, "bytes": 0, "errors": 0}
+
+    def health(self) -> dict:
+        return {"backend": "none", "reachable": True}
+
+
+def make_feature_cache(redis_url: str | None, holds_state: bool = False) -> "FeatureCache":
+    """``cass.cache``'s feature cache: Redis when ``redis_url`` (``Settings.cache_redis_url``) is set,
+    else in-process, sized by its ``CASS_CACHE_*`` variables (docs/cache.md). ``holds_state``: that
+    Redis is also the state Redis (one ``REDIS_URL``)."""
+    from cass.cache.env import make_cache_from_env
+
+    return make_cache_from_env({**os.environ, "CASS_CACHE_REDIS_URL": redis_url or "", "REDIS_URL": ""},
+                               holds_state=holds_state)
+
+
+def build_predictor(settings) -> "Predictor":
+    """Load the engine (once per process) with the feature cache; :class:`backend.config.Settings`."""
+    import cass
+
+    from backend.ops.allocator import tune_malloc
+    from backend.predict.predictor import Predictor
+    from backend.predict.slots import InferenceSlots
+
+    tune_malloc()  # before the request threads allocate (backend.ops.allocator: arenas, mmap threshold)
+    t0 = time.perf_counter()
+    cache_url = getattr(settings, "cache_redis_url", None)
+    cache = make_feature_cache(cache_url, holds_state=bool(cache_url) and cache_url == settings.redis_url)
+    preset = cass.load_preset(settings.preset)
+    if getattr(settings, "pamr", False) and preset.text.pamr is None:
+        preset = preset.replace(pamr=True)
+    engine = cass.create_model(settings.clip_weights, settings.dino_weights, preset,
+                               device=settings.device, threads=settings.threads, text_cache=cache,
+                               global_clip_weights=getattr(settings, "global_clip_weights", None))
+    log.info("loaded %s on %s in %.1fs (cache: %s)", engine.model_version, engine.device,
+             time.perf_counter() - t0, type(cache).__name__)
+    predictor = Predictor(engine, cache, predict_budget_s=settings.predict_budget_s,
+                          text_budget_s=getattr(settings, "text_budget_s", 30.0),
+                          slots=InferenceSlots(settings.inference_slots, settings.max_queue,
+                                               grace_s=getattr(settings, "reservation_grace_s", 5.0),
+                                               queue_wait_s=getattr(settings, "queue_wait_s", None)))
+    if settings.warmup:
+        predictor.warm_up()
+    return predictor
