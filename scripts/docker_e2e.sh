@@ -99,23 +99,37 @@ if ! docker info >/dev/null 2>&1; then
 fi
 say "engine $(docker version --format '{{.Server.Version}}')"
 need_pkg docker-compose docker-compose
-FILES=(-f docker-compose.yml -f tests/e2e/docker-compose.host.yml)
 COMPOSE=()
 
-compose_file() {  # the merged config with `ports` dropped: docker-compose 1.29 has no `!reset` and
-                  # refuses ports under network_mode: host; everything else exactly as in the files
-    docker-compose -p "$PROJECT" "${FILES[@]}" config > "$RUN_DIR/merged.yml" \
-        || fail "docker-compose rejects docker-compose.yml + tests/e2e/docker-compose.host.yml"
-    /usr/bin/python3 - "$RUN_DIR/merged.yml" "$RUN_DIR/compose.yml" <<'PY'
+compose_file() {  # docker-compose.yml with tests/e2e/docker-compose.host.yml merged over it (compose's
+                  # rules: mappings merge, volumes by container path, other lists are replaced), then
+                  # `ports` and `networks` dropped: docker-compose 1.29 has no `!reset` and refuses both
+                  # under network_mode: host. Variables are left for docker-compose to fill in.
+    /usr/bin/python3 - docker-compose.yml tests/e2e/docker-compose.host.yml "$RUN_DIR/compose.yml" <<'PY'
 import sys, yaml
-config = yaml.safe_load(open(sys.argv[1]))
+
+def merge(base, over, key=None):
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base.get(k), v, k) if k in base else v
+        return out
+    if key == "volumes" and isinstance(base, list) and isinstance(over, list):
+        by_target = {str(v).split(":")[1] if ":" in str(v) else str(v): v for v in base}
+        by_target.update({str(v).split(":")[1] if ":" in str(v) else str(v): v for v in over})
+        return list(by_target.values())
+    return over
+
+config = merge(yaml.safe_load(open(sys.argv[1])), yaml.safe_load(open(sys.argv[2])))
+config = {k: v for k, v in config.items() if not k.startswith("x-")}
 for service in config["services"].values():
     service.pop("ports", None)
-    if service.get("network_mode") == "host":  # no compose networks under the host network
-        service.pop("networks", None)
+    service.pop("networks", None)  # the test services use the host network; the others are not started
 config.pop("networks", None)
-yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
+yaml.safe_dump(config, open(sys.argv[3], "w"), sort_keys=False)
 PY
+    docker-compose -p "$PROJECT" -f "$RUN_DIR/compose.yml" config -q \
+        || fail "docker-compose rejects docker-compose.yml merged with tests/e2e/docker-compose.host.yml"
     COMPOSE=(docker-compose -p "$PROJECT" -f "$RUN_DIR/compose.yml")
 }
 
