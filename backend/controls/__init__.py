@@ -6,8 +6,9 @@ The names below are imported on first use (PEP 562): :mod:`backend.config` reads
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cass.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from backend.controls.base import adapter_for, regions_for
@@ -21,15 +22,4 @@ _HOMES: dict[str, str] = {
 __all__ = ["Controls", "PolygonTarget", "SmartTool", "adapter_for", "parse_controls", "regions_for"]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first access and cache the name in this package."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _HOMES, __all__)
