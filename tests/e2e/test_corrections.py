@@ -76,7 +76,7 @@ def backend_with_redis(label_studio, personal_access_token, redis_server, tmp_pa
            "LABEL_STUDIO_API_KEY": personal_access_token, "CASS_PRESET": str(tmp_path / "fast.json"),
            "CASS_CLIP_WEIGHTS": str(TINY_WEIGHTS / "clip_tiny.safetensors"),
            "CASS_DINO_WEIGHTS": str(TINY_WEIGHTS / "dino_tiny.safetensors"), "CASS_THREADS": "2",
-           "CASS_WARMUP": "false", "LOG_LEVEL": "INFO"}
+           "CASS_WARMUP": "false", "LOG_LEVEL": "INFO", "CASS_ALLOW_UNAUTHENTICATED": "true"}  # loopback only
     port = free_port()
     log = tmp_path / "backend.log"
     with open(log, "wb") as out:

@@ -132,11 +132,12 @@ def busy_worker(env, procs) -> int:
     from rq.job import Job
     from rq.registry import StartedJobRegistry
 
+    from backend.jobs.allowlist import SERIALIZER
     from backend.jobs.queue import QUEUE_NAME
 
     conn = redis.Redis.from_url(env["REDIS_URL"])
     for job_id in StartedJobRegistry(QUEUE_NAME, connection=conn).get_job_ids():
-        name = Job.fetch(job_id, connection=conn).worker_name or ""
+        name = Job.fetch(job_id, connection=conn, serializer=SERIALIZER).worker_name or ""  # JSON jobs
         for i, p in enumerate(procs):
             if f"-{p.pid}-" in name and p.poll() is None:
                 return i + 1
