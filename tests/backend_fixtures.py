@@ -127,7 +127,7 @@ class _Server:
                 req = {"method": self.command, "path": parts.path, "query": parse_qs(parts.query),
                        "headers": dict(self.headers), "body": body}
                 outer.requests.append(req)
-                handler = outer.routes.get(parts.path)
+                handler = outer.routes.get(parts.path) or outer.routes.get(parts.path.rstrip("/"))
                 if handler is None:
                     status, headers, data = 404, {}, b"not found"
                 else:
@@ -181,6 +181,28 @@ class FakeLabelStudio(_Server):
         self.files["local:" + name] = data
         self.routes["/data/local-files/"] = self._local
         return f"/data/local-files/?d={name}"
+
+    def add_api(self, path: str, obj) -> None:
+        """Serve ``obj`` as JSON at ``path`` (``/api/annotations/7``; with or without the final
+        slash) to an authorized caller; :meth:`forget` makes it a 404 again."""
+        def serve(req):
+            if not self.authorized(req):
+                return 401, {"Content-Type": "application/json"}, b'{"detail": "Authentication credentials were not provided."}'
+            return 200, {"Content-Type": "application/json"}, json.dumps(obj).encode()
+        self.routes[path.rstrip("/")] = serve
+
+    def forget(self, path: str) -> None:
+        self.routes.pop(path.rstrip("/"), None)
+
+    def add_annotation_event(self, data: dict) -> None:
+        """Serve the annotation, task and project a webhook payload names, as Label Studio would
+        (``GET /api/annotations/<id>``, ``/api/tasks/<id>``, ``/api/projects/<id>``)."""
+        annotation, task, project = data.get("annotation") or {}, data.get("task") or {}, data["project"]
+        if annotation:
+            self.add_api(f"/api/annotations/{annotation['id']}", annotation)
+        if task:
+            self.add_api(f"/api/tasks/{task['id']}", task)
+        self.add_api(f"/api/projects/{project['id']}", project)
 
     def add_presign(self, task_id: int, cloud_path: str) -> None:
         self.routes[f"/tasks/{task_id}/presign/"] = lambda req: self._presign(req, cloud_path)

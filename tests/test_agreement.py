@@ -97,6 +97,9 @@ def test_update_replaces_delete_removes_redelivery_is_idempotent(store):
     assert store.replace(1, 11, first, "2026-01-01T00:00:03Z") == "added"
     assert summarize(store.totals(1))["cat"]["annotations"] == 2
     assert store.replace(1, 10, None, tombstone=True) == "removed"
+    assert store.replace(1, 99, None, tombstone=True) == "none"  # never seen: no tombstone
+    assert store.replace(1, 99, first, "2026-01-01T00:00:04Z") == "added"
+    assert store.replace(1, 99, None, tombstone=True) == "removed"
     assert store.replace(1, 10, second, "2026-01-01T00:00:09Z") == "deleted"  # late redelivery after delete
     assert store.totals(1) == first
     assert store.replace(1, 11, None, tombstone=True) == "removed"

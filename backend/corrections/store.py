@@ -2,7 +2,9 @@
 
 Each annotation's last contribution is kept under its id, so :meth:`replace` subtracts it before
 adding the new one: ``ANNOTATION_UPDATED`` replaces, ``ANNOTATIONS_DELETED`` removes (and leaves a
-tombstone: a late redelivery of that id changes nothing), and a redelivered event changes nothing.
+tombstone: a late redelivery of that id changes nothing; an id the store never saw is not
+tombstoned, so a forged deletion cannot block a future annotation), and a redelivered event changes
+nothing.
 An older ``updated_at`` than the one stored is ignored (``"stale"``). Redis keys::
 
     cass:agreement:projects                    set of project ids
@@ -22,6 +24,7 @@ PREFIX = "cass:agreement"
 _REPLACE = """
 local old = redis.call('GET', KEYS[1])
 local new = cjson.decode(ARGV[1])
+if new.deleted and not old then return 'none' end
 if old then
   local o = cjson.decode(old)
   if o.deleted then return 'deleted' end
@@ -78,6 +81,8 @@ class MemoryStore:
         with self._lock:
             key = (project, int(annotation_id))
             old = self._annotations.get(key)
+            if new.get("deleted") and old is None:  # never seen: nothing to take back, no tombstone
+                return "none"
             totals = self._totals.setdefault(project, {})
             if old is not None:
                 if old.get("deleted"):

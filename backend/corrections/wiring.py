@@ -3,10 +3,13 @@
 :func:`install_listeners` registers the process's listeners once, from the composition root
 (:mod:`backend.bootstrap`): agreement per label (:mod:`backend.corrections.agreement`) and the
 project memory (:mod:`backend.corrections.memory`). :func:`handle_annotation_event` is what the
-``/webhook`` door calls for ``ANNOTATION_*`` events: it parses the project's label config with the
-pipeline's parser (the backend's nothing rule and limits) and returns the dispatcher's summary, or
-``{"error": ...}`` for a payload that cannot be used (logged as one warning line; Label Studio
-ignores webhook answers).
+``/webhook`` door calls for ``ANNOTATION_*`` events: the webhook is a notification naming ids, so
+the annotation, its task and the label config are first read back from Label Studio
+(:class:`~backend.corrections.readback.ReadBack`; ``{"ignored": ...}`` with ids only when the
+backend does not act on it), then the project's label config is parsed with the pipeline's parser
+(the backend's nothing rule and limits) and the dispatcher's summary returned, or ``{"error": ...}``
+for an annotation that cannot be used (logged as one warning line; Label Studio ignores webhook
+answers).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Callable
 
 from backend.controls.labels import LabelConfigError
 from backend.corrections.events import EventError, dispatch
+from backend.corrections.readback import ReadBack, Refused
 
 log = logging.getLogger("backend.corrections")
 
@@ -39,12 +43,18 @@ def controls_for(parse: Callable[[str], object]):
     return controls
 
 
-def handle_annotation_event(event: str, data: dict, parse: Callable[[str], object],
+def handle_annotation_event(event: str, data: dict, parse: Callable[[str], object], read_back: ReadBack,
                             max_pixels: int | None = None) -> dict:
-    """``max_pixels``: the canvas bound of a decoded annotation (``CASS_MAX_IMAGE_MP``), checked
+    """``read_back``: rebuilds the payload from Label Studio (see the module docstring);
+    ``max_pixels``: the canvas bound of a decoded annotation (``CASS_MAX_IMAGE_MP``), checked
     before anything is decoded."""
     try:
-        return dispatch(event, data, controls_for(parse), max_pixels=max_pixels)
+        trusted = read_back.resolve(event, data)
+    except Refused as exc:
+        log.info("webhook %s ignored: %s", event, exc)
+        return {"ignored": str(exc)}
+    try:
+        return dispatch(event, trusted, controls_for(parse), max_pixels=max_pixels)
     except EventError as exc:
         log.warning("webhook %s not used: %s", event, exc)
         return {"error": f"EventError: {exc}"}

@@ -241,9 +241,10 @@ class CASSManager(LabelStudioMLManager):
         from backend.corrections.events import EVENTS
 
         if event in EVENTS:
+            from backend.corrections.readback import ReadBack
             from backend.corrections.wiring import handle_annotation_event
 
-            out["result"] = handle_annotation_event(event, data, pipeline.parse,
+            out["result"] = handle_annotation_event(event, data, pipeline.parse, ReadBack(pipeline.projects),
                                                     max_pixels=getattr(pipeline.settings, "max_image_pixels", None))
             log.info("webhook %s for project %s: %s", event, project_id, out["result"])
         elif event == "TASKS_CREATED":

@@ -18,6 +18,10 @@ class LabelStudioError(RuntimeError):
     """Label Studio refused or failed a call the job needs (the message names the call)."""
 
 
+class LabelStudioNotFound(LabelStudioError):
+    """Label Studio answered 404: the object does not exist (or is not visible to the token)."""
+
+
 class Projects:
     """One Label Studio (``url`` + ``api_key``) seen as projects, tasks and predictions."""
 
@@ -39,12 +43,40 @@ class Projects:
             resp = http.request(path.lstrip("/"), method="GET", params=params)
         except Exception as exc:
             raise LabelStudioError(f"GET {self.url}{path}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code == 404:
+            raise LabelStudioNotFound(f"GET {self.url}{path} answered HTTP 404")
         if resp.status_code != 200:
             raise LabelStudioError(f"GET {self.url}{path} answered HTTP {resp.status_code}: {resp.text[:300]}")
         return resp.json()
 
     def label_config(self, project: int) -> str:
-        return self._get(f"/api/projects/{int(project)}")["label_config"]
+        return self.project(project)["label_config"]
+
+    def project(self, project: int) -> dict:
+        """``GET /api/projects/{id}`` as a dict (the sdk's typed project is the Enterprise one)."""
+        return self._get(f"/api/projects/{int(project)}/")
+
+    def task(self, task: int) -> dict:
+        """``GET /api/tasks/{id}`` as a dict (``id``, ``data``, ``project``, ...); the sdk's
+        ``tasks.get`` answers an Enterprise-only union of task models, so its HTTP client is used."""
+        return self._get(f"/api/tasks/{int(task)}/")
+
+    def annotation(self, annotation: int) -> dict:
+        """``GET /api/annotations/{id}`` through the sdk's ``annotations.get``: ``id``, ``result``,
+        ``task``, ``project``, ``updated_at`` (ISO text), ``was_cancelled``, ``parent_prediction``.
+        Raises :class:`LabelStudioNotFound` for a 404, :class:`LabelStudioError` otherwise."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        call = f"GET {self.url}/api/annotations/{int(annotation)}"
+        try:
+            model = self.client.annotations.get(id=int(annotation))
+        except ApiError as exc:
+            if exc.status_code == 404:
+                raise LabelStudioNotFound(f"{call} answered HTTP 404") from None
+            raise LabelStudioError(f"{call} answered HTTP {exc.status_code}") from None
+        except Exception as exc:
+            raise LabelStudioError(f"{call}: {type(exc).__name__}: {exc}") from None
+        return model.model_dump(mode="json")
 
     def tasks(self, project: int, ids: Iterable[int] | None = None, view: int | None = None,
               page_size: int = 200) -> list[dict]:

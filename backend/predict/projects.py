@@ -65,6 +65,12 @@ class ProjectRegistry:
     def remember(self, project, connection: Connection) -> None:
         self._projects.put(str(project), connection)
 
+    def known(self, project) -> bool:
+        """Whether ``/setup`` was seen for ``project`` (a webhook's project object or ``/setup``'s
+        string): the backend acts on webhooks only for projects it was set up for."""
+        key = setup_project_key(project) if isinstance(project, dict) else str(project)
+        return self._projects.get(key) is not None
+
     def recall(self, project) -> Connection:
         """The project's connection; a webhook's project object is keyed like ``/setup``'s string."""
         key = setup_project_key(project) if isinstance(project, dict) else str(project)
