@@ -103,12 +103,14 @@ def annotation(config_name: str) -> dict:
             "original_height": H, "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["dog"]}}
 
 
-def remember_a_correction(client, config: str, config_name: str) -> None:
-    """An annotation webhook (the /webhook door) that stores a project-memory entry."""
+def remember_a_correction(client, ls, config: str, config_name: str) -> None:
+    """An annotation webhook (the /webhook door) that stores a project-memory entry; the backend reads
+    the annotation, task and project back from (fake) Label Studio."""
     data = ls_request("webhook_annotation_created")
     data["project"]["label_config"] = config
-    data["task"] = {"id": 1, "data": {"image": UPLOADS[0]}}
+    data["task"] = {"id": 1, "data": {"image": UPLOADS[0]}, "project": data["project"]["id"]}
     data["annotation"].update(id=7, task=1, result=[annotation(config_name)])
+    ls.add_annotation_event(data)
     out = client.post("/webhook", json=data).get_json()
     assert out["result"]["listeners"]["project_memory"][0]["memory"] == "stored", out
 
@@ -128,7 +130,7 @@ def test_every_door_gives_the_same_regions_and_version(ls, engine, redis_url, co
     project_key = setup["project"]
     version = client.post("/setup", json=setup).get_json()["model_version"]
     if memory:
-        remember_a_correction(client, config, config_name)
+        remember_a_correction(client, ls, config, config_name)
         with_memory = client.post("/setup", json=setup).get_json()["model_version"]
         assert with_memory.startswith(version + "-mem.") and with_memory != version
         version = with_memory
