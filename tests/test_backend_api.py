@@ -221,7 +221,8 @@ def test_real_tiny_engine_end_to_end_through_the_app(ls, tiny_weights):
 def test_redis_url_gives_a_shared_feature_cache(ls, tiny_weights, redis_url):  # noqa: F811
     clip, dino = tiny_weights
     settings = Settings(clip_weights=str(clip), dino_weights=str(dino), label_studio_url=ls.url,
-                        label_studio_api_key=LEGACY_TOKEN, redis_url=redis_url, warmup=False)
+                        label_studio_api_key=LEGACY_TOKEN, redis_url=redis_url, cache_redis_url=redis_url,
+                        warmup=False)  # one Redis in both roles, as REDIS_URL alone gives
     client = create_app(settings).test_client()
     health = client.get("/health").get_json()
     assert health["cache"]["backend"] == "redis" and health["cache"]["reachable"] is True
