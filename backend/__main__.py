@@ -85,7 +85,8 @@ def serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     try:
         settings = Settings.from_env()
-        server_checks(settings)  # basic auth or CASS_ALLOW_UNAUTHENTICATED; the state Redis's policy
+        server_checks(settings, host=args.host)  # basic auth, a loopback bind or CASS_ALLOW_UNAUTHENTICATED;
+                                                  # the state Redis's policy
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
 """Checks a serving process and a job worker run before they start (issue 21; docs/security.md).
 
 * :func:`check_exposure`: the HTTP server refuses to start without basic auth
-  (``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``) unless ``CASS_ALLOW_UNAUTHENTICATED=true`` says the
-  network is trusted: ``POST /jobs``, ``DELETE /jobs`` and ``POST /webhook`` change state, and
+  (``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``) unless it is bound to loopback only (``python -m backend
+  --host 127.0.0.1``: nothing outside the machine reaches it) or ``CASS_ALLOW_UNAUTHENTICATED=true``
+  says the network is trusted: ``POST /jobs``, ``DELETE /jobs`` and ``POST /webhook`` change state, and
   ``/predict`` spends the machine. Called by the served entry points (``python -m backend``,
   ``backend._wsgi``), not by ``create_app``, so tests build apps freely;
 * :func:`warn_if_state_redis_evicts`: the state Redis (``CASS_STATE_REDIS_URL``, else
@@ -12,6 +13,7 @@
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from backend.config import ConfigError, Settings
@@ -19,9 +21,25 @@ from backend.config import ConfigError, Settings
 log = logging.getLogger("backend.startup")
 
 
-def check_exposure(settings: Settings) -> None:
-    """Raise :class:`ConfigError` when the server would serve its state-changing endpoints to anyone."""
+def is_loopback(host: str | None) -> bool:
+    """``host`` (a bind address) reaches this machine only: 127.0.0.0/8, ::1 or ``localhost``."""
+    if host is None:
+        return False
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, host: str | None = None) -> None:
+    """Raise :class:`ConfigError` when the server would serve its state-changing endpoints to anyone.
+    ``host``: the address the server binds (None when unknown, e.g. under gunicorn: not loopback)."""
     if settings.basic_auth_user and settings.basic_auth_pass:
+        return
+    if is_loopback(host):
+        log.info("serving on %s (loopback only) without basic auth: only this machine reaches it", host)
         return
     if settings.allow_unauthenticated:
         log.warning("CASS_ALLOW_UNAUTHENTICATED=true: serving WITHOUT basic auth; anyone who can reach this "
@@ -32,7 +50,8 @@ def check_exposure(settings: Settings) -> None:
                       "the backend could start or cancel jobs (POST/DELETE /jobs), send webhooks (POST /webhook) "
                       "and run predictions. Either set BASIC_AUTH_USER and BASIC_AUTH_PASS (and the same pair in "
                       "Label Studio's model connection, plus an Authorization header on its webhook), or, on a "
-                      "trusted network only, set CASS_ALLOW_UNAUTHENTICATED=true (docs/security.md)")
+                      "trusted network only, set CASS_ALLOW_UNAUTHENTICATED=true (docs/security.md). Bound to "
+                      "loopback only (--host 127.0.0.1) none of this is needed")
 
 
 def state_redis_policy(conn) -> str | None:
@@ -73,7 +92,8 @@ def check_state_redis(settings: Settings) -> None:
         log.info("state Redis not checked: %s: %s", type(exc).__name__, exc)
 
 
-def server_checks(settings: Settings) -> None:
-    """What a serving process checks before loading the model (raises :class:`ConfigError`)."""
-    check_exposure(settings)
+def server_checks(settings: Settings, host: str | None = None) -> None:
+    """What a serving process checks before loading the model (raises :class:`ConfigError`);
+    ``host``: the bind address of ``python -m backend`` (None: unknown)."""
+    check_exposure(settings, host)
     check_state_redis(settings)

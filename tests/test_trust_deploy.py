@@ -127,3 +127,18 @@ def test_compose_redis_network_is_internal():
     for name in ("redis-cache", "redis-state"):
         assert compose["services"][name]["networks"] == ["redis"]
     assert "redis" in compose["services"]["cass-backend"]["networks"]
+
+
+@pytest.mark.parametrize("host,refused", [("127.0.0.1", False), ("::1", False), ("localhost", False),
+                                          ("127.0.0.2", False), ("0.0.0.0", True), ("::", True),
+                                          ("192.168.1.5", True), (None, True)])
+def test_a_loopback_bind_needs_no_basic_auth(host, refused):
+    """Bound to loopback only, nothing outside this machine reaches the backend: the README's one-step
+    run (``--host 127.0.0.1``) starts without BASIC_AUTH_*; any other bind (or gunicorn's, unknown
+    here: None) still needs them or the explicit opt-out."""
+    settings = Settings.from_env({})
+    if refused:
+        with pytest.raises(ConfigError, match="BASIC_AUTH_USER"):
+            check_exposure(settings, host=host)
+    else:
+        check_exposure(settings, host=host)
