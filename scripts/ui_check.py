@@ -74,6 +74,9 @@ CONFIG = """<View>
     <Label value="grass" background="#00cc44"/>
   </BrushLabels>
 </View>"""
+# one region per connected object (cass_instances, docs/polygons.md): a photo with several objects
+INSTANCES_CONFIG = CONFIG.replace('<BrushLabels name="tag" toName="image">',
+                                  '<BrushLabels name="tag" toName="image" cass_instances="true">')
 
 
 def log(msg: str) -> None:
@@ -89,6 +92,18 @@ def make_images() -> dict[str, bytes]:
     d.ellipse((110, 60, 210, 180), fill=(230, 140, 40))
     b = Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8))
     return {"scene.png": encoded(a, "PNG"), "noise.png": encoded(b, "PNG")}
+
+
+def objects_image() -> dict[str, bytes]:
+    """A 480x320 picture with several separate objects: three discs and two boxes on grass under sky."""
+    img = Image.new("RGB", (480, 320), (120, 170, 230))
+    d = ImageDraw.Draw(img)
+    d.rectangle((0, 200, 480, 320), fill=(40, 150, 50))
+    for x0, y0 in ((30, 210), (190, 230), (350, 215)):
+        d.ellipse((x0, y0, x0 + 80, y0 + 70), fill=(230, 140, 40))
+    for x0, y0 in ((70, 40), (300, 60)):
+        d.rectangle((x0, y0, x0 + 90, y0 + 80), fill=(90, 60, 40))
+    return {"objects.png": encoded(img, "PNG")}
 
 
 def start_label_studio(root: Path) -> tuple[str, subprocess.Popen, Path]:
@@ -243,9 +258,10 @@ def main() -> int:
     ap.add_argument("screenshot", nargs="?", default="/tmp/ui_check.png")
     ap.add_argument("--images", type=int, choices=(1, 2), default=2, help="images to import (default 2)")
     ap.add_argument("--keep-dir", action="store_true", help="keep the work dir (logs, page HTML)")
-    ap.add_argument("--project", choices=("brush", "polygon"), default="brush",
+    ap.add_argument("--project", choices=("brush", "polygon", "instances"), default="brush",
                     help="brush: BrushLabels (default); polygon: PolygonLabels + smart RectangleLabels and "
-                         "KeyPointLabels, interactive pre-annotation on, a smart rectangle and keypoint drawn")
+                         "KeyPointLabels, interactive pre-annotation on, a smart rectangle and keypoint drawn; "
+                         "instances: BrushLabels with cass_instances=\"true\" on a photo of several objects")
     ap.add_argument("--record", default=None, help="polygon: write the interactive /predict bodies here")
     args = ap.parse_args()
     shot = Path(args.screenshot).resolve()
@@ -272,9 +288,10 @@ def main() -> int:
             from ui_smart import CONFIG as SMART_CONFIG, RecordingProxy
 
             proxy = RecordingProxy(be_url)
-        pid = ls("POST", "/api/projects", json={"title": "CASS UI check",
-                                                 "label_config": SMART_CONFIG if polygon else CONFIG})["id"]
-        images = dict(list(make_images().items())[: 1 if polygon else args.images])
+        instances = args.project == "instances"
+        config = SMART_CONFIG if polygon else INSTANCES_CONFIG if instances else CONFIG
+        pid = ls("POST", "/api/projects", json={"title": "CASS UI check", "label_config": config})["id"]
+        images = objects_image() if instances else dict(list(make_images().items())[: 1 if polygon else args.images])
         ls("POST", f"/api/projects/{pid}/import", files={n: (n, b, "image/png") for n, b in images.items()})
         ids = sorted(t["id"] for t in ls("GET", "/api/tasks", params={"project": pid, "page_size": 100})["tasks"])
         ml = ls("POST", "/api/ml", json={"url": proxy.url if proxy else be_url, "project": pid, "title": "CASS",
