@@ -76,7 +76,7 @@ class FakeLabelStudio:
                 if not self.authorised():
                     return
                 url = urlsplit(self.path)
-                if url.path == "/api/projects/1":
+                if url.path.rstrip("/") == "/api/projects/1":  # with or without the final slash
                     return self.reply(200, json.dumps({"id": 1, "label_config": CONFIG}).encode())
                 if url.path == "/api/tasks":
                     return self.reply(200, json.dumps(fake.tasks(parse_qs(url.query))).encode())
