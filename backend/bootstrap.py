@@ -28,14 +28,16 @@ class Services:
 def build(settings: Settings | None = None, predictor=None, *, warm_tasks: bool = True) -> Services:
     """Everything a process needs; loads the engine unless ``predictor`` is given."""
     from backend.corrections.wiring import install_listeners
-    from backend.predict.pipeline import Pipeline
+    from backend.predict.pipeline import Pipeline, parse_config
+    from backend.predict.project_store import ProjectStore
     from backend.predict.loading import build_predictor
     from backend.predict.projects import ProjectRegistry
     from backend.predict.warm_tasks import make_task_warmer
 
     settings = settings or Settings.from_env()
     predictor = predictor or build_predictor(settings)
-    projects = ProjectRegistry(settings)
+    projects = ProjectRegistry(settings, ProjectStore.from_url(settings.state_redis_url),
+                               parse=lambda label_config: parse_config(label_config, settings))
     warmer = make_task_warmer(predictor, settings) if warm_tasks else None
     memory = install_listeners(settings, predictor, projects)
     pipeline = Pipeline(predictor, settings, projects, memory, warmer)

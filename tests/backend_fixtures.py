@@ -204,6 +204,28 @@ class FakeLabelStudio(_Server):
             self.add_api(f"/api/tasks/{task['id']}", task)
         self.add_api(f"/api/projects/{project['id']}", project)
 
+    def add_tasks(self, project: int, tasks: list[dict]) -> None:
+        """Serve ``tasks`` as ``project``'s at ``GET /api/tasks?project=..`` (with ``selectedItems``
+        ``{"all": false, "included": [ids]}`` and ``page``/``page_size``, as Label Studio 1.23.2)."""
+        self.project_tasks = {**getattr(self, "project_tasks", {}),
+                              int(project): [*getattr(self, "project_tasks", {}).get(int(project), []), *tasks]}
+
+        def serve(req):
+            if not self.authorized(req):
+                return 401, {"Content-Type": "application/json"}, b'{"detail": "Authentication credentials were not provided."}'
+            q = {k: v[0] for k, v in req["query"].items()}
+            found = self.project_tasks.get(int(q.get("project", -1)), [])
+            if "selectedItems" in q:
+                included = set(json.loads(q["selectedItems"]).get("included") or [])
+                found = [t for t in found if t["id"] in included]
+            size, page = int(q.get("page_size", 100)), int(q.get("page", 1))
+            if page > 1 and (page - 1) * size >= len(found):
+                return 404, {"Content-Type": "application/json"}, b'{"detail": "Invalid page."}'
+            body = {"tasks": [{**t, "project": int(q["project"])} for t in found[(page - 1) * size:page * size]],
+                    "total": len(found)}
+            return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
+        self.routes["/api/tasks"] = serve
+
     def add_presign(self, task_id: int, cloud_path: str) -> None:
         self.routes[f"/tasks/{task_id}/presign/"] = lambda req: self._presign(req, cloud_path)
 

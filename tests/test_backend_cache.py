@@ -157,10 +157,19 @@ def scrape(client) -> dict[str, float]:
     return parse_metrics(resp.get_data(as_text=True))
 
 
-def tasks_created(config: str, *images: str) -> dict:
+def tasks_created(ls, client, config: str, *images: str, data: tuple[dict, ...] = ()) -> dict:
+    """Project 1 set up with ``config`` (``/setup``, with fake Label Studio's address and token), tasks
+    of ``images`` (and task ``data``) imported into it, and the ``TASKS_CREATED`` webhook naming them:
+    the backend reads the tasks back from Label Studio by id (issue 21)."""
+    setup = ls_request("setup")
+    setup.update(schema=config, hostname=ls.url, access_token=LEGACY_TOKEN)
+    client.post("/setup", json=setup)
+    first = 10 + len(getattr(ls, "project_tasks", {}).get(1, []))
+    tasks = [{"id": first + i, "data": d} for i, d in enumerate([*({"image": url} for url in images), *data])]
+    ls.add_tasks(1, tasks)
     body = ls_request("webhook_tasks_created")
     body["project"]["label_config"] = config
-    body["tasks"] = [{**body["tasks"][0], "id": 10 + i, "data": {"image": url}} for i, url in enumerate(images)]
+    body["tasks"] = [{**body["tasks"][0], "id": t["id"], "data": {}} for t in tasks]
     return body
 
 
@@ -235,17 +244,15 @@ def test_redis_killed_mid_test_predictions_and_metrics_keep_working(ls, engine, 
 def test_tasks_created_returns_at_once_and_warms_the_cache_in_the_background(make_client, cache_url, engine, ls,
                                                                              creds):
     client, predictor = make_client(cache_url, env_key=creds == "env key")
-    if creds == "setup token":  # no LABEL_STUDIO_* in the env: the project's /setup address and token
-        setup = ls_request("setup")
-        setup.update(hostname=ls.url, access_token=LEGACY_TOKEN)
-        assert setup["project"] == setup_project_key(ls_request("webhook_tasks_created")["project"])
-        client.post("/setup", json=setup)
+    # without LABEL_STUDIO_* in the env ("setup token"): the project's /setup address and token
+    assert ls_request("setup")["project"] == setup_project_key(ls_request("webhook_tasks_created")["project"])
+    hook = tasks_created(ls, client, COLOURS, A, A, B)
     engine.dino.gate = threading.Event()  # hold the warm-up's encode inside DINO
     try:
-        resp = client.post("/webhook", json=tasks_created(COLOURS, A, A, B))
+        resp = client.post("/webhook", json=hook)
         # answered while the encode is still held (it cannot have finished: the gate is closed)
         assert resp.status_code == 201
-        assert resp.get_json()["warmup"] == {"queued": 2, "rejected": 0, "skipped": 0}
+        assert resp.get_json()["warmup"] == {"tasks": 3, "unread": 0, "queued": 2, "rejected": 0, "skipped": 0}
         wait_until(engine.dino.waiting.is_set, "the warm-up worker started encoding")
         assert predictor.cache.stats()["misses"] == 1 and predictor.cache.stats()["hits"] == 0
     finally:
@@ -257,7 +264,9 @@ def test_tasks_created_returns_at_once_and_warms_the_cache_in_the_background(mak
     assert predictor.encode_calls == 2  # the warm-up encodes under the Predictor's engine lock
     warm_uploads = [r for r in ls.requests if r["path"] in (A, B)]
     assert len(warm_uploads) == 2
-    assert all(r["headers"]["Authorization"] == f"Token {LEGACY_TOKEN}" for r in warm_uploads)
+    read_back = [r for r in ls.requests if r["path"] == "/api/tasks"]
+    assert len(read_back) == 1
+    assert all(r["headers"]["Authorization"] == f"Token {LEGACY_TOKEN}" for r in warm_uploads + read_back)
 
     towers = tower_calls(engine)
     results = predict(client, CATS, A, B)
@@ -268,20 +277,21 @@ def test_tasks_created_returns_at_once_and_warms_the_cache_in_the_background(mak
     assert (metrics["cass_feature_cache_hits_total"], metrics["cass_feature_cache_misses_total"]) == (2, 2)
 
 
-def test_full_warmup_queue_is_counted_and_logged_once_and_never_blocks(make_client, engine, caplog):
+def test_full_warmup_queue_is_counted_and_logged_once_and_never_blocks(make_client, engine, ls, caplog):
     client, predictor = make_client(None, warmup_queue=1)
     caplog.set_level(logging.INFO)
     engine.dino.gate = threading.Event()
     try:
-        assert client.post("/webhook", json=tasks_created(CATS, A)).get_json()["warmup"]["queued"] == 1
+        assert client.post("/webhook", json=tasks_created(ls, client, CATS, A)).get_json()["warmup"]["queued"] == 1
         wait_until(engine.dino.waiting.is_set, "the worker holds A")  # the queue (1 place) is empty
-        first = client.post("/webhook", json=tasks_created(CATS, B, C)).get_json()["warmup"]
-        second = client.post("/webhook", json=tasks_created(CATS, C)).get_json()["warmup"]
-        assert first == {"queued": 1, "rejected": 1, "skipped": 0}
-        assert second == {"queued": 0, "rejected": 1, "skipped": 0}
+        first = client.post("/webhook", json=tasks_created(ls, client, CATS, B, C)).get_json()["warmup"]
+        second = client.post("/webhook", json=tasks_created(ls, client, CATS, C)).get_json()["warmup"]
+        # a warm-up queue of 1 reads back 1 task of each webhook (the first id): B, then C
+        assert first == {"tasks": 1, "unread": 1, "queued": 1, "rejected": 0, "skipped": 0}
+        assert second == {"tasks": 1, "unread": 0, "queued": 0, "rejected": 1, "skipped": 0}
         full = [r for r in caplog.records if "warm-up queue full" in r.getMessage()]
         assert len(full) == 1 and full[0].levelno == logging.WARNING
-        assert scrape(client)["cass_warmup_rejected_total"] == 2
+        assert scrape(client)["cass_warmup_rejected_total"] == 1
     finally:
         engine.dino.gate.set()
     wait_until(lambda: scrape(client)["cass_warmup_computed_total"] == 2, "A and B warmed")
@@ -291,18 +301,18 @@ def test_full_warmup_queue_is_counted_and_logged_once_and_never_blocks(make_clie
 
 def test_warmup_off_and_bad_or_foreign_webhooks(make_client, engine, ls):
     client, _ = make_client(None, warmup_queue=0)
-    resp = client.post("/webhook", json=tasks_created(CATS, A))
+    resp = client.post("/webhook", json=tasks_created(ls, client, CATS, A))
     assert resp.status_code == 201 and "warmup" not in resp.get_json()
     assert scrape(client)["cass_warmup_max_queue"] == 0
 
     client, _ = make_client(None)
     rect = "<View><Image name='image' value='$image'/><RectangleLabels name='b' toName='image'/></View>"
-    assert client.post("/webhook", json=tasks_created(rect, A)).status_code == 201  # not ours: nothing to warm
-    body = tasks_created(CATS, A)
-    body["tasks"].append({"id": 99, "data": {"picture": B}})  # no image field: skipped
-    body["tasks"].append({"id": 100, "data": {"image": MISSING}})  # fetch fails in the worker: counted
+    resp = client.post("/webhook", json=tasks_created(ls, client, rect, A))  # /setup refused: not set up
+    assert resp.status_code == 201 and "not set up" in resp.get_json()["refused"]
+    body = tasks_created(ls, client, CATS, A, data=({"picture": B},  # no image field: skipped
+                                                     {"image": MISSING}))  # fetch fails in the worker: counted
     resp = client.post("/webhook", json=body)
-    assert resp.get_json()["warmup"] == {"queued": 2, "rejected": 0, "skipped": 1}
+    assert resp.get_json()["warmup"] == {"tasks": 3, "unread": 0, "queued": 2, "rejected": 0, "skipped": 1}
     wait_until(lambda: scrape(client)["cass_warmup_computed_total"] + scrape(client)["cass_warmup_failed_total"] == 2,
                "warm-up finished")
     metrics = scrape(client)

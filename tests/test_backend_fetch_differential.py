@@ -155,9 +155,11 @@ def test_predict_with_a_crafted_url_is_an_error_entry_and_no_token_leaves(ls, re
 
 def test_tasks_created_warm_up_with_a_crafted_url_sends_no_token(ls, recorder):
     client = app(ls, warmup_queue=10)
+    assert client.post("/setup", json=ls_request("setup")).status_code == 200
     body = ls_request("webhook_tasks_created")
-    body["tasks"][0]["data"]["image"] = crafted(recorder, ls)
-    assert client.post("/webhook", json=body).status_code == 201
+    ls.add_tasks(1, [{"id": body["tasks"][0]["id"], "data": {"image": crafted(recorder, ls)}}])  # Label Studio's task
+    resp = client.post("/webhook", json=body)
+    assert resp.status_code == 201 and resp.get_json()["warmup"]["queued"] == 1, resp.get_json()
     warmer = CASSManager.pipeline().warmer
     assert warmer.join(10)
     assert recorder.requests == []

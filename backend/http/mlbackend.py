@@ -40,7 +40,7 @@ from backend.controls.digest_cache import config_digest
 from backend.controls.labels import LabelConfigError
 from backend.controls.smart import ContextError
 from backend.fetch.images import ImageFetchError
-from backend.predict.pipeline import Pipeline, RequestContext
+from backend.predict.pipeline import Pipeline, Refused, RequestContext
 from backend.predict.projects import Connection, setup_project_key
 
 log = logging.getLogger("backend.http.mlbackend")
@@ -211,7 +211,8 @@ class CASSManager(LabelStudioMLManager):
         model = cls._build(label_config, **params)
         cls.pipeline().projects.remember(project, Connection(
             params["hostname"], params["access_token"], model.controls,
-            config_digest(label_config) if isinstance(label_config, str) else None))
+            config_digest(label_config) if isinstance(label_config, str) else None),
+            label_config if isinstance(label_config, str) else None)
         version = cls.pipeline().version(project, model.controls, model.label_config_text)
         cls._current_model = ModelWrapper(model=model, model_version=version)
         log.info("setup project %s: %d output control(s), model_version %s", project, len(model.controls), version)
@@ -248,34 +249,21 @@ class CASSManager(LabelStudioMLManager):
                                                     max_pixels=getattr(pipeline.settings, "max_image_pixels", None))
             log.info("webhook %s for project %s: %s", event, project_id, out["result"])
         elif event == "TASKS_CREATED":
-            warmup = cls._warm(project, data.get("tasks"))
+            try:
+                warmup = pipeline.warm_created(project, data.get("tasks"))
+            except Refused as exc:
+                out["refused"] = str(exc)
+                log.info("webhook %s for project %s: no warm-up: %s", event, project_id, exc)
+                return out
             if warmup is not None:
                 out["warmup"] = warmup
             log.info("webhook %s for project %s: %s", event, project_id,
                      "no warm-up (off, or no usable label config)" if warmup is None else
-                     "warm-up: {queued} image(s) queued, {rejected} rejected, {skipped} task(s) "
-                     "skipped".format(**warmup))
+                     "warm-up: {tasks} task(s) read back, {queued} image(s) queued, {rejected} rejected, "
+                     "{skipped} task(s) skipped".format(**warmup))
         else:
             log.info("webhook %s for project %s: nothing to train", event, project_id)
         return out
-
-    @classmethod
-    def _warm(cls, project, tasks) -> dict | None:
-        """Queue ``TASKS_CREATED`` tasks for warm-up with the project's own label config and the
-        Label Studio address/token of its ``/setup`` (as ``/predict`` would fetch them)."""
-        pipeline = cls.pipeline()
-        if pipeline.warmer is None or not isinstance(project, dict):
-            return None
-        label_config = project.get("label_config")
-        if not isinstance(label_config, str) or not label_config.strip():
-            return None
-        key = setup_project_key(project)
-        try:
-            ctx = pipeline.context(key, pipeline.parse(label_config), label_config=label_config)
-        except (LabelConfigError, ImageFetchError) as exc:  # a config CASS cannot use: nothing to warm
-            log.info("warm-up of project %s skipped: %s", project.get("id"), exc)
-            return None
-        return pipeline.warm(tasks, ctx)
 
     @classmethod
     def is_training(cls, project):

@@ -11,15 +11,32 @@ differ only in what they do with it: answer HTTP, post to Label Studio in bulk, 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from backend.controls.config import Controls, parse_controls
 from backend.controls.smart import ContextError, Refiner
-from backend.predict.projects import Connection, ProjectRegistry
+from backend.fetch.images import ImageFetchError
+from backend.labelstudio.client import LabelStudioError, Projects
+from backend.predict.projects import Connection, ProjectRegistry, setup_project_key
+
+log = logging.getLogger("backend.predict.pipeline")
 
 Fetch = Callable[[str, Any], bytes]
+#: Seconds one ``TASKS_CREATED`` read-back call may take (Label Studio itself waits 1 s for the answer).
+READ_BACK_TIMEOUT_S = 10.0
+
+
+class Refused(Exception):
+    """A webhook this backend does not act on; ``str(exc)`` is the whole answer (ids only)."""
+
+
+def parse_config(label_config: str, settings) -> Controls:
+    """The project's controls with the settings' nothing rule, vocabulary limits and region defaults;
+    raises ``LabelConfigError`` naming what CASS cannot serve."""
+    return parse_controls(label_config, settings.nothing, settings.limits, getattr(settings, "regions", None))
 
 
 @dataclass(frozen=True)
@@ -62,9 +79,8 @@ class Pipeline:
 
     # -- the request context --------------------------------------------------------------------
     def parse(self, label_config: str) -> Controls:
-        """The project's controls; raises ``LabelConfigError`` naming what CASS cannot serve."""
-        return parse_controls(label_config, self.settings.nothing, self.settings.limits,
-                              getattr(self.settings, "regions", None))
+        """The project's controls (:func:`parse_config` with this pipeline's settings)."""
+        return parse_config(label_config, self.settings)
 
     def project_memory(self, project, label_config: str | None = None):
         """The project's memory when it is on and holds entries, else None."""
@@ -114,3 +130,36 @@ class Pipeline:
         if self.warmer is None or not ctx.controls:
             return None
         return self.warmer.submit_tasks(tasks, ctx.controls, ctx.fetch, ctx.origin)
+
+    def warm_created(self, project, payload_tasks, read_back: Callable[[str, str], Projects] | None = None) -> dict | None:
+        """``TASKS_CREATED`` is a notification: for a project set up with this backend, the tasks it
+        names are read back from Label Studio by id (at most the warm-up queue's size, the rest
+        counted as ``unread``; the project's
+        own credentials) and their images queued with the controls of the project's ``/setup``. The
+        payload's task data and label config are never used. None when warm-up is off; raises
+        :class:`Refused` (ids only in its text) for a project not set up, or a Label Studio that can't
+        be read. ``read_back(url, key)``: the Label Studio client (default :class:`Projects`)."""
+        if self.warmer is None:
+            return None
+        pid = project.get("id") if isinstance(project, dict) else None
+        if not isinstance(pid, int) or isinstance(pid, bool) or not self.projects.known(project):
+            raise Refused(f"project {pid if isinstance(pid, int) else '?'} was not set up with this backend")
+        connection = self.projects.recall(project)
+        if not connection.controls:
+            return None
+        ids = [t["id"] for t in payload_tasks if isinstance(t, dict) and isinstance(t.get("id"), int)
+               and not isinstance(t["id"], bool)] if isinstance(payload_tasks, list) else []
+        unread = max(0, len(ids) - self.warmer.max_queue)  # beyond the queue's size: not read, not warmed
+        ids = ids[:self.warmer.max_queue]
+        url, key = self.projects.credentials(project)
+        try:
+            client = (read_back or (lambda u, k: Projects(u, k, timeout_s=READ_BACK_TIMEOUT_S)))(url, key)
+            tasks = client.tasks(pid, ids) if ids else []
+        except LabelStudioError as exc:
+            log.warning("warm-up of project %s: its new tasks could not be read back: %s", pid, exc)
+            raise Refused(f"Label Studio could not be read for the tasks of project {pid}") from None
+        try:
+            ctx = self.context(setup_project_key(project), connection.controls)
+        except ImageFetchError as exc:  # a Label Studio address the strict URL parse refuses
+            raise Refused(f"project {pid}: {exc}") from None
+        return {"tasks": len(tasks), "unread": unread, **self.warmer.submit_tasks(tasks, ctx.controls, ctx.fetch, ctx.origin)}
