@@ -454,3 +454,18 @@ def test_job_metrics_collector(conn, redis_url):  # noqa: F811
     text = render_job_metrics(redis_url).decode()
     assert 'cass_job_tasks{job="' in text and 'state="total"} 3.0' in text and "cass_jobs_queue_length 1.0" in text
     assert render_job_metrics(None) == b""
+
+
+def test_auto_preannotate_starts_a_job_only_for_a_project_set_up_with_this_backend(conn, redis_url):  # noqa: F811
+    """Issue 21: a forged ``TASKS_CREATED`` naming a project never set up must not make the backend write
+    predictions into it with its token (a confused deputy)."""
+    from backend.jobs.http import auto_preannotate
+
+    client = jobs_app(conn, redis_url, FakeProjects(3), auto_preannotate=True)
+    app = client.application
+    hook = {"project": {"id": 1, "created_at": "2026-11-27T21:18:42Z"}, "tasks": [{"id": 1}, {"id": 2}]}
+    refused = auto_preannotate(app, hook, known=lambda project: False)
+    assert refused == {"error": "project 1 was not set up with this backend"}
+    assert client.get("/jobs").get_json()["jobs"] == []
+    started = auto_preannotate(app, hook, known=lambda project: project["id"] == 1)
+    assert started["tasks"] == 2 and started["job"]

@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         event = data.pop("action")
         out = CASSManager.webhook(event, data)
         if event == "TASKS_CREATED":  # CASS_AUTO_PREANNOTATE=true: a job for the new tasks (docs/jobs.md)
-            auto = auto_preannotate(app, data)
+            auto = auto_preannotate(app, data, known=CASSManager.pipeline().projects.known)
             if auto is not None:
                 out["preannotate"] = auto
         return jsonify(out), 201

@@ -11,6 +11,7 @@ tasks.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import redis
 from flask import Blueprint, current_app, jsonify, request
@@ -105,8 +106,11 @@ def auto_enabled(settings) -> bool:
     return settings.jobs.auto_preannotate
 
 
-def auto_preannotate(app, data: dict) -> dict | None:
-    """``TASKS_CREATED`` with ``CASS_AUTO_PREANNOTATE=true``: a job for the new tasks (None when off)."""
+def auto_preannotate(app, data: dict, known: Callable[[dict], bool]) -> dict | None:
+    """``TASKS_CREATED`` with ``CASS_AUTO_PREANNOTATE=true``: a job for the new tasks (None when off).
+
+    Only for a project this backend was set up for (``known(project)``: the project registry); the job
+    reads the named tasks back from that project in Label Studio, so ids of other projects do nothing."""
     state = app.extensions["cass_jobs"]
     if not auto_enabled(state["settings"]):
         return None
@@ -115,6 +119,8 @@ def auto_preannotate(app, data: dict) -> dict | None:
     ids = tuple(t["id"] for t in tasks or () if isinstance(t, dict) and isinstance(t.get("id"), int))
     if not isinstance(project, dict) or not isinstance(project.get("id"), int) or not ids:
         return {"error": "no project id or task ids in the webhook"}
+    if not known(project):
+        return {"error": f"project {project['id']} was not set up with this backend"}
     try:
         rec = jobs_for(state).start(JobSpec(project=project["id"], task_ids=ids), state["predictor"].model_version,
                                     background=True)

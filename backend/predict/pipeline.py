@@ -139,11 +139,11 @@ class Pipeline:
         payload's task data and label config are never used. None when warm-up is off; raises
         :class:`Refused` (ids only in its text) for a project not set up, or a Label Studio that can't
         be read. ``read_back(url, key)``: the Label Studio client (default :class:`Projects`)."""
-        if self.warmer is None:
-            return None
         pid = project.get("id") if isinstance(project, dict) else None
         if not isinstance(pid, int) or isinstance(pid, bool) or not self.projects.known(project):
             raise Refused(f"project {pid if isinstance(pid, int) else '?'} was not set up with this backend")
+        if self.warmer is None:
+            return None
         connection = self.projects.recall(project)
         if not connection.controls:
             return None
