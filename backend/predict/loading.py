@@ -48,7 +48,7 @@ def make_feature_cache(redis_url: str | None, holds_state: bool = False) -> "Fea
     """``cass.cache``'s feature cache: Redis when ``redis_url`` (``Settings.cache_redis_url``) is set,
     else in-process, sized by its ``CASS_CACHE_*`` variables (docs/cache.md). ``holds_state``: that
     Redis is also the state Redis (one ``REDIS_URL``)."""
-    from cass.cache.env import make_cache_from_env
+    from cass.cache.settings import make_cache_from_env
 
     return make_cache_from_env({**os.environ, "CASS_CACHE_REDIS_URL": redis_url or "", "REDIS_URL": ""},
                                holds_state=holds_state)
