@@ -106,3 +106,41 @@ def test_the_predictor_builds_its_cache_from_the_settings(monkeypatch):
     monkeypatch.setenv("CASS_CACHE_MAX_BYTES", "3MiB")  # the settings object decides, not the environment
     predictor = build_predictor(Settings(warmup=False, cache=CacheSettings(max_bytes=5 << 20)))
     assert predictor.cache.max_bytes == 5 << 20
+
+
+def documented_defaults() -> list[tuple[str, str]]:
+    """``(variable, default)`` of the docs' tables with a *default* column, where the default is a literal:
+    `x`, or a number or true/false (``10 (>= 0.5)``); a row naming several variables pairs them with as
+    many defaults."""
+    pairs = []
+    for doc in (REPO / "docs").glob("*.md"):
+        defaults_column = False
+        for line in doc.read_text().splitlines():
+            cells = [c.strip() for c in line.split("|")]
+            if len(cells) < 4:
+                defaults_column = False
+                continue
+            if not line.startswith("| `"):
+                defaults_column = defaults_column or cells[2] == "default"
+                continue
+            names = re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[1])
+            values = re.findall(r"`([^`]+)`", cells[2]) or re.findall(r"^(\d+(?:\.\d+)?|true|false)(?: \(.*\))?$",
+                                                                      cells[2])
+            if defaults_column and len(values) == len(names):
+                pairs += [(n, v) for n, v in zip(names, values) if not v.startswith(("REDIS_URL", "~"))]
+    return pairs
+
+
+def test_the_documented_defaults_are_the_defaults():
+    """Setting a variable to the default its docs name changes nothing (the docs repeat the default; this
+    keeps them honest)."""
+    from backend.config import GunicornSettings
+    from cass.env_settings import env_variables
+
+    pairs = documented_defaults()
+    assert len(pairs) > 40, pairs
+    for name, text in pairs:
+        if name in NOT_SETTINGS:
+            continue
+        model = GunicornSettings if name in env_variables(GunicornSettings) else Settings
+        assert model.from_env({name: text}) == model(), f"{name}: the docs say the default is {text!r}"
