@@ -181,8 +181,8 @@ class EnvSource(PydanticBaseSettingsSource):
         return f"{variable} = {text!r} {_reason(error, field)}"
 
 
-_REASONS = {"int_parsing": "is not an integer", "int_from_float": "is not an integer", "int_type": "is not an integer",
-            "float_parsing": "is not a number", "float_type": "is not a number",
+_REASONS = {"int_parsing": "is not an integer", "int_from_float": "is not an integer",
+            "int_type": "is not an integer", "float_parsing": "is not a number", "float_type": "is not a number",
             "bool_parsing": "is not a boolean (use 1/0, true/false)"}
 
 
