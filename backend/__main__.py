@@ -114,8 +114,8 @@ def serve(args: argparse.Namespace) -> int:
     from backend.http.deadlines import serve_werkzeug
 
     # werkzeug, threaded, with the header deadline, body idle timeout and connection bound of
-    # backend.http.deadlines (CASS_HEADER_TIMEOUT_S, CASS_BODY_IDLE_S, CASS_MAX_CONNECTIONS)
-    serve_werkzeug(app, args.host, args.port)
+    # backend.http.deadlines (Settings.connections: CASS_HEADER_TIMEOUT_S, CASS_BODY_IDLE_S, CASS_MAX_CONNECTIONS)
+    serve_werkzeug(app, args.host, args.port, connections=settings.connections)
     return 0
 
 

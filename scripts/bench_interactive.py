@@ -51,7 +51,7 @@ from backend.controls.crops import CropEncoder  # noqa: E402
 from backend.controls.smart import Refiner  # noqa: E402
 from backend.predict.predictor import Predictor  # noqa: E402
 from cass.bench.engine import build_model, synthetic_photo  # noqa: E402
-from cass.cache.env import make_cache_from_env  # noqa: E402
+from cass.cache.settings import make_cache_from_env  # noqa: E402
 
 LABELS = ["person", "dog", "cat", "car", "tree", "grass", "sky", "road", "building", "bicycle"]
 _LABEL_XML = "".join(f'<Label value="{n}"/>' for n in LABELS)

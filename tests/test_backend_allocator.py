@@ -58,12 +58,14 @@ def test_glibc_environment_variables_win():
 
 
 def test_arena_setting_is_validated():
-    assert memory.arenas_from_env({}) == 2
-    assert memory.arenas_from_env({"CASS_MALLOC_ARENAS": "3"}) == 3
-    with pytest.raises(ValueError, match="CASS_MALLOC_ARENAS = 'many' is not a whole number"):
-        memory.arenas_from_env({"CASS_MALLOC_ARENAS": "many"})
-    with pytest.raises(ValueError, match="must be at least 1"):
-        memory.arenas_from_env({"CASS_MALLOC_ARENAS": "0"})
+    from backend.config import ConfigError, Settings
+
+    assert Settings.from_env({}).malloc_arenas == memory.DEFAULT_ARENAS == 2
+    assert Settings.from_env({"CASS_MALLOC_ARENAS": "3"}).malloc_arenas == 3
+    with pytest.raises(ConfigError, match="CASS_MALLOC_ARENAS = 'many' is not an integer"):
+        Settings.from_env({"CASS_MALLOC_ARENAS": "many"})
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        Settings.from_env({"CASS_MALLOC_ARENAS": "0"})
 
 
 def test_trim_is_rate_limited(monkeypatch):

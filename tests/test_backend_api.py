@@ -13,6 +13,7 @@ with warnings.catch_warnings():  # Flask 1.1.2 (pinned by label-studio-ml) impor
 from backend.config import Settings
 from backend.controls.brush_rle import rle_to_mask
 from backend.predict.predictor import Predictor
+from cass.cache.settings import CacheSettings
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
 from tests.backend_fixtures import (label_studio, label_set_version, LEGACY_TOKEN, FakeEngine, ls_request, png_bytes,
                                     three_band_image)
@@ -221,8 +222,9 @@ def test_real_tiny_engine_end_to_end_through_the_app(ls, tiny_weights):
 def test_redis_url_gives_a_shared_feature_cache(ls, tiny_weights, redis_url):  # noqa: F811
     clip, dino = tiny_weights
     settings = Settings(clip_weights=str(clip), dino_weights=str(dino), label_studio_url=ls.url,
-                        label_studio_api_key=LEGACY_TOKEN, redis_url=redis_url, cache_redis_url=redis_url,
-                        warmup=False)  # one Redis in both roles, as REDIS_URL alone gives
+                        label_studio_api_key=LEGACY_TOKEN, redis_url=redis_url,
+                        cache=CacheSettings(redis_url=redis_url), warmup=False)  # one Redis in both roles,
+                                                                                 # as REDIS_URL alone gives
     client = create_app(settings).test_client()
     health = client.get("/health").get_json()
     assert health["cache"]["backend"] == "redis" and health["cache"]["reachable"] is True

@@ -292,7 +292,8 @@ def test_no_secrets_in_logs_or_answers(ls, other, caplog):
     for secret in secrets:
         assert secret not in text, secret
     assert PASSWORD not in repr(client.application.extensions["cass_security"]["settings"])
-    settings = Settings(label_studio_api_key=LEGACY_TOKEN, basic_auth_pass=PASSWORD, redis_url="redis://:pw@h/0")
+    settings = Settings(label_studio_url="http://ls:8080", label_studio_api_key=LEGACY_TOKEN, basic_auth_user=USER,
+                        basic_auth_pass=PASSWORD, redis_url="redis://:pw@h/0")
     assert LEGACY_TOKEN not in repr(settings) and PASSWORD not in repr(settings) and ":pw@" not in repr(settings)
 
 

@@ -25,7 +25,7 @@ from PIL import Image
 import cass
 from backend.ops.cache_metrics import render_prometheus
 from cass.cache import FeatureCache, MemoryCache, RedisCache, feature_key, make_cache, text_cache_key
-from cass.cache.env import make_cache_from_env, parse_size
+from cass.cache.settings import make_cache_from_env, parse_size
 from cass.features import FEATURES_FORMAT_VERSION, FeaturesFormatError, ImageFeatures
 from cass.lru import ByteLRU
 from cass.text import TextEncoder

@@ -6,48 +6,24 @@ tower) and segments with (work and memory grow with the number of prompts). Beyo
 """
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass
-from typing import Callable, Hashable, Mapping, TypeVar
+from typing import Annotated, Callable, Hashable, TypeVar
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from cass.env_settings import Env
 from cass.lru import BoundedLRU
-
-DEFAULT_MAX_CLASSES = 1000
-DEFAULT_MAX_PROMPTS = 2000
 
 
 @dataclass(frozen=True)
 class VocabularyLimits:
     """The most classes (labels) and prompts (values + ``predicted_values``) of one project, all its
-    ``BrushLabels`` controls together (background prompts included)."""
+    ``BrushLabels`` controls together (background prompts included). ``Settings.limits`` reads them
+    from the environment (:mod:`backend.config`); a value below 1 is refused (a ValueError)."""
 
-    max_classes: int = DEFAULT_MAX_CLASSES
-    max_prompts: int = DEFAULT_MAX_PROMPTS
-
-    def __post_init__(self):
-        for name, value in (("max_classes", self.max_classes), ("max_prompts", self.max_prompts)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"VocabularyLimits.{name} must be an integer >= 1, got {value!r}")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "VocabularyLimits":
-        """``CASS_MAX_CLASSES`` / ``CASS_MAX_PROMPTS`` (ValueError naming the variable when bad)."""
-        env = os.environ if env is None else env
-        values = {}
-        for field, var, default in (("max_classes", "CASS_MAX_CLASSES", DEFAULT_MAX_CLASSES),
-                                    ("max_prompts", "CASS_MAX_PROMPTS", DEFAULT_MAX_PROMPTS)):
-            text = (env.get(var) or "").strip()
-            if not text:
-                values[field] = default
-                continue
-            try:
-                values[field] = int(text)
-            except ValueError:
-                raise ValueError(f"{var} = {text!r} is not a whole number") from None
-            if values[field] < 1:
-                raise ValueError(f"{var} = {text!r} must be at least 1")
-        return cls(**values)
+    max_classes: Annotated[int, Env("CASS_MAX_CLASSES"), Field(ge=1)] = 1000
+    max_prompts: Annotated[int, Env("CASS_MAX_PROMPTS"), Field(ge=1)] = 2000
 
 
 K = TypeVar("K", bound=Hashable)

@@ -14,33 +14,23 @@ included, time out. Here:
   the idle timeout and at most ``CASS_MAX_CONNECTIONS`` (default 64) connections served at once
   (beyond: closed at once);
 * :mod:`backend.http.gworker` / :mod:`backend.http.gunicorn_conf`: the same deadline for gunicorn.
+
+The three values are :class:`backend.config.ConnectionSettings` (``Settings.connections``), where their
+defaults live.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
 import logging
-import os
 import socket
 import threading
 import time
 from typing import Callable
 
+from backend.config import ConnectionSettings
+
 log = logging.getLogger("backend.http.deadlines")
-
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-DEFAULT_BODY_IDLE_S = 30.0
-DEFAULT_MAX_CONNECTIONS = 64
-
-
-def env_seconds(name: str, default: float) -> float:
-    """A positive number of seconds from the environment (``default`` when unset or not usable)."""
-    try:
-        value = float(os.environ.get(name, "") or default)
-    except ValueError:
-        log.warning("%s=%r is not a number: using %g", name, os.environ.get(name), default)
-        return default
-    return value if value > 0 else default
 
 
 class Watchdog:
@@ -100,14 +90,14 @@ def watchdog() -> Watchdog:
         return _WATCHDOG
 
 
-def serve_werkzeug(app, host: str, port: int, *, header_timeout_s: float | None = None,
-                   body_idle_s: float | None = None, max_connections: int | None = None) -> None:
-    """``python -m backend``'s server: werkzeug, threaded, with the deadlines above (blocks)."""
+def serve_werkzeug(app, host: str, port: int, *, connections: ConnectionSettings | None = None) -> None:
+    """``python -m backend``'s server: werkzeug, threaded, with the deadlines above (blocks);
+    ``connections``: ``Settings.connections`` (default: the environment's)."""
     from werkzeug.serving import WSGIRequestHandler, make_server
 
-    header_s = header_timeout_s or env_seconds("CASS_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S)
-    idle_s = body_idle_s or env_seconds("CASS_BODY_IDLE_S", DEFAULT_BODY_IDLE_S)
-    limit = max_connections or int(env_seconds("CASS_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS))
+    connections = connections or ConnectionSettings.from_env()
+    header_s, idle_s = connections.header_timeout_s, connections.body_idle_s
+    limit = connections.max_connections
     dog = watchdog()
 
     class DeadlineHandler(WSGIRequestHandler):

@@ -3,12 +3,14 @@
 One worker (one copy of the model) of ``THREADS`` threads (gthread, with the header deadline of
 :mod:`backend.http.gworker`), bound to ``0.0.0.0:$PORT`` (``GUNICORN_BIND`` wins), request line and
 header sizes bounded, idle kept-alive connections closed after 5 s. docs/security.md, "Connections".
+``PORT``, ``WORKERS``, ``THREADS`` and ``GUNICORN_BIND`` are :class:`backend.config.GunicornSettings`.
 """
-import os
+from backend.config import GunicornSettings
 
-bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '9090')}"
-workers = int(os.environ.get("WORKERS", "1"))
-threads = int(os.environ.get("THREADS", "20"))
+_settings = GunicornSettings.from_env()
+bind = _settings.bind or f"0.0.0.0:{_settings.port}"
+workers = _settings.workers
+threads = _settings.threads
 worker_class = "backend.http.gworker.DeadlineThreadWorker"
 timeout = 300                 # the worker's heartbeat (a model call may take long on a CPU)
 graceful_timeout = 30

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from gunicorn.workers.gthread import ThreadWorker
 
-from backend.http.deadlines import (DEFAULT_BODY_IDLE_S, DEFAULT_HEADER_TIMEOUT_S, env_seconds,
-                                    watchdog)
+from backend.config import ConnectionSettings
+from backend.http.deadlines import watchdog
+
+_CONNECTIONS = ConnectionSettings.from_env()  # a bad value stops gunicorn here, naming the variable
 
 
 class DeadlineThreadWorker(ThreadWorker):
     """``worker_class = "backend.http.gworker.DeadlineThreadWorker"``."""
 
-    header_s = env_seconds("CASS_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S)
-    idle_s = env_seconds("CASS_BODY_IDLE_S", DEFAULT_BODY_IDLE_S)
+    header_s = _CONNECTIONS.header_timeout_s
+    idle_s = _CONNECTIONS.body_idle_s
 
     def handle(self, conn):
         token = watchdog().arm(conn.sock, self.header_s)

@@ -12,28 +12,27 @@
 """
 from __future__ import annotations
 
-MiB = 1024 * 1024
-
-#: path -> (settings field, its default, the environment variable that sets it)
-ENDPOINT_LIMITS: dict[str, tuple[str, int, str]] = {
-    "/setup": ("max_setup_bytes", 2 * MiB, "CASS_MAX_SETUP_MB"),
-    "/webhook": ("max_webhook_bytes", 16 * MiB, "CASS_MAX_WEBHOOK_MB"),
+#: path -> (the settings field of its body limit, the environment variable that sets it); the limits
+#: and their defaults are fields of backend.config.Settings
+ENDPOINT_LIMITS: dict[str, tuple[str, str]] = {
+    "/setup": ("max_setup_bytes", "CASS_MAX_SETUP_MB"),
+    "/webhook": ("max_webhook_bytes", "CASS_MAX_WEBHOOK_MB"),
 }
-GENERAL = ("max_request_bytes", 64 * MiB, "CASS_MAX_REQUEST_MB")
-DEFAULT_MAX_TASKS = 1000
+GENERAL = ("max_request_bytes", "CASS_MAX_REQUEST_MB")
 
 
 def body_limit(path: str, settings) -> tuple[int, str]:
-    """``(bytes, the variable that sets it)`` a body sent to ``path`` may have."""
-    general = int(getattr(settings, GENERAL[0], GENERAL[1]))
-    field, default, name = ENDPOINT_LIMITS.get(path, GENERAL)
-    own = int(getattr(settings, field, default))
-    return (own, name) if own < general else (general, GENERAL[2])
+    """``(bytes, the variable that sets it)`` a body sent to ``path`` may have (``settings``:
+    :class:`backend.config.Settings`)."""
+    general = int(getattr(settings, GENERAL[0]))
+    field, name = ENDPOINT_LIMITS.get(path, GENERAL)
+    own = int(getattr(settings, field))
+    return (own, name) if own < general else (general, GENERAL[1])
 
 
 def max_tasks(settings) -> int:
     """Tasks one ``/predict`` may carry."""
-    return int(getattr(settings, "max_tasks_per_request", DEFAULT_MAX_TASKS))
+    return int(settings.max_tasks_per_request)
 
 
 def too_many_tasks(data: dict, settings) -> str | None:
@@ -47,14 +46,11 @@ def too_many_tasks(data: dict, settings) -> str | None:
     return None
 
 
-DEFAULT_MAX_HINTS = 20
-
-
 def too_many_hints(data: dict, settings) -> str | None:
     """The 400 message when an interactive ``/predict`` (``params.context.result``, or a top-level
     ``context``) holds more smart regions than ``CASS_MAX_SMART_HINTS``, else None."""
     params = data.get("params") if isinstance(data.get("params"), dict) else {}
-    limit = int(getattr(settings, "max_smart_hints", DEFAULT_MAX_HINTS))
+    limit = int(settings.max_smart_hints)
     for context in (params.get("context"), data.get("context")):
         items = context.get("result") if isinstance(context, dict) else None
         if isinstance(items, list) and len(items) > limit:

@@ -22,11 +22,11 @@ log = logging.getLogger("backend.jobs")
 
 class JobCollector:
     def __init__(self, conn, limit: int = 20, queue: str | None = None):
-        from backend.jobs.queue import QUEUE_NAME
+        from backend.config import JobSettings
 
         self.conn = conn
         self.limit = limit
-        self.queue = queue or QUEUE_NAME
+        self.queue = queue or JobSettings().queue
 
     def collect(self):
         from rq import Queue

@@ -5,10 +5,11 @@ planning (which tasks, :meth:`Jobs.plan`) and enqueueing (``ENQUEUE_BATCH`` chun
 pipeline) follow in the caller (the CLI) or in a background thread (``POST /jobs``, auto mode), then
 the job is ``queued``; ``running`` from its first chunk on; ``finished``, ``failed`` or ``cancelled``.
 
-A job's chunks are RQ jobs on the queue ``cass-preannotate`` of ``REDIS_URL`` (the Redis of the
-feature cache), ids ``<job id>-<chunk number>``, each with ``Retry(max=3)``: a chunk whose worker
-died (RQ finds it abandoned once its heartbeat lapses, see :mod:`.worker`) or that raised is run
-again, and the runner skips every task that already has a prediction of its ``model_version``.
+A job's chunks are RQ jobs on the queue ``CASS_JOB_QUEUE`` (``JobSettings.queue``, default
+``cass-preannotate``) of the state Redis, ids ``<job id>-<chunk number>``, each with
+``Retry(max=3)``: a chunk whose worker died (RQ finds it abandoned once its heartbeat lapses, see
+:mod:`.worker`) or that raised is run again, and the runner skips every task that already has a
+prediction of its ``model_version``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ from backend.jobs.store import TERMINAL, JobStore
 
 log = logging.getLogger("backend.jobs")
 
-QUEUE_NAME = "cass-preannotate"  # the default of CASS_JOB_QUEUE (backend.config.JobSettings.queue)
 CHUNK_RETRIES = 3
 ENQUEUE_BATCH = 500      # RQ jobs (chunks) per Redis pipeline when a job is enqueued
 PLANNING_STALE_S = 600   # a job planning without a sign of life for this long failed (its process ended)

@@ -8,9 +8,10 @@ with the number of threads that ever held a slot times the working set of one mo
 what is alive (measured: ``scripts/memprofile.py``, docs/security.md "Memory under load").
 
 :func:`tune_malloc` (called once at start, before the request threads allocate) sets
-``M_ARENA_MAX`` (``CASS_MALLOC_ARENAS``, default 2) and a fixed ``M_MMAP_THRESHOLD`` of 1 MiB, which
-also turns the dynamic threshold off: blocks from 1 MiB up are mmap'ed and go back to the system when
-freed. :func:`trim` (after each ``/predict``) returns the free top of the heaps (``malloc_trim``).
+``M_ARENA_MAX`` (``Settings.malloc_arenas``: ``CASS_MALLOC_ARENAS``, default 2) and a fixed
+``M_MMAP_THRESHOLD`` of 1 MiB, which also turns the dynamic threshold off: blocks from 1 MiB up are
+mmap'ed and go back to the system when freed. :func:`trim` (after each ``/predict``) returns the free
+top of the heaps (``malloc_trim``).
 Environment variables glibc reads itself (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``) win: when
 one is set, that setting is left alone. Not glibc (musl, macOS): both are no-ops.
 """
@@ -28,7 +29,7 @@ log = logging.getLogger("backend.ops.allocator")
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 1 << 20
-DEFAULT_ARENAS = 2
+DEFAULT_ARENAS = 2  # the default of Settings.malloc_arenas (CASS_MALLOC_ARENAS)
 #: ``malloc_trim`` at most this often (seconds): it walks the heaps under their locks.
 TRIM_INTERVAL_S = 1.0
 
@@ -50,32 +51,18 @@ def _glibc():
     return _libc or None
 
 
-def arenas_from_env(env=None) -> int:
-    """``CASS_MALLOC_ARENAS`` (a whole number >= 1; ValueError naming it otherwise), default 2."""
-    env = os.environ if env is None else env
-    text = (env.get("CASS_MALLOC_ARENAS") or "").strip()
-    if not text:
-        return DEFAULT_ARENAS
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"CASS_MALLOC_ARENAS = {text!r} is not a whole number") from None
-    if value < 1:
-        raise ValueError(f"CASS_MALLOC_ARENAS = {text!r} must be at least 1")
-    return value
-
-
-def tune_malloc(env=None) -> dict:
-    """Apply the settings above (idempotent); what was set, e.g. ``{"arena_max": 2, "mmap_threshold": 1048576}``."""
+def tune_malloc(env=None, arenas: int = DEFAULT_ARENAS) -> dict:
+    """Apply the settings above (idempotent): ``arenas`` arenas at most (``Settings.malloc_arenas``,
+    ``CASS_MALLOC_ARENAS``) unless glibc's own variables in ``env`` (default ``os.environ``) say otherwise;
+    what was set, e.g. ``{"arena_max": 2, "mmap_threshold": 1048576}``."""
     env = os.environ if env is None else env
     lib = _glibc()
     if lib is None:
         return {}
     done = {}
     if not env.get("MALLOC_ARENA_MAX"):
-        arenas = arenas_from_env(env)
-        if lib.mallopt(M_ARENA_MAX, arenas) == 1:
-            done["arena_max"] = arenas
+        if lib.mallopt(M_ARENA_MAX, int(arenas)) == 1:
+            done["arena_max"] = int(arenas)
     if not env.get("MALLOC_MMAP_THRESHOLD_"):
         if lib.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1:
             done["mmap_threshold"] = MMAP_THRESHOLD_BYTES

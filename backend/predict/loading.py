@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
@@ -45,13 +44,12 @@ class NoCache:
 
 
 def make_feature_cache(redis_url: str | None, holds_state: bool = False) -> "FeatureCache":
-    """``cass.cache``'s feature cache: Redis when ``redis_url`` (``Settings.cache_redis_url``) is set,
-    else in-process, sized by its ``CASS_CACHE_*`` variables (docs/cache.md). ``holds_state``: that
-    Redis is also the state Redis (one ``REDIS_URL``)."""
-    from cass.cache.env import make_cache_from_env
+    """``cass.cache``'s feature cache with the default ``CacheSettings`` (docs/cache.md): Redis at
+    ``redis_url``, else in-process. ``holds_state``: that Redis is also the state Redis. The server
+    builds its cache from ``Settings.cache`` (:func:`build_predictor`)."""
+    from cass.cache.settings import CacheSettings
 
-    return make_cache_from_env({**os.environ, "CASS_CACHE_REDIS_URL": redis_url or "", "REDIS_URL": ""},
-                               holds_state=holds_state)
+    return CacheSettings(redis_url=redis_url).make_cache(holds_state=holds_state)
 
 
 def build_predictor(settings) -> "Predictor":
@@ -62,23 +60,23 @@ def build_predictor(settings) -> "Predictor":
     from backend.predict.predictor import Predictor
     from backend.predict.slots import InferenceSlots
 
-    tune_malloc()  # before the request threads allocate (backend.ops.allocator: arenas, mmap threshold)
+    tune_malloc(arenas=settings.malloc_arenas)  # before the request threads allocate (arenas, mmap threshold)
     t0 = time.perf_counter()
-    cache_url = getattr(settings, "cache_redis_url", None)
-    cache = make_feature_cache(cache_url, holds_state=bool(cache_url) and cache_url == settings.redis_url)
+    cache_url = settings.cache.redis_url  # CASS_CACHE_*: one CacheSettings, read with the rest (docs/cache.md)
+    cache = settings.cache.make_cache(holds_state=bool(cache_url) and cache_url == settings.redis_url)
     preset = cass.load_preset(settings.preset)
-    if getattr(settings, "pamr", False) and preset.text.pamr is None:
+    if settings.pamr and preset.text.pamr is None:
         preset = preset.replace(pamr=True)
     engine = cass.create_model(settings.clip_weights, settings.dino_weights, preset,
                                device=settings.device, threads=settings.threads, text_cache=cache,
-                               global_clip_weights=getattr(settings, "global_clip_weights", None))
+                               global_clip_weights=settings.global_clip_weights)
     log.info("loaded %s on %s in %.1fs (cache: %s)", engine.model_version, engine.device,
              time.perf_counter() - t0, type(cache).__name__)
     predictor = Predictor(engine, cache, predict_budget_s=settings.predict_budget_s,
-                          text_budget_s=getattr(settings, "text_budget_s", 30.0),
+                          text_budget_s=settings.text_budget_s,
                           slots=InferenceSlots(settings.inference_slots, settings.max_queue,
-                                               grace_s=getattr(settings, "reservation_grace_s", 5.0),
-                                               queue_wait_s=getattr(settings, "queue_wait_s", None)))
+                                               grace_s=settings.reservation_grace_s,
+                                               queue_wait_s=settings.queue_wait_s))
     if settings.warmup:
         predictor.warm_up()
     return predictor

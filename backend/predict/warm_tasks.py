@@ -43,15 +43,11 @@ def job_bytes(job: WarmJob) -> int:
     return len(job.ref) + len(job.base)
 
 
-#: Bytes held for warm-up at most by default (CASS_WARMUP_QUEUE_MB).
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-
-
 class TaskWarmer:
     """The backend's warm-up queue (see the module docstring), bounded in images (``max_queue``) and in
     bytes held (``max_bytes``: inline ``data:`` URLs waiting plus images fetched and being encoded)."""
 
-    def __init__(self, predictor, max_queue: int = 1000, workers: int = 1, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, predictor, max_queue: int, workers: int = 1, *, max_bytes: int):
         self.predictor = predictor
         self.max_queue = max_queue
         self.max_bytes = max_bytes
@@ -118,10 +114,10 @@ class TaskWarmer:
 
 
 def make_task_warmer(predictor, settings) -> TaskWarmer | None:
-    """The process's warmer, or None when ``CASS_WARMUP_QUEUE`` is 0."""
-    size = getattr(settings, "warmup_queue", 0)
+    """The process's warmer, or None when ``CASS_WARMUP_QUEUE`` is 0 (``settings``: backend.config.Settings:
+    ``warmup_queue`` images, ``warmup_queue_bytes`` bytes at most)."""
+    size = settings.warmup_queue
     if not size:
         log.info("cache warm-up on TASKS_CREATED is off (CASS_WARMUP_QUEUE=0)")
         return None
-    return TaskWarmer(predictor, max_queue=size,
-                      max_bytes=int(getattr(settings, "warmup_queue_bytes", DEFAULT_MAX_BYTES)))
+    return TaskWarmer(predictor, max_queue=size, max_bytes=int(settings.warmup_queue_bytes))

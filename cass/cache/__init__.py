@@ -19,32 +19,35 @@ the thread that computes it; processes sharing Redis take a short-lived lock (re
 the holder went away. Any Redis failure is logged once per outage and the request is served
 without Redis (computing, or from the fallback LRU); Redis is retried after ``retry_interval_s``.
 An unreadable or incompatible entry is ignored, recomputed and overwritten. See docs/cache.md.
+
+The names below are imported on first use (PEP 562, like ``cass``): ``cass.cache.settings`` (the
+``CASS_CACHE_*`` settings) is read by the backend's settings without loading torch.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from cass.cache.flight import _BaseCache, _Flight  # noqa: F401  (re-exported)
-from cass.cache.keys import (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_FALLBACK_MAX_BYTES, DEFAULT_LOCK_TTL_S,  # noqa: F401
-                         DEFAULT_LOCK_WAIT_S, DEFAULT_MAX_BYTES, DEFAULT_RETRY_INTERVAL_S,
-                         DEFAULT_SOCKET_TIMEOUT_S, DEFAULT_TEXT_MAX_ENTRIES, DEFAULT_TTL_S, KEY_PREFIX,
-                         MiB, FeatureCache, feature_key, image_digest, redact_url, text_cache_key)
-from cass.cache.in_process import MemoryCache
-from cass.cache.redis_store import RedisCache
+from cass.lazy import lazy_exports
 
-__all__ = ["FeatureCache", "MemoryCache", "RedisCache", "make_cache", "feature_key", "image_digest",
-           "text_cache_key", "redact_url", "MiB", "DEFAULT_MAX_BYTES", "DEFAULT_TTL_S",
-           "DEFAULT_FALLBACK_MAX_BYTES", "DEFAULT_TEXT_MAX_ENTRIES", "KEY_PREFIX"]
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr__
+    from cass.cache.in_process import MemoryCache
+    from cass.cache.keys import (DEFAULT_TEXT_MAX_ENTRIES, KEY_PREFIX, FeatureCache, feature_key, image_digest,
+                                 redact_url, text_cache_key)
+    from cass.cache.redis_store import RedisCache
+    from cass.cache.settings import (DEFAULT_FALLBACK_MAX_BYTES, DEFAULT_MAX_BYTES, DEFAULT_TTL_S, MiB,
+                                     CacheSettings, make_cache, make_cache_from_env)
 
+_HOMES: dict[str, str] = {  # public name -> the module that defines it
+    **dict.fromkeys(("FeatureCache", "feature_key", "image_digest", "text_cache_key", "redact_url", "KEY_PREFIX",
+                     "DEFAULT_TEXT_MAX_ENTRIES"), "cass.cache.keys"),
+    "MemoryCache": "cass.cache.in_process",
+    "RedisCache": "cass.cache.redis_store",
+    **dict.fromkeys(("CacheSettings", "make_cache", "make_cache_from_env", "MiB", "DEFAULT_MAX_BYTES",
+                     "DEFAULT_TTL_S", "DEFAULT_FALLBACK_MAX_BYTES"), "cass.cache.settings"),
+}
 
-def make_cache(redis_url: str | None, max_bytes: int = DEFAULT_MAX_BYTES, ttl_s: int = DEFAULT_TTL_S,
-               **redis_options: Any) -> FeatureCache:
-    """:class:`RedisCache` when ``redis_url`` is set, else :class:`MemoryCache` of ``max_bytes``.
+__all__ = ["FeatureCache", "MemoryCache", "RedisCache", "CacheSettings", "make_cache", "make_cache_from_env",
+           "feature_key", "image_digest", "text_cache_key", "redact_url", "MiB", "DEFAULT_MAX_BYTES",
+           "DEFAULT_TTL_S", "DEFAULT_FALLBACK_MAX_BYTES", "DEFAULT_TEXT_MAX_ENTRIES", "KEY_PREFIX"]
 
-    ``redis_options`` go to :class:`RedisCache` (``fallback_max_bytes``, ``socket_timeout_s``,
-    ``retry_interval_s``, ``lock_ttl_s``, ``lock_wait_s`` ...). With Redis, ``max_bytes`` is not
-    used: Redis's own ``maxmemory`` bounds the cache.
-    """
-    if redis_url:
-        return RedisCache(redis_url, ttl_s=ttl_s, **redis_options)
-    return MemoryCache(max_bytes=max_bytes, ttl_s=ttl_s)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _HOMES, __all__)

@@ -6,7 +6,8 @@ import time
 from typing import Callable
 
 from cass.cache.flight import _BaseCache
-from cass.cache.keys import DEFAULT_MAX_BYTES, DEFAULT_TEXT_MAX_ENTRIES, DEFAULT_TTL_S, KEY_PREFIX
+from cass.cache.keys import DEFAULT_TEXT_MAX_ENTRIES, KEY_PREFIX
+from cass.cache.settings import DEFAULT_MAX_BYTES, DEFAULT_TTL_S
 from cass.lru import ByteLRU
 
 log = logging.getLogger("cass.cache")

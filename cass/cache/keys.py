@@ -1,4 +1,4 @@
-"""The feature cache's interface (:class:`FeatureCache`), defaults and key layout.
+"""The feature cache's interface (:class:`FeatureCache`), fixed defaults and key layout.
 
 Keys are ``cass:feat:v<format>:<engine fingerprint>:<sha256 of the image bytes>`` (features) and
 ``cass:text:<sha256 of "<model fingerprint>:<prompt>">`` (text embeddings). See docs/cache.md.
@@ -11,16 +11,9 @@ from typing import Callable, Protocol, runtime_checkable
 from cass.features import FEATURES_FORMAT_VERSION, ImageFeatures
 from cass.redaction import redact as redact_url  # noqa: F401 (for logs and health: one redaction)
 
-MiB = 1 << 20
-DEFAULT_MAX_BYTES = 512 * MiB
-DEFAULT_TTL_S = 7 * 24 * 3600
-DEFAULT_FALLBACK_MAX_BYTES = 64 * MiB
+# the defaults that a variable can change are in cass.cache.settings (CacheSettings)
 DEFAULT_TEXT_MAX_ENTRIES = 16384
-DEFAULT_SOCKET_TIMEOUT_S = 1.0
 DEFAULT_CONNECT_TIMEOUT_S = 0.5
-DEFAULT_RETRY_INTERVAL_S = 5.0
-DEFAULT_LOCK_TTL_S = 60.0
-DEFAULT_LOCK_WAIT_S = 60.0
 KEY_PREFIX = "cass"
 
 

@@ -10,9 +10,9 @@ import time
 from typing import Any, Callable
 
 from cass.cache.flight import _BaseCache
-from cass.cache.keys import (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_FALLBACK_MAX_BYTES, DEFAULT_LOCK_TTL_S,
-                         DEFAULT_LOCK_WAIT_S, DEFAULT_RETRY_INTERVAL_S, DEFAULT_SOCKET_TIMEOUT_S,
-                         DEFAULT_TEXT_MAX_ENTRIES, DEFAULT_TTL_S, KEY_PREFIX, redact_url)
+from cass.cache.keys import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_TEXT_MAX_ENTRIES, KEY_PREFIX, redact_url
+from cass.cache.settings import (DEFAULT_FALLBACK_MAX_BYTES, DEFAULT_LOCK_TTL_S, DEFAULT_LOCK_WAIT_S,
+                                 DEFAULT_RETRY_INTERVAL_S, DEFAULT_SOCKET_TIMEOUT_S, DEFAULT_TTL_S)
 from cass.features import ImageFeatures
 from cass.lru import ByteLRU
 

@@ -133,10 +133,10 @@ def busy_worker(env, procs) -> int:
     from rq.registry import StartedJobRegistry
 
     from backend.jobs.allowlist import SERIALIZER
-    from backend.jobs.queue import QUEUE_NAME
+    from backend.config import JobSettings
 
     conn = redis.Redis.from_url(env["REDIS_URL"])
-    for job_id in StartedJobRegistry(QUEUE_NAME, connection=conn).get_job_ids():
+    for job_id in StartedJobRegistry(JobSettings().queue, connection=conn).get_job_ids():
         name = Job.fetch(job_id, connection=conn, serializer=SERIALIZER).worker_name or ""  # JSON jobs
         for i, p in enumerate(procs):
             if f"-{p.pid}-" in name and p.poll() is None:
