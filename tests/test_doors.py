@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from backend.config import Settings
-from backend.controls.brush_rle import mask_to_rle
+from backend.controls.brush_rle import mask_to_rle, rle_to_mask
 from backend.fetch.images import LabelStudioAuth
 from backend.http.app import create_app
 from backend.http.mlbackend import CASSManager
@@ -42,6 +42,12 @@ CONFIGS = {
     "mixed": f'<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">{LABELS}'
              f'</BrushLabels><PolygonLabels name="poly" toName="image">{LABELS}</PolygonLabels>'
              f'<KeyPointLabels name="kp" toName="image" smart="true"><Label value="dog"/></KeyPointLabels></View>',
+    # issue 22: one region per connected object (no minimum area: the noise images give many small
+    # ones), each scored by its own pixels (the engine's probabilities)
+    "instances": f'<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image" '
+                 f'cass_instances="true" cass_min_area="1">{LABELS}</BrushLabels><PolygonLabels name="poly" toName="image" '
+                 f'cass_instances="true" cass_min_area="1">{LABELS}</PolygonLabels>'
+                 f'<KeyPointLabels name="kp" toName="image" smart="true"><Label value="dog"/></KeyPointLabels></View>',
 }
 
 
@@ -115,6 +121,36 @@ def remember_a_correction(client, ls, config: str, config_name: str) -> None:
     assert out["result"]["listeners"]["project_memory"][0]["memory"] == "stored", out
 
 
+def check_object_scores(engine, config: str, predictions: list[dict], exact: bool) -> None:
+    """``cass_instances``: every brush region (one connected object) scores the mean probability of its
+    class over its own pixels and two objects of one class score differently (``exact``: recomputed
+    here from the engine's probabilities; with project memory they are fused with it, so only the
+    rest is checked); every polygon (the same objects) carries one of its label's brush scores."""
+    vocabulary = CASSManager.pipeline().parse(config).outputs[0].vocabulary  # the brush control's
+    differ = 0
+    for task_index, prediction in enumerate(predictions):
+        brush = [r for r in prediction["result"] if r["type"] == "brushlabels"]
+        by_label: dict[str, list[float]] = {}
+        if exact:
+            rng = np.random.default_rng(11)
+            images = [png_bytes(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)) for _ in UPLOADS]
+            probs = engine.segment(engine.encode(images[task_index]), vocabulary, return_probs=True).probs
+        for region in brush:
+            (label,) = region["value"]["brushlabels"]
+            by_label.setdefault(label, []).append(region["score"])
+            if exact:
+                mask = rle_to_mask(region["value"]["rle"], H, W)
+                expected = float(probs[vocabulary.names.index(label)][mask].mean())
+                assert region["score"] == pytest.approx(expected, abs=2e-4), (label, region["score"], expected)
+        differ += sum(len(set(scores)) > 1 for scores in by_label.values())
+        for region in prediction["result"]:
+            if region["type"] == "polygonlabels":
+                (label,) = region["value"]["polygonlabels"]
+                assert region["score"] in by_label[label], (label, region["score"], by_label[label])
+    # (with memory the fused map of the random tiny weights is one class, one object, per image)
+    assert differ or not exact, "no class with two objects of different scores"
+
+
 @pytest.mark.parametrize("memory", [False, True], ids=["no-memory", "memory"])
 @pytest.mark.parametrize("config_name", list(CONFIGS))
 def test_every_door_gives_the_same_regions_and_version(ls, engine, redis_url, config_name, memory):  # noqa: F811
@@ -143,7 +179,9 @@ def test_every_door_gives_the_same_regions_and_version(ls, engine, redis_url, co
     assert all(p["result"] for p in direct)
     kinds = {r["type"] for p in direct for r in p["result"]}
     assert kinds == {"brush": {"brushlabels"}, "polygon": {"polygonlabels"},
-                     "mixed": {"brushlabels", "polygonlabels"}}[config_name]
+                     "mixed": {"brushlabels", "polygonlabels"}, "instances": {"brushlabels", "polygonlabels"}}[config_name]
+    if config_name == "instances":
+        check_object_scores(engine, config, direct, exact=not memory)
 
     # door 2: a job chunk (the runner, through the same pipeline)
     projects = FakeProjects(config, tasks)
@@ -179,8 +217,8 @@ def test_every_door_gives_the_same_regions_and_version(ls, engine, redis_url, co
     assert [p["model_version"] for p in warmed] == [version] * len(tasks)
     assert [regions(p) for p in warmed] == [regions(p) for p in direct]
 
-    # door 4: a smart region (the mixed config has a smart keypoint): the same version
-    if config_name == "mixed":
+    # door 4: a smart region (the mixed and instances configs have a smart keypoint): the same version
+    if config_name in ("mixed", "instances"):
         point = {"from_name": "kp", "to_name": "image", "type": "keypointlabels", "original_width": W,
                  "original_height": H, "value": {"x": 50, "y": 50, "width": 1, "keypointlabels": ["dog"]}}
         smart = client.post("/predict", json={**body, "tasks": tasks[:1], "context": {"result": [point]}})
