@@ -225,3 +225,57 @@ def test_every_door_gives_the_same_regions_and_version(ls, engine, redis_url, co
         assert smart.status_code == 200, smart.get_data(as_text=True)
         (answer,) = smart.get_json()["results"]
         assert answer["model_version"] == version and answer["result"]
+
+
+def test_a_task_that_fails_is_the_same_visible_error_prediction_through_predict_and_a_job(ls, engine, redis_url):  # noqa: F811
+    """Issue 22: a task whose image cannot be fetched is answered by ``/predict`` and posted by a job as
+    the same visible error prediction (no regions, score 0, ``error: <reason> (<version>)``); the job
+    still records it as failed (exit status 4), posts it once however often its chunk runs, and the
+    next ``--only-outdated`` job predicts the task again."""
+    from backend.jobs.cli import EXIT_FAILED_TASKS, exit_code
+
+    config = CONFIGS["brush"]
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()
+    settings = Settings(label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, warmup=False,
+                        warmup_queue=0, redis_url=redis_url)
+    predictor = Predictor(engine, make_feature_cache(None))
+    client = create_app(settings, predictor).test_client()
+    setup = {**ls_request("setup"), "schema": config}
+    version = client.post("/setup", json=setup).get_json()["model_version"]
+    missing = "/data/upload/1/missing.png"
+    tasks = [{"id": 1, "data": {"image": UPLOADS[0]}}, {"id": 2, "data": {"image": missing}}]
+    body = {"tasks": tasks, "project": setup["project"], "label_config": config, "params": {}}
+
+    good, failed = client.post("/predict", json=body).get_json()["results"]
+    assert good["model_version"] == version and good["result"]
+    assert failed["result"] == [] and failed["score"] == 0.0, failed
+    assert failed["model_version"].startswith("error: ImageFetchError: ") and "HTTP 404" in failed["model_version"]
+    assert failed["model_version"].endswith(f" ({version})")
+
+    projects = FakeProjects(config, tasks)
+    project_id = int(str(setup["project"]).split(".")[0])
+    jobs = Jobs(conn, projects)
+    rec = jobs.start(JobSpec(project_id), predictor.model_version)
+    ctx = WorkerContext(CASSManager.pipeline(), settings, projects, JobStore(conn), post_every=8)
+    counts = ChunkRun(ctx, rec["id"], [1, 2]).run()
+    assert counts == {"done": 1, "skipped": 0, "failed": 1, "cancelled": False}
+    (posted,) = projects.preds[2]
+    assert {k: posted[k] for k in ("result", "score", "model_version")} == \
+        {k: failed[k] for k in ("result", "score", "model_version")}
+    assert regions(projects.preds[1][0]) == regions(good)
+    rec = jobs.get(rec["id"])
+    assert rec["status"] == "finished" and (rec["done"], rec["failed"]) == (1, 1), rec
+    assert rec["failed_tasks"][2].startswith("ImageFetchError: ") and exit_code(rec) == EXIT_FAILED_TASKS
+    # the chunk again (RQ retries it after a worker died): the error is recorded, not posted twice
+    JobStore(conn).set_status(rec["id"], "running")
+    assert ChunkRun(ctx, rec["id"], [1, 2]).run() == {"done": 0, "skipped": 1, "failed": 1, "cancelled": False}
+    assert len(projects.preds[2]) == 1
+
+    # the image is there now: the next job (--only-outdated, the default) plans and predicts the task
+    ls.add_upload(missing, png_bytes(np.full((H, W, 3), 90, np.uint8)))
+    again = jobs.start(JobSpec(project_id), predictor.model_version)
+    assert again["total"] == 1 and again["model_version"] == version, again
+    assert ChunkRun(ctx, again["id"], [2]).run() == {"done": 1, "skipped": 0, "failed": 0, "cancelled": False}
+    assert [p["model_version"] for p in projects.preds[2]] == [failed["model_version"], version]
+    assert exit_code(jobs.get(again["id"])) == 0

@@ -132,14 +132,17 @@ def test_a_chunk_posts_once_per_task_records_failures_and_a_rerun_posts_nothing(
     ctx = context(conn, projects, predictor)
     counts = ChunkRun(ctx, rec["id"], [1, 2, 3, 4, 5, 6, 7, 99]).run()
     assert counts == {"done": 6, "skipped": 0, "failed": 2, "cancelled": False}
-    assert projects.import_calls == 2  # post_every=3: bulk, not one call per task
-    assert all(len(projects.preds[i]) == (0 if i == 4 else 1) for i in projects.data)
+    assert projects.import_calls == 3  # post_every=3 (7 posts: 6 predictions, 1 error): bulk, not one per task
+    assert all(len(projects.preds[i]) == 1 for i in projects.data)
+    (shown,) = projects.preds[4]  # the failed task's visible error prediction (what /predict answers)
+    assert shown["result"] == [] and shown["score"] == 0.0 and shown["model_version"] == \
+        f"error: ImageFetchError: /data/upload/4.png answered HTTP 404 ({VERSION})"
     rec = jobs.get(rec["id"])
     assert rec["failed_tasks"][4].startswith("ImageFetchError: ") and "not a task of project" in rec["failed_tasks"][99]
     # the same chunk again (a retry after a worker died, the job still running): skips every predicted task
     JobStore(conn).set_status(rec["id"], "running")
     assert ChunkRun(ctx, rec["id"], [1, 2, 3, 4, 5, 6, 7]).run()["skipped"] == 6
-    assert all(len(projects.preds[i]) <= 1 for i in projects.data)
+    assert all(len(projects.preds[i]) == 1 for i in projects.data)  # the error prediction not posted twice
     rec = jobs.get(rec["id"])
     assert (rec["done"], rec["skipped"], rec["failed"]) == (6, 6, 2)
 

@@ -16,7 +16,10 @@ by its holder, so a holder whose lock expired cannot delete its successor's), as
 already have a prediction of this version, and posts only the others; a chunk retried after a
 worker died mid-chunk therefore re-posts nothing. Cooperative cancel: the job's status is read
 before every task. A failing task (404, not an image, ...) is recorded with its reason and the
-chunk goes on; Label Studio or Redis failures raise, and RQ retries the chunk.
+chunk goes on, and its visible error prediction (no regions, score 0, ``model_version`` ``"error:
+<reason> (<version>)"``: :mod:`backend.predict.errors`, what ``/predict`` answers) goes out with the
+next bulk post, once per reason (a retried chunk sees it among the task's predictions); Label Studio
+or Redis failures raise, and RQ retries the chunk.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from redis.exceptions import LockError
 
 from backend.fetch.images import ImageFetchError
 from backend.controls.labels import LabelConfigError, TaskDataError
+from backend.predict.errors import error_prediction, task_error
 from backend.predict.predictor import TASK_ERRORS, TaskInfo
 from backend.predict.projects import Connection
 from backend.jobs.batching import Prefill, prefill
@@ -83,6 +87,7 @@ class ChunkRun:
         self.ctx, self.job_id, self.task_ids = ctx, job_id, task_ids
         self.counts = {"done": 0, "skipped": 0, "failed": 0, "cancelled": False}
         self.pending: list[dict] = []
+        self.error_posts: set[int] = set()  # tasks in ``pending`` with a visible error prediction
 
     def redis(self, call, what: str):
         return retrying(call, what, self.ctx.redis_wait_s)
@@ -106,7 +111,7 @@ class ChunkRun:
             request = ctx.pipeline.context(str(project), ctx.pipeline.parse(config), label_config=config,
                                            fetch=ctx.fetch, connection=Connection())
         except (LabelConfigError, ImageFetchError) as exc:
-            self.fail({t: f"{type(exc).__name__}: {exc}" for t in self.task_ids})
+            self.fail({t: task_error(exc) for t in self.task_ids})
             return self.finish(rec)
         version = request.version
         tasks = ctx.projects.tasks(project, ids=self.task_ids)
@@ -164,7 +169,9 @@ class ChunkRun:
                     else:
                         log.exception("job %s: task %s: no prediction: unexpected %s", self.job_id, task["id"],
                                       type(exc).__name__)
-                    self.fail({task["id"]: f"{type(exc).__name__}: {exc}"})
+                    self.failed_task(task, task_error(exc), version)
+                    if len(self.pending) >= self.ctx.post_every:
+                        self.post(project, version)
                     continue
                 log.info("job %s: task %s: %d regions, %s, %.2fs", self.job_id, task["id"],
                          len(prediction["result"]), info.describe(), time.perf_counter() - t0)
@@ -173,6 +180,17 @@ class ChunkRun:
                 if len(self.pending) >= self.ctx.post_every:
                     self.post(project, version)
         self.post(project, version)
+
+    def failed_task(self, task: dict, reason: str, version: str) -> None:
+        """Record ``task`` as failed and queue its visible error prediction for the next bulk post
+        (:func:`backend.predict.errors.error_prediction`, what ``/predict`` answers), unless the task
+        already has that very prediction (a retried chunk) or the error means "later"."""
+        self.fail({task["id"]: reason})
+        shown = error_prediction(task["id"], reason, version)
+        if shown is None or any(p.get("model_version") == shown["model_version"] for p in task.get("predictions", ())):
+            return
+        self.pending.append({k: shown[k] for k in ("task", "result", "score", "model_version")})
+        self.error_posts.add(task["id"])
 
     def prefill(self, group: list[dict[str, Future]]) -> Prefill:
         """Batch-encode the cache misses among the downloaded images of ``group`` (see :mod:`.batching`);
@@ -213,7 +231,8 @@ class ChunkRun:
         finally:
             for lock in held:
                 self.unlock(lock)
-        self.mark(done=[p["task"] for p in fresh], skipped=sorted(already))
+        errors, self.error_posts = self.error_posts, set()  # posted, or not (the task has a current prediction)
+        self.mark(done=[p["task"] for p in fresh if p["task"] not in errors], skipped=sorted(already - errors))
         self.pending = []
 
     def unlock(self, lock) -> None:

@@ -21,6 +21,7 @@ from cass.features import FeaturesFormatError
 from cass.images import ImageError
 from cass.vocabulary import Vocabulary, VocabularyError
 
+from backend.predict.errors import error_entry, task_error
 from backend.predict.faults import TaskOutOfMemory, is_out_of_memory, recover_from_oom
 from backend.fetch.images import ImageFetchError
 from backend.controls.labels import BrushTarget, TaskDataError
@@ -127,7 +128,7 @@ class Predictor:
                     log.warning("task %s: no prediction: %s", task_id, exc)
                 else:
                     log.exception("task %s: no prediction: unexpected %s", task_id, type(exc).__name__)
-                out.append(self.error_entry(task_id, f"{type(exc).__name__}: {exc}", version))
+                out.append(self.error_entry(task_id, task_error(exc), version))
                 self._count("failed_tasks")
                 continue
             log.info("task %s: %d regions, score %.3f, %s, %.2fs", task_id, len(prediction["result"]),
@@ -196,7 +197,7 @@ class Predictor:
                              getattr(memory, "digest", None) if memory else None)
 
     def error_entry(self, task_id, message: str, version: str | None = None) -> dict:
-        return {"task": task_id, "error": message, "model_version": version or self.model_version}
+        return error_entry(task_id, message, version or self.model_version)
 
     # -------------------------------------------------------------------------------------------
     def encode(self, image_bytes: bytes, info: "TaskInfo | None" = None):
