@@ -457,3 +457,47 @@ def test_job_metrics_collector(conn, redis_url):  # noqa: F811
     text = render_job_metrics(redis_url).decode()
     assert 'cass_job_tasks{job="' in text and 'state="total"} 3.0' in text and "cass_jobs_queue_length 1.0" in text
     assert render_job_metrics(None) == b""
+
+
+def test_progress_moves_per_task_while_posting_still_batches(conn, monkeypatch):
+    """Issue 22: the job record (done, rate, ETA) and the chunk's RQ meta advance with every task
+    computed, not only with every bulk post (``post_every``); a task counts as posted once its bulk
+    post is in, and the job finishes only then."""
+    import rq
+
+    projects = FakeProjects(5)
+    jobs = Jobs(conn, projects)
+    rec = jobs.start(JobSpec(1), "cass-fake-1")
+    seen = []
+
+    class RQJob:  # the chunk's RQ job, as get_current_job() returns it inside a worker
+        meta: dict = {}
+
+        def save_meta(self):
+            seen.append(("meta", dict(self.meta)))
+
+    monkeypatch.setattr(rq, "get_current_job", lambda: RQJob())
+
+    class Watching(FakePredictor):
+        def predict_task(self, task, targets, fetch, info=None, prefill=None):
+            now = jobs.get(rec["id"])
+            seen.append(("record", task["id"], now["done"], now["posted"], now["rate_tasks_per_s"], now["status"]))
+            return super().predict_task(task, targets, fetch, info, prefill)
+
+    ctx = WorkerContext(FakePipeline(Watching(bad={3})), Settings(), projects, JobStore(conn), post_every=8,
+                        fetch=FakeFetcher().fetch)
+    counts = ChunkRun(ctx, rec["id"], [1, 2, 3, 4, 5]).run()
+    assert counts == {"done": 4, "skipped": 0, "failed": 1, "cancelled": False}
+    assert projects.import_calls == 1  # still one bulk post (4 predictions and task 3's error)
+    records = [s[1:] for s in seen if s[0] == "record"]
+    # (task, done, posted) as each task starts: done moves per task (task 3 failed), posted at the post
+    assert [r[:3] for r in records] == [(1, 0, 0), (2, 1, 0), (3, 2, 0), (4, 2, 0), (5, 3, 0)], records
+    assert records[0][3] is None and all(r[3] is not None and r[3] > 0 for r in records[1:])  # the rate
+    assert all(r[4] == "running" for r in records)
+    metas = [s[1] for s in seen if s[0] == "meta"]
+    # the chunk's RQ meta: (done, posting) after the start, each task (task 3 failed) and the one post
+    assert [(m["done"], m["posting"]) for m in metas] == [(0, 0), (1, 1), (2, 2), (2, 2), (3, 3), (4, 4), (4, 0)]
+    assert metas[-1]["failed"] == 1 and metas[-1]["size"] == 5
+    final = jobs.get(rec["id"])
+    assert final["status"] == "finished" and (final["done"], final["posted"], final["posting"]) == (4, 4, 0)
+    assert "4 done" in progress_line(final) and "to post" not in progress_line(final)

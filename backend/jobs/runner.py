@@ -177,6 +177,7 @@ class ChunkRun:
                          len(prediction["result"]), info.describe(), time.perf_counter() - t0)
                 self.pending.append({"task": task["id"], "result": prediction["result"],
                                      "score": prediction["score"], "model_version": version})
+                self.mark(computed=[task["id"]])  # progress per task; the post below is in bulk
                 if len(self.pending) >= self.ctx.post_every:
                     self.post(project, version)
         self.post(project, version)
@@ -232,8 +233,8 @@ class ChunkRun:
             for lock in held:
                 self.unlock(lock)
         errors, self.error_posts = self.error_posts, set()  # posted, or not (the task has a current prediction)
-        self.mark(done=[p["task"] for p in fresh if p["task"] not in errors], skipped=sorted(already - errors))
         self.pending = []
+        self.mark(done=[p["task"] for p in fresh if p["task"] not in errors], skipped=sorted(already - errors))
 
     def unlock(self, lock) -> None:
         """Release one task lock; redis-py's ``Lock.release`` deletes it only while it still holds this
@@ -245,10 +246,12 @@ class ChunkRun:
                         self.job_id, lock.name, LOCK_TTL_S, exc)
 
     # -------------------------------------------------------------------------------------------
-    def mark(self, done=(), skipped=()) -> None:
-        if done or skipped:
-            self.redis(lambda: self.ctx.store.mark(self.job_id, done=list(done), skipped=list(skipped)),
-                       "recording progress")
+    def mark(self, done=(), skipped=(), computed=()) -> None:
+        """Record posted (``done``), ``skipped`` and ``computed`` (predicted, waiting for the bulk post)
+        tasks in the job record, and the chunk's counts in its RQ meta."""
+        if done or skipped or computed:
+            self.redis(lambda: self.ctx.store.mark(self.job_id, done=list(done), skipped=list(skipped),
+                                                   computed=list(computed)), "recording progress")
         self.counts["done"] += len(done)
         self.counts["skipped"] += len(skipped)
         self.ctx.counters["tasks_done"] += len(done)
@@ -267,12 +270,15 @@ class ChunkRun:
         self.save_meta()
 
     def save_meta(self) -> None:
-        """The chunk's own progress in its RQ job's meta (``rq info`` / dashboards show it)."""
+        """The chunk's own progress in its RQ job's meta (``rq info`` / dashboards show it): ``done``
+        counts the tasks predicted (``posting`` of them wait for the bulk post), per task."""
         from rq import get_current_job
 
         job = get_current_job()
         if job is not None:
-            job.meta.update({k: v for k, v in self.counts.items()}, size=len(self.task_ids))
+            posting = len(self.pending) - len(self.error_posts)  # predicted, waiting for the bulk post
+            job.meta.update(self.counts, done=self.counts["done"] + posting, posting=posting,
+                            size=len(self.task_ids))
             self.redis(job.save_meta, "saving chunk progress")
 
     def finish(self, rec: dict) -> dict:
@@ -281,7 +287,7 @@ class ChunkRun:
         store = self.ctx.store
         now = self.redis(lambda: store.record(self.job_id), "reading the job")
         if now is not None and now["status"] not in TERMINAL and \
-                now["done"] + now["skipped"] + now["failed"] >= now["total"]:
+                now["posted"] + now["skipped"] + now["failed"] >= now["total"]:  # posted, not only computed
             from backend.jobs.spec import JobSpec
 
             self.redis(lambda: store.set_status(self.job_id, "finished"), "finishing the job")
