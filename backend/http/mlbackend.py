@@ -38,7 +38,7 @@ from backend.controls.digest_cache import config_digest
 from backend.controls.labels import LabelConfigError
 from backend.controls.smart import ContextError
 from backend.fetch.images import ImageFetchError
-from backend.predict.errors import one_line, visible_error  # noqa: F401  (visible_error: the tests' import)
+from backend.predict.errors import one_line
 from backend.predict.pipeline import Pipeline, RequestContext
 from backend.predict.projects import Connection, setup_project_key
 
