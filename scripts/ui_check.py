@@ -15,6 +15,9 @@ images, connects the backend, retrieves predictions with the Data Manager action
    label, score) and takes the screenshot;
 4. clicks the prediction item, reads its regions panel too, screenshot ``<name>_prediction.png``.
 
+The regions panel is a virtual list that only renders the rows in its visible height: it is scrolled
+from top to bottom to read every row (``scripts/ui_editor.py``, with the test pictures).
+
 Prints one JSON line (the first task at the top level, every checked task under ``tasks``) and exits
 1 when the labels in either regions panel differ from the labels of the stored prediction (as
 multisets), 2 when something failed before that.
@@ -43,12 +46,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
-
-import numpy as np
-from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,8 +59,9 @@ from tests.e2e.conftest import (  # noqa: E402  (the e2e test's helpers and sett
 from tests.e2e.conftest import ADMIN_PASSWORD as PASSWORD, ADMIN_USER as USER  # noqa: E402
 from tests.e2e.conftest import start_backend as e2e_start_backend  # noqa: E402
 from tests.e2e.conftest import start_label_studio as e2e_start_label_studio  # noqa: E402
-from tests.e2e.test_label_studio import LS, encoded  # noqa: E402
+from tests.e2e.test_label_studio import LS  # noqa: E402
 from tests.e2e.label_studio_api import create_personal_access_token, login  # noqa: E402
+from ui_editor import log, make_images, objects_image, read_editor, largest_box  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -79,33 +79,6 @@ INSTANCES_CONFIG = CONFIG.replace('<BrushLabels name="tag" toName="image">',
                                   '<BrushLabels name="tag" toName="image" cass_instances="true">')
 
 
-def log(msg: str) -> None:
-    print(f"[ui_check {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def make_images() -> dict[str, bytes]:
-    """Two small pictures with some structure (the tiny weights are random: any labels may come out)."""
-    rng = np.random.default_rng(1)
-    a = Image.new("RGB", (320, 240), (120, 170, 230))
-    d = ImageDraw.Draw(a)
-    d.rectangle((0, 150, 320, 240), fill=(40, 150, 50))
-    d.ellipse((110, 60, 210, 180), fill=(230, 140, 40))
-    b = Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8))
-    return {"scene.png": encoded(a, "PNG"), "noise.png": encoded(b, "PNG")}
-
-
-def objects_image() -> dict[str, bytes]:
-    """A 480x320 picture with several separate objects: three discs and two boxes on grass under sky."""
-    img = Image.new("RGB", (480, 320), (120, 170, 230))
-    d = ImageDraw.Draw(img)
-    d.rectangle((0, 200, 480, 320), fill=(40, 150, 50))
-    for x0, y0 in ((30, 210), (190, 230), (350, 215)):
-        d.ellipse((x0, y0, x0 + 80, y0 + 70), fill=(230, 140, 40))
-    for x0, y0 in ((70, 40), (300, 60)):
-        d.rectangle((x0, y0, x0 + 90, y0 + 80), fill=(90, 60, 40))
-    return {"objects.png": encoded(img, "PNG")}
-
-
 def start_label_studio(root: Path) -> tuple[str, subprocess.Popen, Path]:
     exe = LS_VENV / "bin" / "label-studio"
     if not exe.exists():
@@ -118,49 +91,6 @@ def start_backend(root: Path, ls_url: str, token: str) -> tuple[str, subprocess.
     if not (TINY_WEIGHTS / "clip_tiny.safetensors").is_file():
         raise SystemExit(f"tiny weights not found under {TINY_WEIGHTS}")
     return e2e_start_backend(root, ls_url, token)
-
-
-# The regions panel of Label Studio 1.23.2's editor ("Outliner", bottom right, tab "Regions"): one tree
-# item per region: its index, the label (coloured like the label) and the score. Read with the browser's
-# rendering (innerText), as a person reads it; the hidden measuring node of the tree has no role=treeitem.
-READ_REGIONS_JS = """() => [...document.querySelectorAll('.lsf-outliner-tree [role=treeitem]')].map(n => {
-  const title = n.querySelector('.lsf-outliner-item__title');
-  const score = n.querySelector('.lsf-outliner-item__control_type_score');
-  return {label: title ? title.innerText.trim() : n.innerText.trim(),
-          score: score ? score.innerText.trim() : null};
-})"""
-# The items above the image: annotations (user) and predictions (model version, score); the selected one
-# is what the editor shows.
-READ_TABS_JS = """() => [...document.querySelectorAll('.lsf-annotation-button')].map(n => ({
-  text: n.innerText.replace(/\\s+/g, ' ').trim(),
-  selected: n.classList.contains('lsf-annotation-button_selected'),
-  draft: n.classList.contains('lsf-annotation-button_draft'),
-}))"""
-IMAGE_LOADED_JS = ("() => [...document.querySelectorAll('img')].some("
-                   "i => i.complete && i.naturalWidth > 0 && i.src.includes('/data/upload/'))")
-
-
-def read_editor(page, want: int, what: str) -> tuple[list[dict], list[dict]]:
-    """Wait for the editor to show the image and ``want`` region items (at most 60 s), then read it."""
-    page.wait_for_selector(".lsf-main-view", timeout=120_000)
-    page.wait_for_function(IMAGE_LOADED_JS, timeout=60_000)
-    try:
-        page.wait_for_function(f"() => ({READ_REGIONS_JS})().length >= {max(want, 1)}", timeout=60_000)
-    except Exception:  # noqa: BLE001 - read what is there; the caller reports the mismatch
-        log(f"{what}: the regions panel did not list {want} regions within 60 s")
-    page.wait_for_timeout(1500)  # let the brush layers paint before the screenshot
-    return page.evaluate(READ_REGIONS_JS), page.evaluate(READ_TABS_JS)
-
-
-def largest_box(result: list[dict], kind: str, label: str) -> tuple[float, float, float, float] | None:
-    """(x0, y0, x1, y1) in fractions of the image of the largest stored polygon labelled ``label``."""
-    boxes = []
-    for r in result:
-        points = r["value"].get("points")
-        if kind == "polygonlabels" and points and label in r["value"][kind]:
-            xs, ys = [p[0] / 100 for p in points], [p[1] / 100 for p in points]
-            boxes.append((min(xs), min(ys), max(xs), max(ys)))
-    return max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])) if boxes else None
 
 
 def check_in_browser(ls_url: str, pid: int, tasks: list[dict], shot: Path, workdir: Path,
@@ -308,7 +238,7 @@ def main() -> int:
                 raise RuntimeError(f"task {tid}: expected one stored prediction, got {len(preds)}")
             result = preds[0]["result"]
             labels = [label for r in result for label in r["value"][kind]]
-            scores = {"/".join(r["value"][kind]): r.get("score") for r in result}
+            scores = [["/".join(r["value"][kind]), r.get("score")] for r in result]  # per region (instances)
             tasks.append({"id": tid, "labels": labels, "scores": scores, "model_version": preds[0]["model_version"],
                           "cat_box": largest_box(result, kind, "cat")})
         log(f"stored prediction labels: {[(t['id'], t['labels']) for t in tasks]}")

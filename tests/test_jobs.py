@@ -132,14 +132,17 @@ def test_a_chunk_posts_once_per_task_records_failures_and_a_rerun_posts_nothing(
     ctx = context(conn, projects, predictor)
     counts = ChunkRun(ctx, rec["id"], [1, 2, 3, 4, 5, 6, 7, 99]).run()
     assert counts == {"done": 6, "skipped": 0, "failed": 2, "cancelled": False}
-    assert projects.import_calls == 2  # post_every=3: bulk, not one call per task
-    assert all(len(projects.preds[i]) == (0 if i == 4 else 1) for i in projects.data)
+    assert projects.import_calls == 3  # post_every=3 (7 posts: 6 predictions, 1 error): bulk, not one per task
+    assert all(len(projects.preds[i]) == 1 for i in projects.data)
+    (shown,) = projects.preds[4]  # the failed task's visible error prediction (what /predict answers)
+    assert shown["result"] == [] and shown["score"] == 0.0 and shown["model_version"] == \
+        f"error: ImageFetchError: /data/upload/4.png answered HTTP 404 ({VERSION})"
     rec = jobs.get(rec["id"])
     assert rec["failed_tasks"][4].startswith("ImageFetchError: ") and "not a task of project" in rec["failed_tasks"][99]
     # the same chunk again (a retry after a worker died, the job still running): skips every predicted task
     JobStore(conn).set_status(rec["id"], "running")
     assert ChunkRun(ctx, rec["id"], [1, 2, 3, 4, 5, 6, 7]).run()["skipped"] == 6
-    assert all(len(projects.preds[i]) <= 1 for i in projects.data)
+    assert all(len(projects.preds[i]) == 1 for i in projects.data)  # the error prediction not posted twice
     rec = jobs.get(rec["id"])
     assert (rec["done"], rec["skipped"], rec["failed"]) == (6, 6, 2)
 
@@ -469,3 +472,47 @@ def test_auto_preannotate_starts_a_job_only_for_a_project_set_up_with_this_backe
     assert client.get("/jobs").get_json()["jobs"] == []
     started = auto_preannotate(app, hook, known=lambda project: project["id"] == 1)
     assert started["tasks"] == 2 and started["job"]
+
+
+def test_progress_moves_per_task_while_posting_still_batches(conn, monkeypatch):
+    """Issue 22: the job record (done, rate, ETA) and the chunk's RQ meta advance with every task
+    computed, not only with every bulk post (``post_every``); a task counts as posted once its bulk
+    post is in, and the job finishes only then."""
+    import rq
+
+    projects = FakeProjects(5)
+    jobs = Jobs(conn, projects)
+    rec = jobs.start(JobSpec(1), "cass-fake-1")
+    seen = []
+
+    class RQJob:  # the chunk's RQ job, as get_current_job() returns it inside a worker
+        meta: dict = {}
+
+        def save_meta(self):
+            seen.append(("meta", dict(self.meta)))
+
+    monkeypatch.setattr(rq, "get_current_job", lambda: RQJob())
+
+    class Watching(FakePredictor):
+        def predict_task(self, task, targets, fetch, info=None, prefill=None):
+            now = jobs.get(rec["id"])
+            seen.append(("record", task["id"], now["done"], now["posted"], now["rate_tasks_per_s"], now["status"]))
+            return super().predict_task(task, targets, fetch, info, prefill)
+
+    ctx = WorkerContext(FakePipeline(Watching(bad={3})), Settings(), projects, JobStore(conn), post_every=8,
+                        fetch=FakeFetcher().fetch)
+    counts = ChunkRun(ctx, rec["id"], [1, 2, 3, 4, 5]).run()
+    assert counts == {"done": 4, "skipped": 0, "failed": 1, "cancelled": False}
+    assert projects.import_calls == 1  # still one bulk post (4 predictions and task 3's error)
+    records = [s[1:] for s in seen if s[0] == "record"]
+    # (task, done, posted) as each task starts: done moves per task (task 3 failed), posted at the post
+    assert [r[:3] for r in records] == [(1, 0, 0), (2, 1, 0), (3, 2, 0), (4, 2, 0), (5, 3, 0)], records
+    assert records[0][3] is None and all(r[3] is not None and r[3] > 0 for r in records[1:])  # the rate
+    assert all(r[4] == "running" for r in records)
+    metas = [s[1] for s in seen if s[0] == "meta"]
+    # the chunk's RQ meta: (done, posting) after the start, each task (task 3 failed) and the one post
+    assert [(m["done"], m["posting"]) for m in metas] == [(0, 0), (1, 1), (2, 2), (2, 2), (3, 3), (4, 4), (4, 0)]
+    assert metas[-1]["failed"] == 1 and metas[-1]["size"] == 5
+    final = jobs.get(rec["id"])
+    assert final["status"] == "finished" and (final["done"], final["posted"], final["posting"]) == (4, 4, 0)
+    assert "4 done" in progress_line(final) and "to post" not in progress_line(final)

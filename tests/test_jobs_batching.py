@@ -140,7 +140,8 @@ def test_a_bad_image_fails_alone_not_its_batch_mates(conn):
     assert len(predictor.engine.batches) == 1  # tried together, failed, then one by one
     assert sorted(predictor.engine.singles) == sorted(f"{p}/data/upload/{t}.png".encode()
                                                       for t, p in [(1, ""), (2, "bad:"), (3, ""), (4, "")])
-    assert [len(projects.preds[t]) for t in (1, 2, 3, 4)] == [1, 0, 1, 1]
+    assert [len(projects.preds[t]) for t in (1, 2, 3, 4)] == [1, 1, 1, 1]
+    assert projects.preds[2][0]["result"] == [] and projects.preds[2][0]["model_version"].startswith("error: ")
     assert "not an image" in rec["failed_tasks"][2]
 
 

@@ -22,7 +22,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from backend.http.app import create_app
 from backend.config import Settings
-from backend.http.mlbackend import one_line, visible_error
+from backend.predict.errors import one_line, visible_error
 from backend.predict.predictor import Predictor
 from tests.backend_fixtures import LEGACY_TOKEN, FakeEngine, label_studio, ls_request, png_bytes, three_band_image
 

@@ -20,15 +20,13 @@ passes in as an init kwarg. Nothing else lives here: no prediction logic, no pro
   ``raise_for_status()`` then ``str(HTTPError)`` = ``"400 Client Error: <reason phrase> for url:
   ..."``), and *Connect Model* shows that string (``ml/serializers.py`` ``_validate_setup``);
 * a task that failed (image 401, not decodable, no data field) is answered as a stored, visible
-  prediction: ``result: []``, ``score: 0`` and ``model_version: "error: <reason> (<version>)"`` --
-  Label Studio 1.23.2 drops an entry without ``result`` (``ml/models.py``
-  ``_get_predictions_from_ml_backend``) and keeps only ``result``, ``score`` and ``model_version`` of
-  the others (docs/backend.md, "What Label Studio shows").
+  prediction: ``result: []``, ``score: 0`` and ``model_version: "error: <reason> (<version>)"``,
+  made by the pipeline for every door (:mod:`backend.predict.errors`; docs/backend.md, "What Label
+  Studio shows").
 """
 from __future__ import annotations
 
 import logging
-import re
 
 from flask import Flask, jsonify, request
 from label_studio_ml import api as ls_ml_api
@@ -40,27 +38,13 @@ from backend.controls.digest_cache import config_digest
 from backend.controls.labels import LabelConfigError
 from backend.controls.smart import ContextError
 from backend.fetch.images import ImageFetchError
+from backend.predict.errors import one_line
 from backend.predict.pipeline import Pipeline, Refused, RequestContext
 from backend.predict.projects import Connection, setup_project_key
 
 log = logging.getLogger("backend.http.mlbackend")
 
 MAX_REASON_CHARS = 1000  # of the HTTP reason phrase (the JSON body keeps the whole message)
-MAX_VERSION_REASON_CHARS = 300  # of the reason in an error prediction's model_version
-ERROR_VERSION_PREFIX = "error: "
-#: per-task errors that say "later", not "this task is broken": left without ``result`` so that Label
-#: Studio stores nothing and asks again (budget used up; text prompts still encoding)
-RETRY_LATER_PREFIXES = ("not predicted:", "TextNotReady:")
-
-
-def one_line(text, limit: int | None = None) -> str:
-    """``text`` as one line of printable ASCII (whitespace runs -> one space, others -> ``?``),
-    cut to ``limit`` characters with an ellipsis."""
-    flat = re.sub(r"\s+", " ", str(text)).strip()
-    flat = "".join(c if " " <= c <= "~" else "?" for c in flat)
-    if limit is not None and len(flat) > limit:
-        flat = flat[:limit - 3].rstrip() + "..."
-    return flat
 
 
 def error_answer(status: int, message: str):
@@ -69,18 +53,6 @@ def error_answer(status: int, message: str):
     resp = jsonify({"status": status, "detail": message, "error": message})
     resp.status = f"{status} {one_line(message, MAX_REASON_CHARS) or 'error'}"
     return resp
-
-
-def visible_error(entry: dict) -> dict:
-    """A per-task error entry ``{task, error, model_version}`` -> a prediction Label Studio stores
-    and shows: no regions, score 0, the reason in ``model_version`` (``"error" kept for API users).
-    Errors that mean "retry later" (see :data:`RETRY_LATER_PREFIXES`) stay as they are."""
-    if "result" in entry or not isinstance(entry.get("error"), str) or \
-            entry["error"].startswith(RETRY_LATER_PREFIXES):
-        return entry
-    reason = one_line(entry["error"], MAX_VERSION_REASON_CHARS)
-    return {**entry, "result": [], "score": 0.0,
-            "model_version": f"{ERROR_VERSION_PREFIX}{reason} ({entry.get('model_version')})"}
 
 
 def setup_view():
@@ -229,8 +201,6 @@ class CASSManager(LabelStudioMLManager):
             predictions, version = model.predict(tasks, project=project, **kwargs)
         except (LabelConfigError, ContextError) as exc:
             raise AnswerException(400, f"{type(exc).__name__}: {exc}", {}) from exc
-        if isinstance(predictions, list):
-            predictions = [visible_error(p) if isinstance(p, dict) else p for p in predictions]
         return predictions, ModelWrapper(model=model, model_version=version)
 
     @classmethod

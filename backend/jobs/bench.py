@@ -87,7 +87,7 @@ def phase(args, redis_url: str, workers: int, n: int, seed: int, env_extra: dict
         first = None
         while True:
             rec = jobs.get(rec["id"])
-            if first is None and rec["done"]:
+            if first is None and rec["posted"]:
                 if any(t["predictions"] for t in projects.tasks(pid)):
                     first = time.monotonic() - t0
             if rec["status"] in ("finished", "failed", "cancelled"):

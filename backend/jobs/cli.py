@@ -48,13 +48,16 @@ def exit_code(rec: dict) -> int:
 
 
 def progress_line(rec: dict) -> str:
-    """``14/40 (10 done, 2 failed, 2 skipped) | 2.00 tasks/s | ETA 13s | running`` (rate and ETA as
+    """``14/40 (10 done, 3 to post, 2 failed, 2 skipped) | 2.00 tasks/s | ETA 13s | running`` (done: per
+    task predicted, ``to post`` of them wait for their bulk post; rate and ETA as
     :func:`backend.jobs.watch.throughput` measures them, in the record from ``Jobs.get``)."""
     from backend.jobs.watch import duration
 
     processed = rec["done"] + rec["skipped"] + rec["failed"]
     rate, eta = rec.get("rate_tasks_per_s"), rec.get("eta_s")
-    return (f"{processed}/{rec['total']} ({rec['done']} done, {rec['failed']} failed, {rec['skipped']} skipped) | "
+    posting = f", {rec['posting']} to post" if rec.get("posting") else ""
+    return (f"{processed}/{rec['total']} ({rec['done']} done{posting}, {rec['failed']} failed, "
+            f"{rec['skipped']} skipped) | "
             f"{'?' if rate is None else f'{rate:.2f}'} tasks/s | ETA {duration(eta)} | {rec['status']}")
 
 

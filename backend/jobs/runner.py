@@ -16,7 +16,10 @@ by its holder, so a holder whose lock expired cannot delete its successor's), as
 already have a prediction of this version, and posts only the others; a chunk retried after a
 worker died mid-chunk therefore re-posts nothing. Cooperative cancel: the job's status is read
 before every task. A failing task (404, not an image, ...) is recorded with its reason and the
-chunk goes on; Label Studio or Redis failures raise, and RQ retries the chunk.
+chunk goes on, and its visible error prediction (no regions, score 0, ``model_version`` ``"error:
+<reason> (<version>)"``: :mod:`backend.predict.errors`, what ``/predict`` answers) goes out with the
+next bulk post, once per reason (a retried chunk sees it among the task's predictions); Label Studio
+or Redis failures raise, and RQ retries the chunk.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from redis.exceptions import LockError
 
 from backend.fetch.images import ImageFetchError
 from backend.controls.labels import LabelConfigError, TaskDataError
+from backend.predict.errors import error_prediction, task_error
 from backend.predict.predictor import TASK_ERRORS, TaskInfo
 from backend.predict.projects import Connection
 from backend.jobs.batching import Prefill, prefill
@@ -83,6 +87,7 @@ class ChunkRun:
         self.ctx, self.job_id, self.task_ids = ctx, job_id, task_ids
         self.counts = {"done": 0, "skipped": 0, "failed": 0, "cancelled": False}
         self.pending: list[dict] = []
+        self.error_posts: set[int] = set()  # tasks in ``pending`` with a visible error prediction
 
     def redis(self, call, what: str):
         return retrying(call, what, self.ctx.redis_wait_s)
@@ -106,7 +111,7 @@ class ChunkRun:
             request = ctx.pipeline.context(str(project), ctx.pipeline.parse(config), label_config=config,
                                            fetch=ctx.fetch, connection=Connection())
         except (LabelConfigError, ImageFetchError) as exc:
-            self.fail({t: f"{type(exc).__name__}: {exc}" for t in self.task_ids})
+            self.fail({t: task_error(exc) for t in self.task_ids})
             return self.finish(rec)
         version = request.version
         tasks = ctx.projects.tasks(project, ids=self.task_ids)
@@ -164,15 +169,29 @@ class ChunkRun:
                     else:
                         log.exception("job %s: task %s: no prediction: unexpected %s", self.job_id, task["id"],
                                       type(exc).__name__)
-                    self.fail({task["id"]: f"{type(exc).__name__}: {exc}"})
+                    self.failed_task(task, task_error(exc), version)
+                    if len(self.pending) >= self.ctx.post_every:
+                        self.post(project, version)
                     continue
                 log.info("job %s: task %s: %d regions, %s, %.2fs", self.job_id, task["id"],
                          len(prediction["result"]), info.describe(), time.perf_counter() - t0)
                 self.pending.append({"task": task["id"], "result": prediction["result"],
                                      "score": prediction["score"], "model_version": version})
+                self.mark(computed=[task["id"]])  # progress per task; the post below is in bulk
                 if len(self.pending) >= self.ctx.post_every:
                     self.post(project, version)
         self.post(project, version)
+
+    def failed_task(self, task: dict, reason: str, version: str) -> None:
+        """Record ``task`` as failed and queue its visible error prediction for the next bulk post
+        (:func:`backend.predict.errors.error_prediction`, what ``/predict`` answers), unless the task
+        already has that very prediction (a retried chunk) or the error means "later"."""
+        self.fail({task["id"]: reason})
+        shown = error_prediction(task["id"], reason, version)
+        if shown is None or any(p.get("model_version") == shown["model_version"] for p in task.get("predictions", ())):
+            return
+        self.pending.append({k: shown[k] for k in ("task", "result", "score", "model_version")})
+        self.error_posts.add(task["id"])
 
     def prefill(self, group: list[dict[str, Future]]) -> Prefill:
         """Batch-encode the cache misses among the downloaded images of ``group`` (see :mod:`.batching`);
@@ -213,8 +232,9 @@ class ChunkRun:
         finally:
             for lock in held:
                 self.unlock(lock)
-        self.mark(done=[p["task"] for p in fresh], skipped=sorted(already))
+        errors, self.error_posts = self.error_posts, set()  # posted, or not (the task has a current prediction)
         self.pending = []
+        self.mark(done=[p["task"] for p in fresh if p["task"] not in errors], skipped=sorted(already - errors))
 
     def unlock(self, lock) -> None:
         """Release one task lock; redis-py's ``Lock.release`` deletes it only while it still holds this
@@ -226,10 +246,12 @@ class ChunkRun:
                         self.job_id, lock.name, LOCK_TTL_S, exc)
 
     # -------------------------------------------------------------------------------------------
-    def mark(self, done=(), skipped=()) -> None:
-        if done or skipped:
-            self.redis(lambda: self.ctx.store.mark(self.job_id, done=list(done), skipped=list(skipped)),
-                       "recording progress")
+    def mark(self, done=(), skipped=(), computed=()) -> None:
+        """Record posted (``done``), ``skipped`` and ``computed`` (predicted, waiting for the bulk post)
+        tasks in the job record, and the chunk's counts in its RQ meta."""
+        if done or skipped or computed:
+            self.redis(lambda: self.ctx.store.mark(self.job_id, done=list(done), skipped=list(skipped),
+                                                   computed=list(computed)), "recording progress")
         self.counts["done"] += len(done)
         self.counts["skipped"] += len(skipped)
         self.ctx.counters["tasks_done"] += len(done)
@@ -248,12 +270,15 @@ class ChunkRun:
         self.save_meta()
 
     def save_meta(self) -> None:
-        """The chunk's own progress in its RQ job's meta (``rq info`` / dashboards show it)."""
+        """The chunk's own progress in its RQ job's meta (``rq info`` / dashboards show it): ``done``
+        counts the tasks predicted (``posting`` of them wait for the bulk post), per task."""
         from rq import get_current_job
 
         job = get_current_job()
         if job is not None:
-            job.meta.update({k: v for k, v in self.counts.items()}, size=len(self.task_ids))
+            posting = len(self.pending) - len(self.error_posts)  # predicted, waiting for the bulk post
+            job.meta.update(self.counts, done=self.counts["done"] + posting, posting=posting,
+                            size=len(self.task_ids))
             self.redis(job.save_meta, "saving chunk progress")
 
     def finish(self, rec: dict) -> dict:
@@ -262,7 +287,7 @@ class ChunkRun:
         store = self.ctx.store
         now = self.redis(lambda: store.record(self.job_id), "reading the job")
         if now is not None and now["status"] not in TERMINAL and \
-                now["done"] + now["skipped"] + now["failed"] >= now["total"]:
+                now["posted"] + now["skipped"] + now["failed"] >= now["total"]:  # posted, not only computed
             from backend.jobs.spec import JobSpec
 
             self.redis(lambda: store.set_status(self.job_id, "finished"), "finishing the job")

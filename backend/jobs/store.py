@@ -8,6 +8,7 @@ Keys (``cass:jobs:`` prefix)::
                               created, started (the first chunk), finished, first_prediction,
                               error, heartbeat (of the planner)
     cass:jobs:<id>:done       set of task ids with a prediction posted by this job
+    cass:jobs:<id>:computed   set of task ids predicted by a worker, waiting for their bulk post
     cass:jobs:<id>:skipped    set of task ids that already had a prediction of this model_version
     cass:jobs:<id>:failed     hash task id -> reason (removed again when a retry succeeds)
     cass:jobs:index           sorted set of job ids by creation time
@@ -15,7 +16,9 @@ Keys (``cass:jobs:`` prefix)::
     cass:jobs:model_versions  hash worker name -> model_version of the running workers
 
 Sets make progress idempotent: a chunk retried after a worker died re-adds the same task ids, so
-``done + skipped + failed`` never exceeds ``total``.
+``done + skipped + failed`` never exceeds ``total``. A task moves from ``computed`` to ``done`` (or
+``skipped``, ``failed``) in one transaction, so it is counted once: progress advances per task
+computed (:meth:`JobStore.record`'s ``done`` counts both) while predictions are posted in bulk.
 """
 from __future__ import annotations
 
@@ -120,9 +123,13 @@ class JobStore:
                        "redis.call('hset', KEYS[1], 'status', 'queued') end", 1, job_key(job_id))
 
     # -- progress (idempotent) -------------------------------------------------------------------
-    def mark(self, job_id: str, done=(), skipped=(), failed: dict | None = None) -> None:
-        """Record task outcomes; a task that succeeds is removed from ``failed``."""
+    def mark(self, job_id: str, done=(), skipped=(), failed: dict | None = None, computed=()) -> None:
+        """Record task outcomes in one transaction; a task that succeeds is removed from ``failed``, a
+        task posted, skipped or failed from ``computed`` (predicted, waiting for its bulk post)."""
         with self.conn.pipeline() as pipe:
+            if computed:
+                pipe.sadd(job_key(job_id, "computed"), *computed)
+                pipe.hdel(job_key(job_id, "failed"), *computed)
             if done:
                 pipe.sadd(job_key(job_id, "done"), *done)
                 pipe.hdel(job_key(job_id, "failed"), *done)
@@ -131,6 +138,9 @@ class JobStore:
                 pipe.hdel(job_key(job_id, "failed"), *skipped)
             if failed:
                 pipe.hset(job_key(job_id, "failed"), mapping={str(k): v for k, v in failed.items()})
+            settled = [*done, *skipped, *(failed or ())]
+            if settled:
+                pipe.srem(job_key(job_id, "computed"), *settled)
             pipe.execute()
         if done:
             self.conn.eval("if redis.call('hget', KEYS[1], 'first_prediction') == '' then "
@@ -164,14 +174,22 @@ class JobStore:
         if not raw:
             return None
         rec = {k.decode(): v.decode() for k, v in raw.items()}
-        failed = {k.decode(): v.decode() for k, v in self.conn.hgetall(job_key(job_id, "failed")).items()}
-        done, skipped = self.conn.scard(job_key(job_id, "done")), self.conn.scard(job_key(job_id, "skipped"))
+        with self.conn.pipeline() as pipe:  # one transaction: a task moving between sets counts once
+            pipe.hgetall(job_key(job_id, "failed"))
+            for part in ("done", "skipped", "computed"):
+                pipe.scard(job_key(job_id, part))
+            failed_raw, posted, skipped, computed = pipe.execute()
+        failed = {k.decode(): v.decode() for k, v in failed_raw.items()}
+        # predicted and waiting for a bulk post count as done while the job runs; once it is over, a
+        # task still waiting was never posted (its chunk failed for good, or a cancelled chunk's post)
+        posting = 0 if rec["status"] in TERMINAL else computed
 
         def num(name):
             return float(rec[name]) if rec.get(name) else None
 
         return {"id": job_id, "spec": json.loads(rec["spec"]), "status": rec["status"],
-                "total": int(rec["total"]), "done": done, "skipped": skipped, "failed": len(failed),
+                "total": int(rec["total"]), "done": posted + posting, "posted": posted, "posting": posting,
+                "skipped": skipped, "failed": len(failed),
                 "failed_tasks": {int(k): v for k, v in sorted(failed.items(), key=lambda kv: int(kv[0]))},
                 "chunks": json.loads(rec["chunks"]), "model_version": rec.get("model_version") or None,
                 "engine_version": rec.get("engine_version") or None,

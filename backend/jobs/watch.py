@@ -3,8 +3,9 @@
 * :func:`throughput`: tasks finished (done + failed) / seconds since the job's first chunk started
   (``started`` in the record), and the ETA of the tasks left at that rate. Skipped tasks are counted
   as processed but not in the rate (they cost no prediction). Progress moves per task as the runner
-  records it: skipped and unknown tasks when a chunk starts, failed tasks at once, predicted tasks
-  with each bulk post (every ``CASS_JOB_POST_EVERY`` predictions, 8 by default).
+  records it: skipped and unknown tasks when a chunk starts, failed and predicted tasks at once (a
+  predicted task counts as done while its prediction waits for the bulk post, every
+  ``CASS_JOB_POST_EVERY`` predictions, 8 by default; the record's ``posted`` counts those in Label Studio).
 * :func:`worker_presence`: the RQ workers listening on the job queue and the age of the freshest
   heartbeat. A busy worker beats every ``CASS_JOB_HEARTBEAT_S`` (10 s), an idle one every
   ``CASS_JOB_MAINTENANCE_S`` (30 s: RQ's dequeue timeout), so "no worker seen" means no heartbeat for

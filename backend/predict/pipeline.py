@@ -20,6 +20,7 @@ from backend.controls.config import Controls, parse_controls
 from backend.controls.smart import ContextError, Refiner
 from backend.fetch.images import ImageFetchError
 from backend.labelstudio.client import LabelStudioError, Projects
+from backend.predict.errors import visible_error
 from backend.predict.projects import Connection, ProjectRegistry, setup_project_key
 
 log = logging.getLogger("backend.predict.pipeline")
@@ -107,11 +108,15 @@ class Pipeline:
 
     # -- the doors -------------------------------------------------------------------------------
     def predict_tasks(self, tasks: list, ctx: RequestContext) -> list[dict]:
-        """One entry per task, in order (a prediction or an error entry), under the predict budget."""
-        return self.predictor.predict(tasks, ctx.controls, ctx.fetch, memory=ctx.memory, version=ctx.version)
+        """One entry per task, in order, under the predict budget: a prediction, a visible error
+        prediction for a task that failed (:func:`backend.predict.errors.visible_error`), or an error
+        entry without ``result`` for one to retry later (budget used up, prompts still encoding)."""
+        entries = self.predictor.predict(tasks, ctx.controls, ctx.fetch, memory=ctx.memory, version=ctx.version)
+        return [visible_error(entry) for entry in entries]
 
     def predict_task(self, task: dict, ctx: RequestContext, info=None, prefill=None) -> dict:
-        """One task (a job's loop); raises on a task that fails, like ``Predictor.predict_task``."""
+        """One task (a job's loop); raises on a task that fails, like ``Predictor.predict_task`` (the
+        job posts :func:`backend.predict.errors.error_prediction` for it)."""
         return self.predictor.predict_task(task, ctx.controls, ctx.fetch, info, memory=ctx.memory,
                                            version=ctx.version, prefill=prefill)
 

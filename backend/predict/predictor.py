@@ -21,12 +21,14 @@ from cass.features import FeaturesFormatError
 from cass.images import ImageError
 from cass.vocabulary import Vocabulary, VocabularyError
 
+from backend.predict.errors import error_entry, task_error
 from backend.predict.faults import TaskOutOfMemory, is_out_of_memory, recover_from_oom
 from backend.fetch.images import ImageFetchError
 from backend.controls.labels import BrushTarget, TaskDataError
 from backend.controls.base import regions_for
 from backend.controls.brush_rle import confidence_sums
 from backend.predict.slots import InferenceSlots
+from backend.predict.task_info import TaskInfo
 from backend.predict.text_budget import TextNotReady, TextPreparer
 from backend.predict.loading import NoCache
 from backend.predict.version import model_version
@@ -39,26 +41,6 @@ log = logging.getLogger("backend.predict.predictor")
 #: Failures of one task that are about its data, not a bug: logged as one line, no traceback.
 TASK_ERRORS = (TaskDataError, ImageFetchError, ImageError, VocabularyError, FeaturesFormatError,
                TaskOutOfMemory, TextNotReady)
-
-
-@dataclasses.dataclass
-class TaskInfo:
-    """Where one task's time went, for its log line: fetch, encode (cache misses only) and segment
-    seconds, image feature cache hits and misses."""
-
-    fetch_s: float = 0.0
-    encode_s: float = 0.0
-    segment_s: float = 0.0
-    hits: int = 0
-    misses: int = 0
-
-    def describe(self) -> str:
-        if self.hits + self.misses <= 1:
-            cache = "cache hit" if self.hits else "cache miss"
-        else:
-            cache = f"cache {self.hits} hit(s) {self.misses} miss(es)"
-        return (f"{cache}, fetch {self.fetch_s * 1e3:.0f} ms, encode {self.encode_s * 1e3:.0f} ms, "
-                f"segment {self.segment_s * 1e3:.0f} ms")
 
 
 class Engine(Protocol):
@@ -146,7 +128,7 @@ class Predictor:
                     log.warning("task %s: no prediction: %s", task_id, exc)
                 else:
                     log.exception("task %s: no prediction: unexpected %s", task_id, type(exc).__name__)
-                out.append(self.error_entry(task_id, f"{type(exc).__name__}: {exc}", version))
+                out.append(self.error_entry(task_id, task_error(exc), version))
                 self._count("failed_tasks")
                 continue
             log.info("task %s: %d regions, score %.3f, %s, %.2fs", task_id, len(prediction["result"]),
@@ -178,7 +160,8 @@ class Predictor:
                     info.fetch_s += time.perf_counter() - t0
                 features_by_url[url] = self.features(image_bytes, info, prefill)
                 images_by_url[url] = image_bytes
-            segmentation = self.segment(features_by_url[url], target, info, images_by_url[url], memory)
+            segmentation = self.segment(features_by_url[url], target, info, images_by_url[url], memory,
+                                        probs=getattr(target, "instances", False))
             with self._lock:  # mask encoding is CPU work at the original size: it takes a slot too
                 target_regions, _, _ = regions_for(segmentation, target)
             regions.extend(target_regions)
@@ -214,7 +197,7 @@ class Predictor:
                              getattr(memory, "digest", None) if memory else None)
 
     def error_entry(self, task_id, message: str, version: str | None = None) -> dict:
-        return {"task": task_id, "error": message, "model_version": version or self.model_version}
+        return error_entry(task_id, message, version or self.model_version)
 
     # -------------------------------------------------------------------------------------------
     def encode(self, image_bytes: bytes, info: "TaskInfo | None" = None):
@@ -256,19 +239,22 @@ class Predictor:
         self.text.prepare(text, vocabulary.queries)
 
     def segment(self, features, target: BrushTarget, info: "TaskInfo | None" = None, image: bytes | None = None,
-                memory=None):
+                memory=None, probs: bool = False):
         """``engine.segment`` for one output control, under a slot; ``memory``: the project's memory
-        (a non-empty ``cass.memory.ProjectMemory``) or None."""
+        (a non-empty ``cass.memory.ProjectMemory``) or None; ``probs``: also the per-class probabilities
+        (``Segmentation.probs``: each object's own score with ``cass_instances``; asked only then)."""
         self.prepare_text(target.vocabulary)
         params = self.text_params(target)
         pamr = getattr(params or self.engine.preset.text, "pamr", None) is not None
         with self._lock:
             t0 = time.perf_counter()
             try:
-                memory = {"memory": memory} if memory is not None and len(memory) else {}
+                extra = {"memory": memory} if memory is not None and len(memory) else {}
+                if probs:
+                    extra["return_probs"] = True
                 if pamr:  # PAMR recomputes the image's pixels (features stay label- and PAMR-free)
-                    return self.engine.segment(features, target.vocabulary, params=params, image=image, **memory)
-                return self.engine.segment(features, target.vocabulary, params=params, **memory)
+                    extra["image"] = image
+                return self.engine.segment(features, target.vocabulary, params=params, **extra)
             finally:
                 if info is not None:
                     info.segment_s += time.perf_counter() - t0

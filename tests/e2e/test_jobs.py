@@ -215,8 +215,10 @@ def test_preannotate_a_project_exactly_once_through_a_worker_kill_and_cancel(lab
             assert not (mask & union).any()
             union |= mask
         assert union.all()
-    for task_id in bad.values():
-        assert predictions(ls, task_id) == []
+    for task_id in bad.values():  # one visible error prediction each, as /predict answers (issue 22)
+        (p,) = predictions(ls, task_id)
+        assert p["result"] == [] and p["score"] == 0 and p["model_version"].startswith("error: "), p
+        assert p["model_version"].endswith(f" ({version})"), p
 
     # run 2 (--all: every task queued, the current ones skipped and counted by the runner): adds nothing
     second = cli(env, "preannotate", "--project", str(pid), "--all", "--wait")
@@ -225,11 +227,12 @@ def test_preannotate_a_project_exactly_once_through_a_worker_kill_and_cancel(lab
     assert (rec2["done"], rec2["skipped"], rec2["failed"]) == (0, GOOD, 3), rec2
     assert all(len(predictions(ls, t)) == 1 for t in good)
 
-    # retry the failed tasks: still failing, recorded again, no predictions
+    # retry the failed tasks: still failing, recorded again, no new predictions
     retry = cli(env, "preannotate", "--retry-failed", job_id, "--wait")
     assert retry.returncode == 4, retry.stderr
     rec3 = job(env, retry.stdout.split()[0])
     assert rec3["spec"]["retry_of"] == job_id and rec3["failed"] == 3 and rec3["total"] == 3, rec3
+    assert all(len(predictions(ls, t)) == 1 for t in bad.values())  # the same error is not posted again
 
     final = check_conflict_and_cancel(ls, env, procs)
     print(f"\ne2e jobs: {GOOD}+3 tasks, first chunk after {first_s:.1f}s, worker {busy} killed at "
