@@ -18,7 +18,8 @@ with warnings.catch_warnings():
 from backend.config import Settings
 from backend.fetch.images import DOWNLOADS, LabelStudioAuth
 from backend.predict.predictor import Predictor
-from backend.predict.slots import Busy, InferenceSlots
+from backend.predict.slots import InferenceSlots
+from backend.predict.tickets import Busy
 from tests.backend_fixtures import LEGACY_TOKEN, FakeEngine, FakeLabelStudio, ls_request, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:Importing 'itsdangerous.json' is deprecated:DeprecationWarning")
