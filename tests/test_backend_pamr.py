@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from backend.config import ConfigError, Settings
-from backend.controls.labels import LabelConfigError, parse_label_config
+from backend.controls.label_parse import parse_label_config
+from backend.controls.labels import LabelConfigError
 from backend.predict.loading import make_feature_cache
 from backend.predict.predictor import Predictor
 from tests.backend_fixtures import png_bytes

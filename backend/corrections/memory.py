@@ -25,7 +25,8 @@ import threading
 
 from cass.memory import DEFAULT_MAX_PER_LABEL, ProjectMemory
 
-from backend.controls.labels import LabelConfigError, config_digest
+from backend.controls.digest_cache import config_digest
+from backend.controls.labels import LabelConfigError
 from backend.corrections.memory_store import MemoryStore
 
 log = logging.getLogger("backend.corrections.memory")
