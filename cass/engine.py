@@ -32,8 +32,9 @@ from PIL import Image
 
 from cass import pamr
 from cass.backbones import HEAD_DIM, build_clip, load_dino
-from cass.encoding import (IMAGENET_MEAN, IMAGENET_STD, _INV_MEAN, _INV_STD, ImageEncoding,  # noqa: F401
-                       _Prepared, sliding_windows)  # re-exported: the image side used to live here
+from cass.encoding import ImageEncoding
+from cass.image_input import (IMAGENET_MEAN, IMAGENET_STD, _INV_MEAN, _INV_STD,  # noqa: F401
+                              _Prepared, sliding_windows)  # re-exported: the image side used to live here
 from cass.features import ImageFeatures, Segmentation
 from cass.head import (DenseLogits, Stitcher, _resize_matrix, adjust_text, cluster_queries,  # noqa: F401
                    postprocess, window_logits)  # re-exported: the head used to live here

@@ -48,7 +48,7 @@ def test_segment_needs_only_features_and_vocabulary(model, features, monkeypatch
     monkeypatch.setattr(model.dino, "last_keys", forbidden)
     monkeypatch.setattr(model, "_clip_trunk", forbidden)
     monkeypatch.setattr(cass.engine, "load_image", forbidden)
-    monkeypatch.setattr(cass.encoding, "load_image", forbidden)  # the image side lives there
+    monkeypatch.setattr(cass.image_input, "load_image", forbidden)  # the image side's input lives there
     restored = cass.ImageFeatures.from_bytes(blob, expected_fingerprint=model.fingerprint)
     a = model.segment(restored, cass.Vocabulary.from_names(["cat", "dog", "grass"]))
     b = model.segment(restored, cass.Vocabulary.from_spec("car,truck;road;sky;person"))
