@@ -186,7 +186,7 @@ class ProjectMemory:
         """Window logits plus the memory term (module docstring).
 
         Args:
-            grids: ``(W, Q, gh, gw)`` float32 text logits (:func:`cass.engine.window_logits`).
+            grids: ``(W, Q, gh, gw)`` float32 text logits (:func:`cass.head.window_logits`).
             vocabulary: a :class:`cass.vocabulary.Vocabulary` (class names, query -> class).
         Returns ``grids`` itself (same object) when the memory is empty, no class has prototypes or
         ``weight`` is 0; else a new ``(W, Q, gh, gw)`` float32 tensor.

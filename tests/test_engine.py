@@ -47,7 +47,6 @@ def test_segment_needs_only_features_and_vocabulary(model, features, monkeypatch
 
     monkeypatch.setattr(model.dino, "last_keys", forbidden)
     monkeypatch.setattr(model, "_clip_trunk", forbidden)
-    monkeypatch.setattr(cass.engine, "load_image", forbidden)
     monkeypatch.setattr(cass.image_input, "load_image", forbidden)  # the image side's input lives there
     restored = cass.ImageFeatures.from_bytes(blob, expected_fingerprint=model.fingerprint)
     a = model.segment(restored, cass.Vocabulary.from_names(["cat", "dog", "grass"]))
@@ -113,7 +112,7 @@ def test_tiled_stitching_equals_official_canvas_then_resize(model, features):
     """Stitcher (separable, tiled) == per-window upsample, canvas average, bilinear resize."""
     import torch.nn.functional as F
 
-    from cass.engine import Stitcher, cluster_queries, window_logits
+    from cass.head import Stitcher, cluster_queries, window_logits
 
     voc = cass.Vocabulary.from_names(["a", "b", "c"])
     text = model.text_features(voc)
@@ -129,7 +128,7 @@ def test_tiled_stitching_equals_official_canvas_then_resize(model, features):
     torch.testing.assert_close(st.tile(grids, 0, 480, 0, 640), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(st.tile(grids, 100, 131, 300, 377), ref[:, 100:131, 300:377], rtol=1e-5, atol=1e-5)
     full = model.segment(features, voc, return_probs=True)
-    from cass.engine import postprocess
+    from cass.head import postprocess
 
     tiled = postprocess(grids, st, voc, 40.0, 0.0, True, max_tile_elems=5000)
     np.testing.assert_allclose(tiled.probs, full.probs, atol=1e-6)
@@ -139,7 +138,7 @@ def test_tiled_stitching_equals_official_canvas_then_resize(model, features):
 def test_adjust_text_batched_equals_per_cluster_loop(model, features):
     import torch.nn.functional as F
 
-    from cass.engine import adjust_text
+    from cass.head import adjust_text
 
     voc = cass.Vocabulary.from_names(["a", "b", "c", "d", "e"])
     text = model.text_features(voc)
