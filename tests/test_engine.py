@@ -12,15 +12,13 @@ import cass
 from cass import weights as weights_mod
 from cass.images import inference_size
 from cass.text import encode_tokens, prompt_texts, tokenize
+from tests.parity import gradient_photo
 
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     """A 640x480 synthetic 'photo' (smooth gradients plus shapes)."""
-    y, x = np.mgrid[0:480, 0:640]
-    img = np.stack([(x * 255 / 640), (y * 255 / 480), ((x + y) % 256)], axis=-1).astype(np.uint8)
-    img[100:300, 200:400] = (200, 30, 30)
-    return img
+    return gradient_photo(480, 640, (100, 300, 200, 400))
 
 
 @pytest.fixture(scope="module")
