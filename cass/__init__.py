@@ -16,15 +16,17 @@ from typing import TYPE_CHECKING
 from cass.lazy import lazy_exports
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr__
-    from cass.engine import CASS, create_model, sliding_windows
+    from cass.engine import CASS, create_model
     from cass.features import FeaturesFormatError, ImageFeatures, Segmentation
+    from cass.image_input import sliding_windows
     from cass.images import ImageError, load_image
     from cass.presets import ImageParams, Preset, PresetError, TextParams, list_presets, load_preset
     from cass.vocabulary import Vocabulary, VocabularyClass, VocabularyError
     from cass.weights import WeightsError
 
 _HOMES: dict[str, str] = {  # public name -> the module that defines it
-    **dict.fromkeys(("CASS", "create_model", "sliding_windows"), "cass.engine"),
+    **dict.fromkeys(("CASS", "create_model"), "cass.engine"),
+    "sliding_windows": "cass.image_input",
     **dict.fromkeys(("ImageFeatures", "Segmentation", "FeaturesFormatError"), "cass.features"),
     **dict.fromkeys(("ImageError", "load_image"), "cass.images"),
     **dict.fromkeys(("Preset", "ImageParams", "TextParams", "PresetError", "list_presets", "load_preset"),

@@ -149,18 +149,30 @@ class DinoViT(nn.Module):
         Returns:
             ``(B, heads, gh * gw, head_dim)`` float32 (row-major patch order, CLS dropped).
         """
-        p = self.cfg.patch_size
-        x = x[:, :, : x.shape[2] - x.shape[2] % p, : x.shape[3] - x.shape[3] % p]
-        gh, gw = x.shape[2] // p, x.shape[3] // p
-        tokens = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
-        pos = self.pos_embed[0]
-        if not (gh * gw == pos.shape[0] - 1 and gh == gw):
-            pos = torch.cat([pos[:1], interpolate_pos_grid(pos[1:], gh, gw)], dim=0)
-        tokens = tokens + pos
-        for blk in self.blocks[:-1]:
-            tokens = blk(tokens)
-        return self.blocks[-1].keys(tokens)[:, :, 1:]
+        return last_block_keys(self.blocks, embed_tokens(self, x), skip=1)
+
+
+def embed_tokens(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The tokens a DINO / DINOv2 ViT's blocks read: ``(B, 3, H, W)`` (cropped to a multiple of the
+    patch size) -> ``(B, 1 + gh * gw, D)``, CLS then the patches (row-major), with the positional
+    embedding added (interpolated only when the grid differs from the trained one)."""
+    p = vit.cfg.patch_size
+    x = x[:, :, : x.shape[2] - x.shape[2] % p, : x.shape[3] - x.shape[3] % p]
+    gh, gw = x.shape[2] // p, x.shape[3] // p
+    tokens = vit.patch_embed.proj(x).flatten(2).transpose(1, 2)
+    tokens = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+    pos = vit.pos_embed[0]
+    if not (gh * gw == pos.shape[0] - 1 and gh == gw):
+        pos = torch.cat([pos[:1], interpolate_pos_grid(pos[1:], gh, gw)], dim=0)
+    return tokens + pos
+
+
+def last_block_keys(blocks: nn.ModuleList, tokens: torch.Tensor, skip: int) -> torch.Tensor:
+    """Every block but the last on ``tokens``, then the last block's keys ``(B, heads, n, head_dim)``
+    without the first ``skip`` tokens (CLS, registers)."""
+    for blk in blocks[:-1]:
+        tokens = blk(tokens)
+    return blocks[-1].keys(tokens)[:, :, skip:]
 
 
 def load_dino(state: dict[str, torch.Tensor]) -> nn.Module:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cass.backbones import _DinoBlock
+from cass.backbones import _DinoBlock, embed_tokens, last_block_keys
 from cass.weights import WeightsError
 
 
@@ -128,20 +128,8 @@ class Dinov2ViT(nn.Module):
     def last_keys(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` ImageNet-normalised -> ``(B, heads, gh * gw, head_dim)`` last-block keys of
         the patch tokens (CLS and registers dropped), float32."""
-        from cass.backbones import interpolate_pos_grid
-
-        p = self.cfg.patch_size
-        x = x[:, :, : x.shape[2] - x.shape[2] % p, : x.shape[3] - x.shape[3] % p]
-        gh, gw = x.shape[2] // p, x.shape[3] // p
-        tokens = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
-        pos = self.pos_embed[0]
-        if not (gh * gw == pos.shape[0] - 1 and gh == gw):
-            pos = torch.cat([pos[:1], interpolate_pos_grid(pos[1:], gh, gw)], dim=0)
-        tokens = tokens + pos
+        tokens = embed_tokens(self, x)
         if self.cfg.registers:
             regs = self.register_tokens.expand(x.shape[0], -1, -1)
             tokens = torch.cat([tokens[:, :1], regs, tokens[:, 1:]], dim=1)
-        for blk in self.blocks[:-1]:
-            tokens = blk(tokens)
-        return self.blocks[-1].keys(tokens)[:, :, 1 + self.cfg.registers:]
+        return last_block_keys(self.blocks, tokens, skip=1 + self.cfg.registers)

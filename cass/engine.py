@@ -10,19 +10,16 @@ every window), every backbone runs once per window with the windows batched (the
 an extra, discarded DINO pass per window and all DINO layers' outputs), only the last DINO block's
 keys are computed, and the text tower stops at the last end-of-text token.
 
-Modules: the image side (windows, backbones, spectral step, global prior) is
-:mod:`cass.encoding` (a mixin of :class:`CASS`), the label-dependent head :mod:`cass.head`; their
-names stay importable from here.
+Modules: the image side is :mod:`cass.image_input` (decode, windows, DINO input) and
+:mod:`cass.encoding` (backbones, spectral step, global prior), the label-dependent side
+:mod:`cass.segmenting` (text features, the head of :mod:`cass.head`, PAMR, memory): mixins of
+:class:`CASS`. Torch threads per call: :mod:`cass.threads`.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import os
-import threading
-import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -30,50 +27,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cass import pamr
 from cass.backbones import HEAD_DIM, build_clip, load_dino
-from cass.encoding import (IMAGENET_MEAN, IMAGENET_STD, _INV_MEAN, _INV_STD, ImageEncoding,  # noqa: F401
-                       _Prepared, sliding_windows)  # re-exported: the image side used to live here
+from cass.encoding import ImageEncoding
 from cass.features import ImageFeatures, Segmentation
-from cass.head import (DenseLogits, Stitcher, _resize_matrix, adjust_text, cluster_queries,  # noqa: F401
-                   postprocess, window_logits)  # re-exported: the head used to live here
-from cass.images import ImageError, load_image  # noqa: F401 (load_image: patched by tests)
 from cass.presets import Preset, TextParams, load_preset
+from cass.segmenting import Segmenting
 from cass.text import TextEncoder
-from cass.vocabulary import Vocabulary, VocabularyError
+from cass.threads import torch_threads
+from cass.vocabulary import Vocabulary
 from cass.weights import (CLIP_SOURCES, DINO_SOURCES, GLOBAL_CLIP_SOURCES, WeightsError, file_digest,
-                      load_state_dict, resolve)
-
-log = logging.getLogger("cass")
+                          load_state_dict, resolve)
 
 ENGINE_VERSION = "1"
-
-_THREADS_LOCK = threading.Lock()
-_THREADS_STATE = {"depth": 0, "saved": 0}
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Use ``n`` torch intra-op threads inside the block and restore the previous count after.
-
-    ``torch.set_num_threads`` is process-wide, so nested/concurrent blocks share one setting: the
-    first one in saves the original count, the last one out restores it. ``None``: no change.
-    """
-    if not n:
-        yield
-        return
-    with _THREADS_LOCK:
-        if _THREADS_STATE["depth"] == 0:
-            _THREADS_STATE["saved"] = torch.get_num_threads()
-        _THREADS_STATE["depth"] += 1
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        with _THREADS_LOCK:
-            _THREADS_STATE["depth"] -= 1
-            if _THREADS_STATE["depth"] == 0:
-                torch.set_num_threads(_THREADS_STATE["saved"])
 
 
 @dataclass
@@ -96,7 +61,7 @@ class Timings:
         return asdict(self)
 
 
-class CASS(ImageEncoding):
+class CASS(ImageEncoding, Segmenting):
     """CASS with loaded CLIP and DINO backbones and a preset.
 
     Build it with :func:`create_model`. Thread-safe for concurrent ``segment`` calls; ``encode`` calls
@@ -188,7 +153,7 @@ class CASS(ImageEncoding):
         with torch_threads(self.threads):
             return self._encode(image, resize)
 
-    # (the image side is in cass.encoding.ImageEncoding)
+    # (the image side is in cass.encoding.ImageEncoding, the label side in cass.segmenting.Segmenting)
     def encode_many(self, images: Sequence[Image.Image | np.ndarray | str | os.PathLike | bytes], *,
                     resize: bool = True) -> list[ImageFeatures]:
         """:meth:`encode` of several images, their windows batched into shared backbone calls.
@@ -215,13 +180,6 @@ class CASS(ImageEncoding):
             return self._encode_many(list(images), resize)
 
     # ------------------------------------------------------------------------------------------
-    def text_features(self, vocabulary: Vocabulary) -> torch.Tensor:
-        """``(Q, embed_dim)`` float32 normalised query embeddings (cached per prompt)."""
-        t0 = time.perf_counter()
-        out = self.text(vocabulary.queries)
-        self.timings.text_s += time.perf_counter() - t0
-        return out
-
     def segment(self, features: ImageFeatures, vocabulary: Vocabulary, *,
                 output_size: tuple[int, int] | None = None, return_probs: bool = False,
                 params: TextParams | None = None, image=None, memory=None) -> Segmentation:
@@ -241,64 +199,6 @@ class CASS(ImageEncoding):
         with torch_threads(self.threads):
             return self._segment(features, vocabulary, output_size, return_probs, params, image,
                                  memory=memory)
-
-    @torch.inference_mode()
-    def _segment(self, features: ImageFeatures, vocabulary: Vocabulary, output_size=None,
-                 return_probs: bool = False, params: TextParams | None = None, image=None,
-                 trace: dict | None = None, memory=None) -> Segmentation:
-        """:meth:`segment` with the parity trace (see :func:`cass.testing.segment`)."""
-        if not isinstance(vocabulary, Vocabulary):
-            raise VocabularyError(f"expected a Vocabulary, got {type(vocabulary).__name__}")
-        tp = params or self.preset.text
-        if tp.pamr is not None and image is None:
-            raise ValueError("PAMR is on but segment() got no image: pass the encoded image again "
-                             "(image=...), PAMR refines the masks along its edges")
-        t0 = time.perf_counter()
-        text = self.text_features(vocabulary)
-        global_text = None
-        if self.global_text is not None:
-            if features.global_vectors.shape[1] != self.global_text.clip.text_projection.shape[1]:
-                raise ValueError("features were encoded without the scale_up CLIP (global vector width "
-                                 f"{features.global_vectors.shape[1]})")
-            global_text = self.global_text(vocabulary.queries)
-        t1 = time.perf_counter()
-        clusters = cluster_queries(text, tp.h_threshold)
-        grids = window_logits(features, text, clusters, tp.global_semantics_weight, tp.mean_vector_weight,
-                              tp.topk, trace, global_text=global_text)
-        if memory is not None:  # project memory (cass.memory); empty: grids unchanged
-            grids = memory.fuse(grids, features, vocabulary, tp.memory_weight, tp.memory_temperature)
-        stitcher = Stitcher(features.windows.tolist(), features.grid, features.input_size,
-                            tuple(output_size or features.original_size), features.valid_size)
-        if tp.pamr is not None:
-            stitcher = self._pamr_logits(grids, stitcher, features, image, tp.pamr, trace)
-        seg = postprocess(grids, stitcher, vocabulary, tp.logit_scale, tp.prob_thd, return_probs)
-        if trace is not None:
-            trace["cluster_info"] = clusters
-            trace["text_features"] = text
-            if global_text is not None:
-                trace["global_text_features"] = global_text
-        self.timings.head_s += time.perf_counter() - t1
-        self.timings.segment_s += time.perf_counter() - t0
-        self.timings.segment_calls += 1
-        log.debug("segmented %d classes in %.3fs (text %.3fs)", len(vocabulary), time.perf_counter() - t0,
-                  t1 - t0)
-        return seg
-
-    def _pamr_logits(self, grids, stitcher, features, image, params, trace) -> "DenseLogits":
-        """Full-size stitched logits refined by PAMR (image pixels recomputed from ``image``)."""
-        resize = tuple(features.input_size) != tuple(features.original_size)
-        x, original = self.normalized_input(image, resize=resize)
-        if tuple(original) != tuple(features.original_size) or tuple(x.shape[-2:]) != tuple(features.input_size):
-            raise ImageError(f"the image given for PAMR is {original[1]}x{original[0]}, but the features "
-                             f"are of a {features.original_size[1]}x{features.original_size[0]} image")
-        out_h, out_w = stitcher.output_size
-        t0 = time.perf_counter()
-        logits = stitcher.tile(grids, 0, out_h, 0, out_w)
-        if trace is not None:
-            trace["pre_pamr_logits"] = logits.clone()
-        refined = pamr.refine(logits, x[0], params)
-        self.timings.pamr_s += time.perf_counter() - t0
-        return DenseLogits(refined)
 
     def predict(self, image, vocabulary: Vocabulary, **kwargs) -> Segmentation:
         """``segment(encode(image), vocabulary)``."""

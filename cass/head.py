@@ -1,7 +1,7 @@
 """The label-dependent head of CASS (pure functions): query clustering, object-presence-guided text
 adjustment, window logits, and stitching the windows' logits into full-size masks.
 
-Moved out of :mod:`cass.engine` unchanged (still importable from there).
+Run by :class:`cass.segmenting.Segmenting` (the ``segment`` side of :class:`cass.engine.CASS`).
 """
 from __future__ import annotations
 

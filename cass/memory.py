@@ -18,92 +18,26 @@ Bound: at most ``max_per_label`` prototypes per label are active; beyond it the 
 (lowest entry sequence number, then window order) are dropped at load. Entries themselves stay stored
 (so deleting a newer annotation brings the older prototypes back).
 
-Serialisation: versioned (``MEMORY_FORMAT_VERSION``), prototypes as float16; one entry is
-``_ENTRY_MAGIC + u32 header length + JSON header + float16 rows``. :attr:`ProjectMemory.digest` is a
-stable hash of the entries' bytes in sequence order and the bound ("" when empty).
+Serialisation: versioned (``MEMORY_FORMAT_VERSION``), prototypes as float16; one entry's bytes are
+:meth:`cass.memory_entry.MemoryEntry.to_bytes`, the whole memory's a header and its entries'.
+:attr:`ProjectMemory.digest` is a stable hash of the entries' bytes in sequence order and the bound
+("" when empty).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cass.features import ImageFeatures
+from cass.memory_entry import MEMORY_FORMAT_VERSION, MemoryEntry, ProjectMemoryError
 
-MEMORY_FORMAT_VERSION = 1
 DEFAULT_MAX_PER_LABEL = 512
-_ENTRY_MAGIC = b"CASSMEM1"
 _MEMORY_MAGIC = b"CASSMEMS"
-
-
-class ProjectMemoryError(ValueError):
-    """Bad input to the memory (masks of the wrong size, mismatched features, corrupt bytes)."""
-
-
-
-
-@dataclass
-class MemoryEntry:
-    """One annotation's prototypes.
-
-    Attributes:
-        source: the source id (e.g. the Label Studio annotation id), unique in a memory.
-        seq: insertion order (higher = newer); decides which prototypes the bound drops first.
-        fingerprint: the :attr:`ImageFeatures.fingerprint` of the features they came from.
-        prototypes: label name -> ``(k, D)`` float16 L2-normalised rows (one per window with the label).
-    """
-
-    source: str
-    seq: int
-    fingerprint: str
-    prototypes: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def count(self) -> int:
-        return sum(int(p.shape[0]) for p in self.prototypes.values())
-
-    def to_bytes(self) -> bytes:
-        dims = {int(p.shape[1]) for p in self.prototypes.values()}
-        if len(dims) > 1:
-            raise ProjectMemoryError(f"entry {self.source!r} mixes prototype widths {sorted(dims)}")
-        labels = sorted(self.prototypes)
-        header = {"v": MEMORY_FORMAT_VERSION, "source": self.source, "seq": int(self.seq),
-                  "fingerprint": self.fingerprint, "dim": dims.pop() if dims else 0,
-                  "labels": [[name, int(self.prototypes[name].shape[0])] for name in labels]}
-        head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-        body = b"".join(self.prototypes[name].to(torch.float16).contiguous().numpy().tobytes() for name in labels)
-        return _ENTRY_MAGIC + struct.pack("<I", len(head)) + head + body
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "MemoryEntry":
-        if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[:8]) != _ENTRY_MAGIC:
-            raise ProjectMemoryError("not a serialised memory entry (bad magic)")
-        data = bytes(data)
-        try:
-            (n,) = struct.unpack("<I", data[8:12])
-            header = json.loads(data[12:12 + n])
-            if header.get("v") != MEMORY_FORMAT_VERSION:
-                raise ProjectMemoryError(f"memory entry format {header.get('v')!r}, expected {MEMORY_FORMAT_VERSION}")
-            dim, body, offset, protos = int(header["dim"]), data[12 + n:], 0, {}
-            for name, k in header["labels"]:
-                size = int(k) * dim * 2
-                rows = np.frombuffer(body[offset:offset + size], dtype=np.float16)
-                if rows.size * 2 != size:
-                    raise ProjectMemoryError(f"memory entry {header['source']!r} is truncated")
-                protos[str(name)] = torch.from_numpy(rows.copy()).reshape(int(k), dim)
-                offset += size
-            if offset != len(body):
-                raise ProjectMemoryError(f"memory entry {header['source']!r} has {len(body) - offset} extra bytes")
-            return cls(str(header["source"]), int(header["seq"]), str(header["fingerprint"]), protos)
-        except (KeyError, TypeError, ValueError, struct.error) as exc:
-            if isinstance(exc, ProjectMemoryError):
-                raise
-            raise ProjectMemoryError(f"corrupt memory entry: {exc}") from None
 
 
 def mask_fractions(features: ImageFeatures, mask: np.ndarray) -> torch.Tensor:
@@ -252,7 +186,7 @@ class ProjectMemory:
         """Window logits plus the memory term (module docstring).
 
         Args:
-            grids: ``(W, Q, gh, gw)`` float32 text logits (:func:`cass.engine.window_logits`).
+            grids: ``(W, Q, gh, gw)`` float32 text logits (:func:`cass.head.window_logits`).
             vocabulary: a :class:`cass.vocabulary.Vocabulary` (class names, query -> class).
         Returns ``grids`` itself (same object) when the memory is empty, no class has prototypes or
         ``weight`` is 0; else a new ``(W, Q, gh, gw)`` float32 tensor.

@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cass.engine import CASS, torch_threads
+from cass.engine import CASS
 from cass.features import ImageFeatures, Segmentation
+from cass.threads import torch_threads
 
 
 def encode(model: CASS, image, *, resize: bool = True, head_pairing: np.ndarray | torch.Tensor | None = None,

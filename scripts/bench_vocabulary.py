@@ -35,7 +35,7 @@ def main() -> int:
         warnings.simplefilter("ignore")
         from backend.http.app import create_app
     from backend.config import Settings
-    from backend.controls.labels import parse_label_config
+    from backend.controls.label_parse import parse_label_config
     from backend.controls.limits import VocabularyLimits
     from backend.predict.predictor import Predictor
     from tests.backend_fixtures import FakeEngine, ls_request

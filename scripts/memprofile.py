@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     from loadtest import LABEL_CONFIG, Images  # the load test's label set and images
 
     from backend.config import Settings
-    from backend.controls.labels import parse_label_config
+    from backend.controls.label_parse import parse_label_config
     from backend.predict.loading import build_predictor
 
     start = rss_mb()

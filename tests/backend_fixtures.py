@@ -46,6 +46,13 @@ def png_bytes(rgb: np.ndarray, mode: str | None = None, fmt: str = "PNG", **save
     return buf.getvalue()
 
 
+def random_uploads(paths, height: int, width: int, seed: int) -> dict[str, bytes]:
+    """``path -> PNG bytes`` of a random ``height x width`` RGB image per path (one generator seeded
+    with ``seed``, drawn in the order of ``paths``): the uploads of a :func:`label_studio`."""
+    rng = np.random.default_rng(seed)
+    return {path: png_bytes(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)) for path in paths}
+
+
 def three_band_image(height: int = 6, width: int = 9, value: int = 230) -> np.ndarray:
     """Left third pure red, middle green, right blue (at ``value`` brightness)."""
     rgb = np.zeros((height, width, 3), dtype=np.uint8)

@@ -150,6 +150,27 @@ def tolerance(name: str) -> dict:
     return extra.get("global_default", tol["global_default"]) | {"_all": extra if "global_default" in extra else tol}
 
 
+def gradient_photo(height: int, width: int, block: tuple[int, int, int, int]) -> np.ndarray:
+    """A synthetic ``(height, width, 3)`` uint8 'photo': smooth gradients (red across, green down, blue
+    diagonal) and a red block at ``(y1, y2, x1, x2)``."""
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([(x * 255 / width), (y * 255 / height), ((x + y) % 256)], axis=-1).astype(np.uint8)
+    y1, y2, x1, x2 = block
+    img[y1:y2, x1:x2] = (200, 30, 30)
+    return img
+
+
+def fast_preset(tmp_path: Path, name: str) -> Path:
+    """The default preset named ``name`` with one 224-px window per image (``short_side`` 224), written
+    to ``tmp_path / "fast.json"``: for tiny-weight runs that test the plumbing, not the windows."""
+    preset = json.loads((REPO / "cass" / "presets" / "default.json").read_text())
+    preset["name"] = name
+    preset["image"].update({"short_side": 224, "slide_crop": 224, "slide_stride": 224})
+    path = tmp_path / "fast.json"
+    path.write_text(json.dumps(preset))
+    return path
+
+
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """True if two flat cluster labelings define the same partition (ids may differ)."""
     a, b = np.asarray(a), np.asarray(b)

@@ -8,7 +8,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from backend.predict.slots import Busy, InferenceSlots
+from backend.predict.slots import InferenceSlots
+from backend.predict.tickets import Busy
 
 
 class Clock:

@@ -17,7 +17,7 @@ with warnings.catch_warnings():  # Flask 1.1.2 (pinned by label-studio-ml) impor
     warnings.simplefilter("ignore", DeprecationWarning)
     from backend.http.app import create_app
 from backend.config import ConfigError, Settings
-from backend.controls.labels import parse_label_config
+from backend.controls.label_parse import parse_label_config
 from backend.http.mlbackend import setup_project_key
 from backend.predict.loading import make_feature_cache
 from backend.predict.predictor import Predictor

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend.controls.labels import (BACKGROUND_CLASS, LabelConfigError, NothingRule, TaskDataError,
-                            parse_label_config, split_prompts)
+from backend.controls.label_parse import parse_label_config
+from backend.controls.labels import BACKGROUND_CLASS, LabelConfigError, NothingRule, TaskDataError, split_prompts
 from tests.backend_fixtures import BRUSH_CONFIG
 
 

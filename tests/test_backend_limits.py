@@ -11,7 +11,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from backend.http.app import create_app
 from backend.config import ConfigError, Settings
-from backend.controls.labels import LabelConfigError, parse_label_config
+from backend.controls.label_parse import parse_label_config
+from backend.controls.labels import LabelConfigError
 from backend.controls.limits import ByteBoundedLRU, VocabularyLimits
 from backend.http.mlbackend import CASSManager
 from backend.predict.predictor import Predictor
@@ -153,8 +154,8 @@ def test_many_large_setups_keep_retained_bytes_bounded(client):
         assert client.post("/setup", json=body).status_code == 200
     projects = CASSManager.pipeline().projects
     assert projects.retained_bytes <= projects.MAX_BYTES
-    from backend.controls import labels
-    assert labels._parsed.bytes <= labels.PARSED_CACHE_BYTES
+    from backend.controls import label_parse
+    assert label_parse._parsed.bytes <= label_parse.PARSED_CACHE_BYTES
     assert projects.recall("39.1700000000").controls[0].vocabulary.queries[0] == "l0"
     # /predict without label_config uses the remembered targets of its project's /setup
     predict = dict(ls_request("predict"), project="39.1700000000")

@@ -2,14 +2,15 @@
 label swap still reuses cached features (real tiny-weight engine, in-process cache)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from backend.config import ConfigError, Settings
-from backend.controls.labels import LabelConfigError, parse_label_config
+from backend.controls.label_parse import parse_label_config
+from backend.controls.labels import LabelConfigError
 from backend.predict.loading import make_feature_cache
 from backend.predict.predictor import Predictor
 from tests.backend_fixtures import png_bytes
+from tests.parity import gradient_photo
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -18,16 +19,7 @@ CONFIG = """<View>
     <Label value="{b}"/>
   </BrushLabels>
 </View>"""
-
-
-def _photo() -> bytes:
-    y, x = np.mgrid[0:120, 0:160]
-    img = np.stack([(x * 255 / 160), (y * 255 / 120), ((x + y) % 256)], axis=-1).astype(np.uint8)
-    img[30:90, 50:110] = (200, 30, 30)
-    return png_bytes(img)
-
-
-IMAGE = _photo()
+IMAGE = png_bytes(gradient_photo(120, 160, (30, 90, 50, 110)))
 
 
 def fetch(url, task_id):

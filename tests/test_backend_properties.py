@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from backend.config import ConfigError, Settings
 from backend.fetch.images import HostRule, parse_allowed_hosts
-from backend.controls.labels import LabelConfigError, parse_label_config
+from backend.controls.label_parse import parse_label_config
+from backend.controls.labels import LabelConfigError
 from backend.controls.brush_rle import mask_to_rle, rle_to_mask
 
 MiB = 1 << 20

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from backend.controls.labels import NothingRule, parse_label_config
+from backend.controls.label_parse import parse_label_config
+from backend.controls.labels import NothingRule
 from backend.controls.brush_rle import brush_regions, mask_to_rle, rle_to_mask
 from cass.features import Segmentation
 from tests.backend_fixtures import BRUSH_CONFIG

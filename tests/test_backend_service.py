@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from backend.fetch.images import ImageFetchError
-from backend.controls.labels import NothingRule, parse_label_config
+from backend.controls.label_parse import parse_label_config
+from backend.controls.labels import NothingRule
 from backend.controls.brush_rle import rle_to_mask
 from backend.http.health import report
 from backend.predict.loading import NoCache, make_feature_cache

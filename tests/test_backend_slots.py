@@ -18,7 +18,8 @@ with warnings.catch_warnings():
 from backend.config import Settings
 from backend.fetch.images import DOWNLOADS, LabelStudioAuth
 from backend.predict.predictor import Predictor
-from backend.predict.slots import Busy, InferenceSlots
+from backend.predict.slots import InferenceSlots
+from backend.predict.tickets import Busy
 from tests.backend_fixtures import LEGACY_TOKEN, FakeEngine, FakeLabelStudio, ls_request, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:Importing 'itsdangerous.json' is deprecated:DeprecationWarning")
@@ -34,6 +35,15 @@ def wait_for(condition, what: str):
         time.sleep(0.005)
 
 
+def start_queued(slots: InferenceSlots, target, what: str) -> threading.Thread:
+    """Start ``target`` in a thread and wait until its first call waits for a slot."""
+    before = slots.stats()["waiting_calls"]
+    thread = threading.Thread(target=target)
+    thread.start()
+    wait_for(lambda: slots.stats()["waiting_calls"] == before + 1, what)
+    return thread
+
+
 # ---------------------------------------------------------------------------------------------
 # the slots themselves
 # ---------------------------------------------------------------------------------------------
@@ -46,10 +56,7 @@ def test_slots_are_granted_first_come_first_served():
         def work(i=i):
             with slots:
                 order.append(i)
-        t = threading.Thread(target=work)
-        t.start()
-        threads.append(t)
-        wait_for(lambda i=i: slots.stats()["waiting_calls"] == i + 1, f"thread {i} to queue")
+        threads.append(start_queued(slots, work, f"thread {i} to queue"))
     slots.release()
     for t in threads:
         t.join(HANG_S)
@@ -113,17 +120,12 @@ def _queue_requests(slots, requests, order):
     that each append ``name`` to ``order``; each thread's first call is queued before the next starts."""
     threads = []
     for name, tasks in requests:
-        before = slots.stats()["waiting_calls"]
-
         def request(name=name, tasks=tasks):
             with slots.admit(f"project:{name}", tasks=tasks):
                 for _ in range(tasks):
                     with slots:
                         order.append(name)
-        t = threading.Thread(target=request)
-        t.start()
-        threads.append(t)
-        wait_for(lambda before=before: slots.stats()["waiting_calls"] == before + 1, f"request {name} to queue")
+        threads.append(start_queued(slots, request, f"request {name} to queue"))
     return threads
 
 
@@ -162,9 +164,7 @@ def test_background_calls_wait_their_turn_but_are_not_starved():
         with slots:
             order.append("background")
     now[0] += 0.25
-    threads.append(threading.Thread(target=background))  # due at 0.25 + 0.5 = 0.75 s
-    threads[-1].start()
-    wait_for(lambda: slots.stats()["waiting_calls"] == 2, "the background call to queue")
+    threads.append(start_queued(slots, background, "the background call to queue"))  # due at 0.25 + 0.5 = 0.75 s
     now[0] += 2.5
     threads += _queue_requests(slots, [("annotator", 1)], order)  # due at 3.25 s
     slots.release()

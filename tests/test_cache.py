@@ -628,14 +628,21 @@ def test_two_processes_compute_an_image_once(redis_server, redis_url, tmp_path):
     assert hit and c.calls == 0 and same_features(features, synthetic())
 
 
-def test_lock_of_a_dead_holder_expires_and_is_taken_over(redis_server, redis_url):
-    cache = RedisCache(redis_url, poll_interval_s=0.01)
-    r = redis_server.client()
+def compute_past_a_lock(cache: RedisCache, r, holder: str, ttl_ms: int) -> str:
+    """``get_or_compute`` of an image whose lock ``holder`` (another process) holds for ``ttl_ms``:
+    computed here once, no hit; the image's key."""
     key = cache.key_for(b"image", FP)
-    r.set(key + ":lock", "a-process-that-died", px=300)
+    r.set(key + ":lock", holder, px=ttl_ms)
     c = Compute()
     _, hit = cache.get_or_compute(b"image", FP, c)
     assert not hit and c.calls == 1
+    return key
+
+
+def test_lock_of_a_dead_holder_expires_and_is_taken_over(redis_server, redis_url):
+    cache = RedisCache(redis_url, poll_interval_s=0.01)
+    r = redis_server.client()
+    key = compute_past_a_lock(cache, r, "a-process-that-died", 300)
     stats = cache.stats()
     assert (stats["lock_waits"], stats["lock_timeouts"]) == (1, 0)
     assert r.exists(key) and not r.exists(key + ":lock")
@@ -644,11 +651,7 @@ def test_lock_of_a_dead_holder_expires_and_is_taken_over(redis_server, redis_url
 def test_waiting_for_another_process_is_bounded(redis_server, redis_url):
     cache = RedisCache(redis_url, lock_wait_s=0.2, poll_interval_s=0.01)
     r = redis_server.client()
-    key = cache.key_for(b"image", FP)
-    r.set(key + ":lock", "a-slow-process", px=600_000)
-    c = Compute()
-    _, hit = cache.get_or_compute(b"image", FP, c)
-    assert not hit and c.calls == 1
+    key = compute_past_a_lock(cache, r, "a-slow-process", 600_000)
     assert cache.stats()["lock_timeouts"] == 1
     assert r.exists(key) and r.get(key + ":lock") == b"a-slow-process"  # not ours: left alone
 

@@ -249,12 +249,12 @@ def test_predict_route_bad_context_is_a_400_naming_it(client):
 
 
 def test_the_image_is_decoded_once_for_later_smart_regions(setup, monkeypatch):
-    import backend.controls.smart as smart
+    import backend.controls.smart_maps as smart_maps
 
     refiner, controls, fetch, _, _ = setup
     decodes = []
-    real = smart.load_image
-    monkeypatch.setattr(smart, "load_image", lambda data: decodes.append(1) or real(data))
+    real = smart_maps.load_image
+    monkeypatch.setattr(smart_maps, "load_image", lambda data: decodes.append(1) or real(data))
     refiner.answer(TASK, controls, {"result": [rect("green", 10, 25, 50, 50)]}, fetch)
     refiner.answer(TASK, controls, {"result": [point("blue", 50, 50)]}, fetch)
     assert len(decodes) == 1

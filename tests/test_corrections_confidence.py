@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.controls.labels import NothingRule, parse_label_config
+from backend.controls.label_parse import parse_label_config
+from backend.controls.labels import NothingRule
 from backend.predict.predictor import Predictor
 from tests.backend_fixtures import BRUSH_CONFIG, FakeEngine, png_bytes
 

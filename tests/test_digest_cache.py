@@ -1,10 +1,10 @@
 """backend/controls/digest_cache.py: parsed label configs remembered by the sha256 of their text (the text
-itself is not kept), shared by backend.controls.labels.parse_label_config and the controls parser."""
+itself is not kept), shared by backend.controls.label_parse.parse_label_config and the controls parser."""
 from __future__ import annotations
 
 import pytest
 
-from backend.controls import labels
+from backend.controls import label_parse
 from backend.controls.digest_cache import DigestCache, config_digest
 
 CONFIG = """<View><Image name="image" value="$image"/>
@@ -43,8 +43,7 @@ def test_bounded_in_bytes_and_errors_are_not_cached():
 
 
 def test_parse_label_config_uses_the_shared_helper():
-    labels._parsed.clear()
-    first = labels.parse_label_config(CONFIG)
-    assert isinstance(labels._parsed, DigestCache) and len(labels._parsed) == 1
-    assert labels.parse_label_config(CONFIG) is first
-    assert labels.config_digest is config_digest
+    label_parse._parsed.clear()
+    first = label_parse.parse_label_config(CONFIG)
+    assert isinstance(label_parse._parsed, DigestCache) and len(label_parse._parsed) == 1
+    assert label_parse.parse_label_config(CONFIG) is first

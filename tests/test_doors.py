@@ -15,7 +15,6 @@ import redis
 
 from backend.config import Settings
 from backend.controls.brush_rle import mask_to_rle, rle_to_mask
-from backend.fetch.images import LabelStudioAuth
 from backend.http.app import create_app
 from backend.http.mlbackend import CASSManager
 from backend.jobs.queue import Jobs
@@ -25,7 +24,7 @@ from backend.jobs.store import JobStore
 from backend.predict.loading import make_feature_cache
 from backend.predict.predictor import Predictor
 from backend.predict.projects import setup_project_key
-from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio, ls_request, png_bytes
+from tests.backend_fixtures import LEGACY_TOKEN, label_studio, ls_request, random_uploads
 from tests.parity import tiny_model
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
 
@@ -82,13 +81,8 @@ def engine():
 
 @pytest.fixture
 def ls():
-    server = FakeLabelStudio()
-    rng = np.random.default_rng(11)
-    for path in UPLOADS:
-        server.add_upload(path, png_bytes(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)))
-    yield server
-    server.close()
-    LabelStudioAuth._access.clear()
+    with label_studio(random_uploads(UPLOADS, H, W, seed=11)) as server:
+        yield server
 
 
 def regions(prediction: dict) -> list:

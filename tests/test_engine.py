@@ -12,15 +12,13 @@ import cass
 from cass import weights as weights_mod
 from cass.images import inference_size
 from cass.text import encode_tokens, prompt_texts, tokenize
+from tests.parity import gradient_photo
 
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     """A 640x480 synthetic 'photo' (smooth gradients plus shapes)."""
-    y, x = np.mgrid[0:480, 0:640]
-    img = np.stack([(x * 255 / 640), (y * 255 / 480), ((x + y) % 256)], axis=-1).astype(np.uint8)
-    img[100:300, 200:400] = (200, 30, 30)
-    return img
+    return gradient_photo(480, 640, (100, 300, 200, 400))
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +45,7 @@ def test_segment_needs_only_features_and_vocabulary(model, features, monkeypatch
 
     monkeypatch.setattr(model.dino, "last_keys", forbidden)
     monkeypatch.setattr(model, "_clip_trunk", forbidden)
-    monkeypatch.setattr(cass.engine, "load_image", forbidden)
-    monkeypatch.setattr(cass.encoding, "load_image", forbidden)  # the image side lives there
+    monkeypatch.setattr(cass.image_input, "load_image", forbidden)  # the image side's input lives there
     restored = cass.ImageFeatures.from_bytes(blob, expected_fingerprint=model.fingerprint)
     a = model.segment(restored, cass.Vocabulary.from_names(["cat", "dog", "grass"]))
     b = model.segment(restored, cass.Vocabulary.from_spec("car,truck;road;sky;person"))
@@ -113,7 +110,7 @@ def test_tiled_stitching_equals_official_canvas_then_resize(model, features):
     """Stitcher (separable, tiled) == per-window upsample, canvas average, bilinear resize."""
     import torch.nn.functional as F
 
-    from cass.engine import Stitcher, cluster_queries, window_logits
+    from cass.head import Stitcher, cluster_queries, window_logits
 
     voc = cass.Vocabulary.from_names(["a", "b", "c"])
     text = model.text_features(voc)
@@ -129,7 +126,7 @@ def test_tiled_stitching_equals_official_canvas_then_resize(model, features):
     torch.testing.assert_close(st.tile(grids, 0, 480, 0, 640), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(st.tile(grids, 100, 131, 300, 377), ref[:, 100:131, 300:377], rtol=1e-5, atol=1e-5)
     full = model.segment(features, voc, return_probs=True)
-    from cass.engine import postprocess
+    from cass.head import postprocess
 
     tiled = postprocess(grids, st, voc, 40.0, 0.0, True, max_tile_elems=5000)
     np.testing.assert_allclose(tiled.probs, full.probs, atol=1e-6)
@@ -139,7 +136,7 @@ def test_tiled_stitching_equals_official_canvas_then_resize(model, features):
 def test_adjust_text_batched_equals_per_cluster_loop(model, features):
     import torch.nn.functional as F
 
-    from cass.engine import adjust_text
+    from cass.head import adjust_text
 
     voc = cass.Vocabulary.from_names(["a", "b", "c", "d", "e"])
     text = model.text_features(voc)

@@ -16,7 +16,8 @@ from typing import Callable
 
 import pytest
 
-from backend.predict.slots import Busy, InferenceSlots
+from backend.predict.slots import InferenceSlots
+from backend.predict.tickets import Busy
 
 FAKE_SERVICE_S = 1.0
 

@@ -159,26 +159,18 @@ def test_real_engine_batches_two_images_per_backbone_call(conn, tmp_path, monkey
     """The real engine (tiny weights, cass.engine.CASS.encode_many), the real Predictor and its
     in-process feature cache; Label Studio is FakeProjects, images come from PngFetcher (a fake)."""
     import io
-    import json
-    from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
     from backend.predict.loading import build_predictor
+    from tests.parity import TINY_CLIP, TINY_DINO, fast_preset
 
-    repo = Path(__file__).resolve().parents[1]
-    tiny = Path(__import__("os").environ.get("CASS_SHARED_DIR", repo.parent / "shared")) / "parity" / "weights"
-    if not (tiny / "clip_tiny.safetensors").is_file():
-        pytest.skip(f"tiny weights not found under {tiny}")
-    preset = json.loads((repo / "cass" / "presets" / "default.json").read_text())
-    preset["name"] = "batch-fast"
-    preset["image"].update({"short_side": 224, "slide_crop": 224, "slide_stride": 224})
-    (tmp_path / "fast.json").write_text(json.dumps(preset))
+    if not TINY_CLIP.is_file():
+        pytest.skip(f"tiny weights not found under {TINY_CLIP.parent}")
     monkeypatch.delenv("REDIS_URL", raising=False)
-    predictor = build_predictor(Settings(clip_weights=str(tiny / "clip_tiny.safetensors"), threads=1,
-                                         dino_weights=str(tiny / "dino_tiny.safetensors"), warmup=False,
-                                         preset=str(tmp_path / "fast.json")))
+    predictor = build_predictor(Settings(clip_weights=str(TINY_CLIP), threads=1, dino_weights=str(TINY_DINO),
+                                         warmup=False, preset=str(fast_preset(tmp_path, "batch-fast"))))
     calls = {"many": [], "one": 0}
     real_many, real_one = predictor.engine.encode_many, predictor.engine.encode
     monkeypatch.setattr(predictor.engine, "encode_many",

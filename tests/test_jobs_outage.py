@@ -28,11 +28,11 @@ import redis as redis_lib
 from PIL import Image
 
 from backend.jobs.processes import start_workers, stop_workers
+from tests.parity import TINY_CLIP, TINY_DINO, fast_preset
 from tests.redis_fixtures import redis_server_fn  # noqa: F401
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = Path(os.environ.get("CASS_SHARED_DIR", REPO.parent / "shared")) / "parity" / "weights"
 CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
           '<Label value="cat"/><Label value="grass"/></BrushLabels></View>')
 TOKEN = "fake-legacy-token"
@@ -125,20 +125,17 @@ class FakeLabelStudio:
 
 
 def outage_run(server, tmp_path: Path, outage_s: float, tasks: int = 12) -> None:
-    if not (TINY / "clip_tiny.safetensors").is_file():
-        pytest.skip(f"tiny weights not found under {TINY}")
+    if not TINY_CLIP.is_file():
+        pytest.skip(f"tiny weights not found under {TINY_CLIP.parent}")
     from backend.jobs.queue import Jobs
     from backend.jobs.spec import JobSpec
 
-    preset = json.loads((REPO / "cass" / "presets" / "default.json").read_text())
-    preset["name"] = "outage-fast"
-    preset["image"].update({"short_side": 224, "slide_crop": 224, "slide_stride": 224})
-    (tmp_path / "fast.json").write_text(json.dumps(preset))
+    preset = fast_preset(tmp_path, "outage-fast")
     with FakeLabelStudio(tasks) as ls:
         env = {**os.environ, "PYTHONPATH": str(REPO), "REDIS_URL": server.url, "LABEL_STUDIO_URL": ls.url,
-               "LABEL_STUDIO_API_KEY": TOKEN, "CASS_CLIP_WEIGHTS": str(TINY / "clip_tiny.safetensors"),
-               "CASS_DINO_WEIGHTS": str(TINY / "dino_tiny.safetensors"), "CASS_THREADS": "1",
-               "CASS_WARMUP": "false", "CASS_PRESET": str(tmp_path / "fast.json"), "CASS_JOB_HEARTBEAT_S": "1",
+               "LABEL_STUDIO_API_KEY": TOKEN, "CASS_CLIP_WEIGHTS": str(TINY_CLIP),
+               "CASS_DINO_WEIGHTS": str(TINY_DINO), "CASS_THREADS": "1",
+               "CASS_WARMUP": "false", "CASS_PRESET": str(preset), "CASS_JOB_HEARTBEAT_S": "1",
                "CASS_JOB_MAINTENANCE_S": "2", "CASS_JOB_POST_EVERY": "1",
                "CASS_JOB_REDIS_WAIT_S": str(int(outage_s * 3 + 30)), "LOG_LEVEL": "INFO"}
         env.pop("RQ_KEY_PREFIX", None)

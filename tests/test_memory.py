@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from cass import Vocabulary, testing
 from cass.features import ImageFeatures
-from cass.memory import MemoryEntry, ProjectMemory, ProjectMemoryError, mask_fractions, prototypes_from_masks
+from cass.memory import ProjectMemory, mask_fractions, prototypes_from_masks
+from cass.memory_entry import MemoryEntry, ProjectMemoryError
 from cass.presets import PresetError, TextParams
 from tests.parity import case_dirs, load_case, tiny_model
 

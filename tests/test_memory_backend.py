@@ -13,13 +13,12 @@ from backend.http.app import create_app
 from backend.config import ConfigError, Settings
 from backend.controls.config import parse_controls
 from backend.corrections.events import dispatch
-from backend.fetch.images import LabelStudioAuth
 from backend.controls.labels import LabelConfigError
 from backend.corrections.memory import memory_requested
 from backend.controls.brush_rle import mask_to_rle
 from backend.predict.loading import make_feature_cache
 from backend.predict.predictor import Predictor
-from tests.backend_fixtures import LEGACY_TOKEN, FakeLabelStudio, label_set_version, ls_request, png_bytes
+from tests.backend_fixtures import LEGACY_TOKEN, label_set_version, label_studio, ls_request, random_uploads
 from tests.parity import tiny_model
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
 
@@ -45,13 +44,8 @@ def test_settings_and_control_attribute():
 
 @pytest.fixture
 def ls():
-    server = FakeLabelStudio()
-    rng = np.random.default_rng(5)
-    for path in UPLOADS:
-        server.add_upload(path, png_bytes(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)))
-    yield server
-    server.close()
-    LabelStudioAuth._access.clear()
+    with label_studio(random_uploads(UPLOADS, H, W, seed=5)) as server:
+        yield server
 
 
 def _event(action: str, config: str, annotation_id: int = 7, mask: np.ndarray | None = None) -> dict:

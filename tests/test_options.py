@@ -12,17 +12,14 @@ import torch.nn.functional as F
 import cass
 from cass import pamr
 from cass.presets import PresetError
-from tests.parity import PARITY, TINY_CLIP, TINY_CLIP_L14, TINY_DINO, complete_global_clip
+from tests.parity import PARITY, TINY_CLIP, TINY_CLIP_L14, TINY_DINO, complete_global_clip, gradient_photo
 
 TINY_DINOV2 = PARITY / "weights" / "dinov2_tiny.safetensors"
 
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
-    y, x = np.mgrid[0:240, 0:320]
-    img = np.stack([(x * 255 / 320), (y * 255 / 240), ((x + y) % 256)], axis=-1).astype(np.uint8)
-    img[60:180, 100:220] = (200, 30, 30)
-    return img
+    return gradient_photo(240, 320, (60, 180, 100, 220))
 
 
 # --- PAMR ---------------------------------------------------------------------------------------

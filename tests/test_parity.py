@@ -94,7 +94,7 @@ def test_pre_pamr_logits_rebuild(run):
     case, features, _, _, tr = run
     if "pre_pamr_logits" not in tr or "all_window_logits" not in case.expected:
         pytest.skip("not a PAMR case with all_window_logits")
-    from cass.engine import Stitcher
+    from cass.head import Stitcher
 
     ref = torch.from_numpy(case.expected["all_window_logits"])
     stitcher = Stitcher(features.windows.tolist(), features.grid, features.input_size, features.original_size)

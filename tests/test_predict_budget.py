@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from backend.config import ConfigError, Settings
-from backend.controls.labels import parse_label_config
+from backend.controls.label_parse import parse_label_config
 from backend.predict.predictor import Predictor
 from backend.predict.slots import InferenceSlots
 from tests.backend_fixtures import FakeEngine, png_bytes

@@ -12,7 +12,8 @@ from scipy.stats import wasserstein_distance
 
 from cass import spectral
 from cass.backbones import interpolate_pos_grid
-from cass.engine import _resize_matrix, cluster_queries, sliding_windows
+from cass.head import _resize_matrix, cluster_queries
+from cass.image_input import sliding_windows
 
 
 def _spd(n: int, rank: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import cass
-from cass.engine import Stitcher
+from cass.head import Stitcher
 from cass.features import ImageFeatures
 from cass.images import ImageError, load_image, pad_to_min_side
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
-from backend.controls import labels as brush_labels
+from backend.controls import label_parse
 from backend.controls.digest_cache import DigestCache
-from backend.controls.labels import BrushTarget, LabelConfigError, NothingRule, check_limits, parse_label_config, targets_size
+from backend.controls.label_parse import check_limits, parse_label_config
+from backend.controls.labels import BrushTarget, LabelConfigError, NothingRule, targets_size
 from backend.controls.limits import VocabularyLimits
 from backend.controls.region_options import MinArea, RegionDefaults
 
@@ -109,7 +110,7 @@ def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits, reg
         raise LabelConfigError(f"the label config could not be parsed: {exc}") from exc
     controls = list(interface.controls or [])
     objects = {o.name: o for o in (interface.objects or [])}
-    # BrushLabels: backend.controls.labels' own parse, unchanged; PolygonLabels: the same vocabulary rules
+    # BrushLabels: backend.controls.label_parse's own parse, unchanged; PolygonLabels: the same vocabulary rules
     brushes = {t.from_name: t for t in parse_label_config(config, default_rule, limits)} \
         if any(c.tag.lower() == "brushlabels" for c in controls) else {}
     outputs = []
@@ -133,11 +134,11 @@ def _parse(config: str, default_rule: NothingRule, limits: VocabularyLimits, reg
 
 
 def _vocabulary_target(interface, control, objects, default_rule: NothingRule) -> BrushTarget:
-    """backend.controls.labels' per-control parse (labels, prompts, duplicates, nothing rule) for any tag."""
-    elements = brush_labels._label_elements(interface, {control.name})
+    """backend.controls.label_parse's per-control parse (labels, prompts, duplicates, nothing rule) for any tag."""
+    elements = label_parse._label_elements(interface, {control.name})
     labels = elements.get(control.name, []) if elements is not None else None
     try:
-        return brush_labels._target(control, objects, default_rule, labels)
+        return label_parse._target(control, objects, default_rule, labels)
     except LabelConfigError as exc:
         raise LabelConfigError(str(exc).replace("<BrushLabels ", f"<{control.tag} ")
                                .replace("per BrushLabels", f"per {control.tag}")) from None

@@ -1,6 +1,6 @@
 """Parsed label configs remembered by the sha256 of their text (Label Studio sends the same config on
 every call; the text itself is not kept), bounded in bytes: the one cache behind
-``backend.controls.labels.parse_label_config`` and ``backend.controls.config.parse_controls``."""
+``backend.controls.label_parse.parse_label_config`` and ``backend.controls.config.parse_controls``."""
 from __future__ import annotations
 
 import hashlib

@@ -35,21 +35,17 @@ Per ``(output control, L)`` one mask at the original size:
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
-from PIL import Image
-from cachetools import LRUCache
-
-from cass.images import load_image
 
 from backend.controls.base import adapter_for
-from backend.controls.crops import CropEncoder
 from backend.controls.config import Controls
+from backend.controls.crops import CropEncoder
+from backend.controls.smart_maps import ImageMaps
+from backend.controls.smart_masks import crop_png, flood, relative_part
 
 SMART_TYPES = {"rectanglelabels": "rectangle", "keypointlabels": "keypoint"}
 #: Smart regions one context may hold here whatever the settings say (the HTTP edge refuses more than
@@ -136,30 +132,19 @@ def box_pixels(hint: Hint, width: int, height: int) -> tuple[int, int, int, int]
     return x0, y0, x1, y1
 
 
-def flood(mask: np.ndarray, x: int, y: int) -> np.ndarray:
-    """The 8-connected region of ``mask`` (bool ``(H, W)``) containing ``(x, y)`` (empty if outside)."""
-    if not mask[y, x]:
-        return np.zeros_like(mask, dtype=bool)
-    work = mask.astype(np.uint8)
-    ff = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), np.uint8)
-    cv2.floodFill(work, ff, (int(x), int(y)), 2, flags=8)
-    return work == 2
-
-
 class Refiner:
     """Answers smart-tool contexts with a :class:`~backend.predict.predictor.Predictor`'s engine and cache.
 
-    ``maps``: how many whole-image label maps (int32 at the original size, 8 MB at 1080p) and decoded
-    images (uint8 RGB, 6 MB at 1080p) are kept (one LRU of ``2 * maps`` entries);
-    ``crops``: the background crop encoder (one per refiner by default).
+    ``maps``: how many whole-image label maps and decoded images are kept
+    (:class:`~backend.controls.smart_maps.ImageMaps`); ``crops``: the background crop encoder (one per
+    refiner by default).
     """
 
     def __init__(self, predictor, maps: int = 8, crops: CropEncoder | None = None):
         self.predictor = predictor
         self.crops = crops or CropEncoder()
         self.max_maps = maps
-        self._maps: LRUCache = LRUCache(maxsize=2 * maps)  # label maps and decoded images together
-        self._lock = threading.Lock()
+        self.maps = ImageMaps(predictor, maps)
 
     def answer(self, task: dict, controls: Controls, context, fetch) -> dict:
         """One prediction ``{result, score, model_version}`` holding only the refined regions."""
@@ -178,7 +163,7 @@ class Refiner:
             url = target.image_url(task)
             if url not in images:
                 data = fetch(url, task.get("id"))
-                images[url] = (data, self.decoded(data))
+                images[url] = (data, self.maps.decoded(data))
             data, rgb = images[url]
             height, width = rgb.shape[:2]
             entry = masks.setdefault(key, [np.zeros((height, width), bool), 0.0, 0, []])
@@ -205,13 +190,13 @@ class Refiner:
             entry[0][y0:y1, x0:x1] = False
             return
         index = target.vocabulary.names.index(hint.label)
-        crop = self._crop_png(rgb, (x0, y0, x1, y1))
+        crop = crop_png(rgb, (x0, y0, x1, y1))
         key = (hashlib.blake2b(crop, digest_size=16).digest(), self.predictor.engine.fingerprint)
         if self.crops.ready(key):  # the crop's own features are cached: its higher-resolution map
             seg = self.predictor.segment(self.predictor.features(crop), target)
             won = seg.labels == index
         else:  # at once from the whole image's map; the crop's encode goes to the background
-            seg = self.label_map(data, target)
+            seg = self.maps.label_map(data, target)
             won = seg.labels[y0:y1, x0:x1] == index
             self.crops.submit(key, lambda: self.predictor.features(crop))
         if won.any():
@@ -226,42 +211,18 @@ class Refiner:
                             f"Otsu threshold), score {score:.2f}")
         entry[2] += 1
 
-    def _crop_png(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
-        """The box of ``rgb`` as PNG bytes (the crop's identity and what its encode reads). CPU work
-        between model calls, outside the slots: with one slot, taking it here would make every smart
-        answer wait for the background crop encode in progress (bounded instead by
-        ``CASS_MAX_SMART_HINTS`` and the predict budget)."""
-        x0, y0, x1, y1 = box
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(rgb[y0:y1, x0:x1])).save(buf, "PNG", compress_level=1)
-        return buf.getvalue()
-
     def _relative(self, data: bytes, target, index: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, float]:
-        """``(mask of the box, score)``: where ``p_index - max(p_other)`` (the whole image's per-class
-        probabilities) is over the box's Otsu threshold, at least its best pixel; the score is the
-        label's mean probability there."""
+        """``(mask of the box, score)``: :func:`~backend.controls.smart_masks.relative_part` of the
+        whole image's per-class probabilities in the box."""
         x0, y0, x1, y1 = box
         features = self.predictor.features(data)
         with self.predictor.slots:  # an inference slot, as Predictor.segment takes it
             seg = self.predictor.engine.segment(features, target.vocabulary,
                                                 params=self.predictor.text_params(target), return_probs=True)
-        probs = np.asarray(seg.probs[:, y0:y1, x0:x1], np.float32)
-        own = probs[index]
-        others = np.delete(probs, index, axis=0)
-        relative = own - (others.max(axis=0) if len(others) else 0.0)
-        lo, hi = float(relative.min()), float(relative.max())
-        if hi - lo < 1e-6:  # no contrast in the box: the whole box is equally L-like
-            part = np.ones_like(relative, dtype=bool)
-        else:
-            scaled = np.round((relative - lo) / (hi - lo) * 255).astype(np.uint8)
-            threshold, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-            part = scaled > threshold
-            if not part.any():
-                part = scaled == scaled.max()
-        return part, round(float(own[part].mean()), 4)
+        return relative_part(np.asarray(seg.probs[:, y0:y1, x0:x1], np.float32), index)
 
     def _keypoint(self, hint: Hint, target, data: bytes, entry: list) -> None:
-        self._keypoint_mask(hint, target, self.label_map(data, target), entry)
+        self._keypoint_mask(hint, target, self.maps.label_map(data, target), entry)
 
     def _keypoint_mask(self, hint: Hint, target, seg, entry: list) -> None:
         height, width = seg.labels.shape
@@ -278,36 +239,6 @@ class Refiner:
             entry[0] &= ~flood(entry[0], x, y)
         else:
             entry[0] &= ~region
-
-    def decoded(self, data: bytes) -> np.ndarray:
-        """``load_image(data)`` (uint8 ``(H, W, 3)``), the last ``maps`` images kept by their digest
-        (each further smart region of an image skips the decode: 0.1-0.3 s at 1080p)."""
-        key = ("rgb", hashlib.blake2b(data, digest_size=16).digest())
-        with self._lock:
-            rgb = self._maps.get(key)  # a get marks the entry as recently used
-            if rgb is not None:
-                return rgb
-        rgb = load_image(data)
-        self._remember(key, rgb)
-        return rgb
-
-    def _remember(self, key, value) -> None:
-        with self._lock:
-            if self._maps.maxsize:  # maps=0: nothing is kept
-                self._maps[key] = value
-
-    def label_map(self, data: bytes, target):
-        """The whole image's segmentation for ``target`` (features via the feature cache; the map
-        itself kept in the LRU under image digest, fingerprint, vocabulary and rule)."""
-        key = (hashlib.blake2b(data, digest_size=16).digest(), self.predictor.engine.fingerprint,
-               target.vocabulary, target.rule)
-        with self._lock:
-            seg = self._maps.get(key)
-            if seg is not None:
-                return seg
-        seg = self.predictor.segment(self.predictor.features(data), target)
-        self._remember(key, seg)
-        return seg
 
 
 def timed(fn, *args) -> tuple[object, float]:

@@ -23,7 +23,7 @@ task's size when the caller knows it, and a brush RLE whose header does not decl
 within ``MASK_BUDGET x CASS_MAX_IMAGE_MP`` pixels (:mod:`backend.controls.canvas`).
 
 Label Studio 1.23.2 stores the label's ``value`` (or its ``alias``) in the region, which is what
-:attr:`Vocabulary.names` holds for a control (``backend.controls.labels``).
+:attr:`Vocabulary.names` holds for a control (``backend.controls.label_parse``).
 """
 from __future__ import annotations
 

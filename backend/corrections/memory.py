@@ -8,7 +8,7 @@ for that project). See docs/memory.md.
   Created/updated annotation: the task's image is fetched (bytes only, to find its feature-cache
   key), its :class:`~cass.features.ImageFeatures` come from the feature cache (a hit never
   re-encodes; a miss encodes once and fills the cache, as ``/predict`` would), and the annotation's
-  masks give one :class:`~cass.memory.MemoryEntry` (source id = annotation id) in
+  masks give one :class:`~cass.memory_entry.MemoryEntry` (source id = annotation id) in
   :class:`~backend.corrections.memory_store.MemoryStore`. Deleted / cancelled annotation: its entry goes.
 * Every door that predicts asks :meth:`MemoryService.for_request` once per request
   (``backend.predict.pipeline``): the memory goes into the request's context and its digest into the
@@ -25,7 +25,8 @@ import threading
 
 from cass.memory import DEFAULT_MAX_PER_LABEL, ProjectMemory
 
-from backend.controls.labels import LabelConfigError, config_digest
+from backend.controls.digest_cache import config_digest
+from backend.controls.labels import LabelConfigError
 from backend.corrections.memory_store import MemoryStore
 
 log = logging.getLogger("backend.corrections.memory")

@@ -3,7 +3,7 @@
 Per project and image-feature fingerprint (other weights never mix):
 
 * ``cass:mem:v<format>:<fingerprint>:<project>`` - a hash, field = source id (the annotation id),
-  value = :meth:`cass.memory.MemoryEntry.to_bytes` (float16 prototypes and a small JSON header);
+  value = :meth:`cass.memory_entry.MemoryEntry.to_bytes` (float16 prototypes and a small JSON header);
 * ``...:seq`` - the entry sequence counter (newer entries win the per-label bound);
 * ``...:rev`` - bumped on every change, so a process re-reads the hash only when it changed.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from cass.memory import MEMORY_FORMAT_VERSION, MemoryEntry
+from cass.memory_entry import MEMORY_FORMAT_VERSION, MemoryEntry
 
 
 class MemoryStore:

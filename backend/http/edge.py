@@ -32,7 +32,7 @@ from flask import Flask, jsonify, request
 from backend.fetch.download import _size
 from backend.http.limits import body_limit, too_many_hints, too_many_tasks
 from backend.ops.allocator import trim
-from backend.predict.slots import TICKET_RE, Busy
+from backend.predict.tickets import TICKET_RE, Busy
 
 log = logging.getLogger("backend.http.edge")
 

@@ -6,27 +6,21 @@
   project): at most ``slots + max_queue`` requests are in the backend at once, and while several
   projects are in, one project holds at most its fair share of those places
   (``ceil(capacity / projects)``, the new one counted). One more is refused at once with
-  :class:`Busy` (HTTP 503 with ``Retry-After``), instead of piling up until Label Studio's timeout.
-  A refusal is also a **reservation** (:class:`Ticket`): the caller is put in one FIFO line of
-  refused callers and told when its turn is likely (``Retry-After``, estimated from the measured
-  interval between request completions times its position in the line). A place that frees while
-  tickets wait is *held* for the oldest ticket whose project is under its share; a caller without
-  a (held) ticket cannot take a held place, so a client that re-sends the moment it is answered no
-  longer retakes the place it freed from the one that was told to come back. A waiting ticket
-  expires ``grace_s`` after it falls due, a held place ``grace_s`` after it was held (Label Studio
-  itself never retries a 503, so its reservations must not keep places for long); one client address
-  has at most ``max_tickets_per_client`` tickets (2 x the places; its oldest waiting one makes room),
-  and a request without a ticket takes a due held place of its own address and project;
+  :class:`~backend.predict.tickets.Busy` (HTTP 503 with ``Retry-After``), instead of piling up until
+  Label Studio's timeout.
+  A refusal is also a **reservation** in one FIFO line of refused callers (the rules:
+  :mod:`backend.predict.tickets`; ``Retry-After`` from the measured pace, :mod:`backend.predict.pace`):
+  a place that frees while tickets wait is *held* for the oldest ticket whose project is under its
+  share, and only that ticket's caller may take it;
 * **slots** (``with slots:``, around each engine call and each mask encoding): at most ``slots`` of
-  them run at once, and a freed slot goes to the waiting call that is **due first**. A request of
-  ``n`` tasks admitted at ``t`` is due at ``t + DUE_FACTOR * n * task_s`` (``task_s``: the measured
-  slot time per task; ``DUE_FACTOR`` 1/2: when half of it would be done had it been alone), so an
-  annotator's one-task request admitted while a batch runs goes before
-  the batch's remaining calls, and a batch that has waited past its due time goes before what came
-  after it (nobody starves, and each client is served in proportion to what it asked for). A request
-  takes its turn per call (a due one keeps the slot between its calls); calls outside an admitted
-  request (warm-up, smart crops) are due like a one-task request made when they queued. The
-  granting itself is :class:`backend.predict.due_first.DueFirstSlots`.
+  them run at once, and a freed slot goes to the waiting call that is **due first** (granted by
+  :class:`backend.predict.due_first.DueFirstSlots`). A request of ``n`` tasks admitted at ``t`` is due
+  at ``t + DUE_FACTOR * n * task_s`` (``task_s``: the measured slot time per task; ``DUE_FACTOR`` 1/2:
+  when half of it would be done had it been alone), so an annotator's one-task request admitted while
+  a batch runs goes before the batch's remaining calls, and a batch that has waited past its due time
+  goes before what came after it (nobody starves, and each client is served in proportion to what it
+  asked for). A request takes its turn per call (a due one keeps the slot between its calls); calls
+  outside an admitted request (warm-up, smart crops) are due like a one-task request made when they queued.
 
 With ``queue_wait_s`` (``CASS_QUEUE_WAIT_S``), admission is also bounded by time: a request is refused
 when the tasks already in plus its own would take longer than that at ``task_s`` per task and slot
@@ -34,67 +28,24 @@ when the tasks already in plus its own would take longer than that at ``task_s``
 fewer, and an admitted request is answered before Label Studio gives up on it (100 s).
 
 Slots are taken per call (never held while waiting for anything else), so a slot cannot deadlock
-with the feature cache's single flight or the warm-up thread. A call is due when the request its
-thread was admitted for is due (calls outside :meth:`admit`, e.g. warm-up, as above).
+with the feature cache's single flight or the warm-up thread.
 """
 from __future__ import annotations
 
 import math
-import re
-import secrets
 import threading
 import time
-from collections import OrderedDict, deque
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
 
 from backend.predict.due_first import Admission, DueFirstSlots
+from backend.predict.pace import Pace
+from backend.predict.tickets import DEFAULT_GRACE_S, Ticket, TicketLine
 
-#: Weight of the newest measurement in the moving averages behind ``Retry-After``.
-EWMA_ALPHA = 0.3
-MAX_RETRY_AFTER_S = 120
-#: Seconds a reservation stays valid after it falls due (or after its place was held, if later).
-DEFAULT_GRACE_S = 5.0
 #: A request of n tasks is due DUE_FACTOR * n * (slot seconds per task) after it was admitted: when
 #: half of it would be done had it been served alone (1 made the 16-client load test's batch client
 #: wait up to 69 s between answers, 0.5 at most 52 s; 0 would be first come first served).
 DUE_FACTOR = 0.5
-#: Slot seconds per task assumed before any request has been measured.
-DEFAULT_TASK_S = 1.0
-#: The slot time per task is measured over this many of the latest requests that used a slot (a
-#: ratio of sums: one slow encode among cache hits moves it little).
-TASK_WINDOW = 64
-#: What a ticket id looks like (``secrets.token_urlsafe``); anything else is refused by the HTTP edge.
-TICKET_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
-
-
-class Busy(Exception):
-    """All places are taken (or the project holds its share): try again in ``retry_after_s`` seconds,
-    presenting ``ticket`` (None when the line of reservations is full)."""
-
-    def __init__(self, message: str, retry_after_s: int, ticket: str | None = None):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-        self.ticket = ticket
-
-
-@dataclass
-class Ticket:
-    """One refused caller's place in the line: ``due`` (when it was told to come back), ``held``
-    (a place is kept for it since ``held_at``), all on the slots' clock."""
-
-    key: Hashable
-    due: float
-    tasks: int = 1
-    held: bool = False
-    held_at: float = 0.0
-    client: Hashable | None = None
-
-    def expires(self, grace_s: float) -> float:
-        """A held place lapses ``grace_s`` after it was held (whatever ``due`` says: a due time up to
-        ``MAX_RETRY_AFTER_S`` ahead kept a freed place for minutes); a waiting ticket ``grace_s`` after due."""
-        return (self.held_at if self.held else self.due) + grace_s
 
 
 class InferenceSlots:
@@ -121,19 +72,15 @@ class InferenceSlots:
         #: (several Label Studio users may share an address), so it holds every place at most twice
         self.max_tickets_per_client = max(1, int(max_tickets_per_client)) if max_tickets_per_client \
             else 2 * self.capacity
-        self._client_tickets: dict[Hashable, int] = {}
         self._lock = threading.Lock()
         self._calls = DueFirstSlots(self.slots, clock)
         self._requests = 0
         self._tasks_in = 0  # tasks of the admitted requests
         self._per_key: dict[Hashable, int] = {}   # admitted requests + held places per key
-        self._tickets: "OrderedDict[str, Ticket]" = OrderedDict()  # the line, oldest first
+        self._line = TicketLine(self.max_tickets, self.max_tickets_per_client)  # refused callers, oldest first
         self._held = 0
         self._held_tasks = 0
-        self._ewma_s: float | None = None  # moving average of admitted requests' time in the backend
-        self._interval_s: float | None = None  # moving average of the time between completions
-        self._slot_use: deque[tuple[float, int]] = deque(maxlen=TASK_WINDOW)  # (slot s, tasks) per request
-        self._last_done: float | None = None
+        self._pace = Pace()  # Retry-After and the slot time per task, measured
         self._local = threading.local()
         self.counters = {"admitted": 0, "rejected": 0, "rejected_share": 0, "rejected_wait": 0,
                          "peak_requests": 0, "admitted_with_ticket": 0,
@@ -147,11 +94,8 @@ class InferenceSlots:
 
     @property
     def task_s(self) -> float:
-        """Measured slot seconds per task over the latest ``TASK_WINDOW`` requests that used a slot
-        (``DEFAULT_TASK_S`` before any)."""
-        if not self._slot_use:
-            return DEFAULT_TASK_S
-        return sum(s for s, _ in self._slot_use) / sum(n for _, n in self._slot_use)
+        """Measured slot seconds per task (:attr:`backend.predict.pace.Pace.task_s`)."""
+        return self._pace.task_s
 
     def fair_share(self, key: Hashable) -> int:
         """Places ``key`` may hold now: ``ceil(capacity / projects in)``, ``key`` counted (call locked)."""
@@ -183,38 +127,16 @@ class InferenceSlots:
 
     def _expire(self, now: float) -> None:
         """Drop tickets past their grace, giving back held places (call locked)."""
-        for tid in [t for t, ticket in self._tickets.items() if now > ticket.expires(self.grace_s)]:
-            ticket = self._drop(tid)
+        for ticket in self._line.expire(now, self.grace_s):
             self.counters["tickets_expired"] += 1
             if ticket.held:
                 self._unhold(ticket)
                 self._give(ticket.key)
 
-    def _drop(self, tid: str) -> Ticket:
-        """Take ticket ``tid`` out of the line (its client's count too; call locked)."""
-        ticket = self._tickets.pop(tid)
-        if ticket.client is not None:
-            left = self._client_tickets.get(ticket.client, 1) - 1
-            if left > 0:
-                self._client_tickets[ticket.client] = left
-            else:
-                self._client_tickets.pop(ticket.client, None)
-        return ticket
-
-    def _own_due_ticket(self, key: Hashable, client: Hashable | None, now: float) -> str | None:
-        """A held ticket of this client address and project that is due: a caller that never presents
-        its tickets (Label Studio) takes the place held for it instead of being refused by it (locked)."""
-        if client is None:
-            return None
-        for tid, ticket in self._tickets.items():
-            if ticket.held and ticket.client == client and ticket.key == key and now >= ticket.due:
-                return tid
-        return None
-
     def _assign(self, now: float) -> None:
         """Hold each free place for the oldest waiting ticket whose project is under its share; the
         first ticket whose tasks do not fit in time stops the line (FIFO). Call locked."""
-        for ticket in self._tickets.values():
+        for ticket in self._line:
             if self._requests + self._held >= self.capacity:
                 return
             if ticket.held or self._per_key.get(ticket.key, 0) >= self.fair_share(ticket.key):
@@ -232,7 +154,7 @@ class InferenceSlots:
         """One ``/predict`` request of project ``key`` with ``tasks`` tasks from ``client`` (its address;
         None: not bounded per client), presenting the reservation ``ticket`` of an earlier refusal
         (unknown or expired tickets count as none; without one, a due held ticket of the same client
-        and project is used). :class:`Busy`
+        and project is used). :class:`~backend.predict.tickets.Busy`
         (with a ticket) when every place is taken or held for others, when ``key`` holds its fair
         share, or when the queued work would exceed ``queue_wait_s``."""
         tasks = max(1, int(tasks))
@@ -240,21 +162,21 @@ class InferenceSlots:
             now = self.clock()
             self._expire(now)
             self._assign(now)
-            mine = self._tickets.get(ticket) if ticket else None
+            mine = self._line.get(ticket)
             if mine is not None and mine.key != key:
                 mine = None  # a ticket is for the project it was issued to
             if mine is None and not ticket:
-                ticket = self._own_due_ticket(key, client, now)
-                mine = self._tickets.get(ticket) if ticket else None
+                ticket = self._line.own_due(key, client, now)
+                mine = self._line.get(ticket)
             if mine is not None and mine.held:
-                self._drop(ticket)
+                self._line.drop(ticket)
                 self._unhold(mine)  # the held place (already counted for key) becomes this request's
                 self.counters["admitted_with_ticket"] += 1
             else:
                 self._refuse_unless_room(key, ticket if mine is not None else None, now, tasks, client)
                 self._take(key)
                 if mine is not None:
-                    self._drop(ticket)
+                    self._line.drop(ticket)
                     self.counters["admitted_with_ticket"] += 1
             self._requests += 1
             self._tasks_in += tasks
@@ -279,21 +201,15 @@ class InferenceSlots:
         self._requests -= 1
         self._tasks_in -= admission.tasks
         self._give(admission.key)
-        took = max(0.0, now - t0)
-        self._ewma_s = took if self._ewma_s is None else EWMA_ALPHA * took + (1 - EWMA_ALPHA) * self._ewma_s
-        interval = max(0.0, now - max(t0, self._last_done if self._last_done is not None else t0))
-        self._interval_s = interval if self._interval_s is None else \
-            EWMA_ALPHA * interval + (1 - EWMA_ALPHA) * self._interval_s
-        if admission.slot_s > 0:  # a request that used no slot (all its tasks refused) teaches nothing
-            self._slot_use.append((admission.slot_s, admission.tasks))
-        self._last_done = now
+        self._pace.record(t0, now, admission.slot_s, admission.tasks)
         self._expire(now)
         self._assign(now)
 
     def _refuse_unless_room(self, key: Hashable, ticket: str | None, now: float, tasks: int,
                             client: Hashable | None = None) -> None:
-        """Raise :class:`Busy` unless a free, unheld place is there for ``key`` within its share and
-        in time; a refused caller keeps (or gets) its place in the line of tickets (call locked)."""
+        """Raise :class:`~backend.predict.tickets.Busy` unless a free, unheld place is there for ``key``
+        within its share and in time; a refused caller keeps (or gets) its place in the line of
+        tickets (:meth:`~backend.predict.tickets.TicketLine.refusal`; call locked)."""
         held = self._per_key.get(key, 0)
         free = self.capacity - self._requests - self._held
         over_share = held >= self.fair_share(key)
@@ -319,43 +235,12 @@ class InferenceSlots:
             message = (f"busy: {self._requests} prediction requests are in and {self._held} place(s) are "
                        f"held for callers told to retry earlier ({self.slots} inference slot(s) + "
                        f"{self.max_queue} queued, CASS_INFERENCE_SLOTS / CASS_MAX_QUEUE); retry later")
-        if ticket is not None:  # keeps its place in the line; told again when
-            position = list(self._tickets).index(ticket) + 1
-            wait = self._retry_after(position)
-            self._tickets[ticket].due = now + wait
-            self._tickets[ticket].tasks = tasks
-            raise Busy(message + " (your reservation keeps its place in the line)", wait, ticket)
-        if len(self._tickets) >= self.max_tickets:
-            self.counters["tickets_refused"] += 1
-            raise Busy(message, self._retry_after(len(self._tickets) + 1))
-        if client is not None and self._client_tickets.get(client, 0) >= self.max_tickets_per_client:
-            oldest = next((tid for tid, t in self._tickets.items() if t.client == client and not t.held), None)
-            if oldest is None:  # every one of them holds a place: no more for this address
-                self.counters["tickets_per_client_refused"] += 1
-                raise Busy(message + f" (no reservation: this address already has {self.max_tickets_per_client} "
-                                     f"holding places, twice the places)", self._retry_after(len(self._tickets) + 1))
-            self._drop(oldest)  # the address's oldest waiting ticket makes room (its caller queues afresh)
-            self.counters["tickets_per_client_evicted"] += 1
-        position = sum(1 for t in self._tickets.values() if not t.held) + 1
-        wait = self._retry_after(position)
-        tid = secrets.token_urlsafe(12)
-        self._tickets[tid] = Ticket(key, now + wait, tasks, client=client)
-        if client is not None:
-            self._client_tickets[client] = self._client_tickets.get(client, 0) + 1
-        raise Busy(message, wait, tid)
-
-    def _retry_after(self, position: int = 1) -> int:
-        """Seconds until ``position`` more places are likely free: the moving average of the time
-        between request completions times ``position`` (1..120; 5 before any request finished).
-        Call locked."""
-        if self._interval_s is None:
-            return 5
-        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(round(self._interval_s * position, 2)))))
+        raise self._line.refusal(message, key, ticket, now, tasks, client, self._pace.retry_after, self.counters)
 
     def retry_after(self) -> int:
         """``Retry-After`` a caller refused now would get (behind the tickets waiting)."""
         with self._lock:
-            return self._retry_after(sum(1 for t in self._tickets.values() if not t.held) + 1)
+            return self._pace.retry_after(self._line.waiting() + 1)
 
     # -- slots --------------------------------------------------------------------------------
     def __enter__(self) -> "InferenceSlots":
@@ -382,14 +267,12 @@ class InferenceSlots:
     # -- reporting ------------------------------------------------------------------------------
     def stats(self) -> dict:
         with self._lock:
-            waiting = sum(1 for t in self._tickets.values() if not t.held)
             return {"slots": self.slots, "max_queue": self.max_queue, "queue_wait_s": self.queue_wait_s,
                     **self._calls.stats(), "requests": self._requests, "tasks_in": self._tasks_in,
                     "projects": len(self._per_key), "queue_full": self._requests + self._held >= self.capacity,
-                    "tickets": len(self._tickets), "held_places": self._held,
-                    "retry_after_s": self._retry_after(waiting + 1),
+                    "tickets": len(self._line), "held_places": self._held,
+                    "retry_after_s": self._pace.retry_after(self._line.waiting() + 1),
                     "task_s": round(self.task_s, 3),
                     "queued_work_s": round(self._wait_s(0), 1),
-                    "mean_request_s": round(self._ewma_s, 3) if self._ewma_s is not None else None,
-                    "mean_interval_s": round(self._interval_s, 3) if self._interval_s is not None else None,
+                    **self._pace.stats(),
                     **self.counters}

@@ -116,7 +116,7 @@ def backbone_pass(model, rgb_inference: np.ndarray) -> None:
     is included; the spectral head and everything after it are not."""
     import torch.nn.functional as F
 
-    from cass.engine import sliding_windows
+    from cass.image_input import sliding_windows
 
     p = model.preset.image
     img = torch.from_numpy(np.ascontiguousarray(rgb_inference)).permute(2, 0, 1).float()
@@ -136,7 +136,7 @@ def official_pattern_pass(model, rgb_inference: np.ndarray) -> None:
     batch 1, DINO runs twice (its second pass, made while computing the global vector, is discarded)
     and CLIP runs on the window and again on the whole image. Spectral work is not included, so this
     is a lower bound of the official cost."""
-    from cass.engine import sliding_windows
+    from cass.image_input import sliding_windows
 
     p = model.preset.image
     x = torch.from_numpy(rgb_inference).permute(2, 0, 1).float().unsqueeze(0) / 255

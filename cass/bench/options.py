@@ -29,7 +29,8 @@ import torch
 
 from cass.backbones import DinoConfig, DinoViT
 from cass.dinov2 import Dinov2Config, Dinov2ViT
-from cass.engine import CASS, torch_threads
+from cass.engine import CASS
+from cass.threads import torch_threads
 from cass.presets import load_preset
 from cass.vocabulary import Vocabulary
 

@@ -28,10 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cass.engine import Stitcher, cluster_queries, postprocess, torch_threads, window_logits
 from cass.features import ImageFeatures
-from cass.memory import MemoryEntry, ProjectMemory
+from cass.head import Stitcher, cluster_queries, postprocess, window_logits
+from cass.memory import ProjectMemory
+from cass.memory_entry import MemoryEntry
 from cass.presets import load_preset
+from cass.threads import torch_threads
 from cass.vocabulary import Vocabulary
 
 
