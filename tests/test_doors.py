@@ -126,8 +126,7 @@ def check_object_scores(engine, config: str, predictions: list[dict], exact: boo
         brush = [r for r in prediction["result"] if r["type"] == "brushlabels"]
         by_label: dict[str, list[float]] = {}
         if exact:
-            rng = np.random.default_rng(11)
-            images = [png_bytes(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)) for _ in UPLOADS]
+            images = list(random_uploads(UPLOADS, H, W, seed=11).values())  # the ls fixture's uploads
             probs = engine.segment(engine.encode(images[task_index]), vocabulary, return_probs=True).probs
         for region in brush:
             (label,) = region["value"]["brushlabels"]
