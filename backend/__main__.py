@@ -107,9 +107,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"could not load the model: {exc}", file=sys.stderr)
         return 1
     if args.check:
-        from label_studio_ml import api
+        from backend.http.mlbackend import CASSManager
 
-        print(api._manager.init_kwargs["pipeline"].predictor.model_version)
+        print(CASSManager.pipeline().predictor.model_version)
         return 0
     from backend.http.deadlines import serve_werkzeug
 

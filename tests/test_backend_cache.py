@@ -18,7 +18,7 @@ with warnings.catch_warnings():  # Flask 1.1.2 (pinned by label-studio-ml) impor
     from backend.http.app import create_app
 from backend.config import ConfigError, Settings
 from backend.controls.label_parse import parse_label_config
-from backend.http.mlbackend import setup_project_key
+from backend.http.mlbackend import CASSManager, setup_project_key
 from backend.predict.loading import make_feature_cache
 from backend.predict.predictor import Predictor
 from cass.engine import Timings
@@ -122,9 +122,7 @@ def make_client(ls, engine):
         return app.test_client(), predictor
 
     yield factory
-    from label_studio_ml import api
-
-    pipeline = api._manager.init_kwargs.get("pipeline")
+    pipeline = (getattr(CASSManager, "init_kwargs", None) or {}).get("pipeline")
     warmer = pipeline.warmer if pipeline is not None else None
     if warmer is not None:
         warmer.close(timeout=60)

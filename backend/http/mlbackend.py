@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, request
-from label_studio_ml import api as ls_ml_api
 from label_studio_ml.exceptions import AnswerException
 from label_studio_ml.model import LabelStudioMLBase, LabelStudioMLManager, ModelWrapper
 
@@ -61,7 +60,7 @@ def setup_view():
     if not isinstance(data, dict):
         return _refused("/setup", 400, "the /setup body must be a JSON object")
     try:
-        model = ls_ml_api._manager.fetch(data.get("project"), data.get("schema"), data.get("force_reload", False),
+        model = CASSManager.fetch(data.get("project"), data.get("schema"), data.get("force_reload", False),
                                          hostname=data.get("hostname", ""),
                                          access_token=data.get("access_token", ""),
                                          model_version=data.get("model_version"))
@@ -82,7 +81,7 @@ def predict_view():
     if not isinstance(params, dict):
         return _refused("/predict", 400, f"'params' must be an object, got {type(params).__name__}")
     try:
-        predictions, model = ls_ml_api._manager.predict(data.get("tasks"), data.get("project"),
+        predictions, model = CASSManager.predict(data.get("tasks"), data.get("project"),
                                                         data.get("label_config"), data.get("force_reload", False),
                                                         data.get("try_fetch", True), **params)
     except AnswerException as exc:
@@ -186,9 +185,9 @@ class CASSManager(LabelStudioMLManager):
             config_digest(label_config) if isinstance(label_config, str) else None),
             label_config if isinstance(label_config, str) else None)
         version = cls.pipeline().version(project, model.controls, model.label_config_text)
-        cls._current_model = ModelWrapper(model=model, model_version=version)
+        wrapper = ModelWrapper(model=model, model_version=version)
         log.info("setup project %s: %d output control(s), model_version %s", project, len(model.controls), version)
-        return cls._current_model
+        return wrapper
 
     @classmethod
     def predict(cls, tasks, project=None, label_config=None, force_reload=False, try_fetch=True, **kwargs):
@@ -241,5 +240,7 @@ class CASSManager(LabelStudioMLManager):
 
     @classmethod
     def _get_models_from_workdir(cls, project):
+        # label-studio-ml 1.0.9's /versions route calls this private hook of the manager and offers no
+        # public one; overriding it is the only way to answer /versions with this engine's version
         """``/versions``: the engine version this process serves (each label set adds its digest)."""
         return [cls.pipeline().predictor.model_version]
