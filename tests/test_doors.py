@@ -24,7 +24,7 @@ from backend.jobs.store import JobStore
 from backend.predict.loading import make_feature_cache
 from backend.predict.predictor import Predictor
 from backend.predict.projects import setup_project_key
-from tests.backend_fixtures import LEGACY_TOKEN, label_studio, ls_request, random_uploads
+from tests.backend_fixtures import LEGACY_TOKEN, label_studio, ls_request, png_bytes, random_uploads
 from tests.parity import tiny_model
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
 
