@@ -52,6 +52,7 @@ def test_report_table_json_and_png(redis_url, tmp_path, capsys):
 
 def test_report_without_redis_says_where_the_totals_are(monkeypatch, capsys):
     monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("CASS_STATE_REDIS_URL", raising=False)
     assert main(["report", "--project", "4"]) == 2
     assert "REDIS_URL is not set" in capsys.readouterr().err
 
@@ -70,3 +71,12 @@ def test_gauges_per_project_and_label(redis_url):
     assert 'cass_agreement_recall{label="dog",project="4"} 1.0' in text
     assert 'cass_agreement_annotations{label="dog",project="4"} 2.0' in text
     assert 'cass_agreement_pixels{label="cat",project="4",side="both"} 150.0' in text
+
+
+def test_report_reads_the_state_redis_of_cass_state_redis_url(redis_url, monkeypatch, capsys):  # noqa: F811
+    """Issue 21's two Redis roles: the agreement totals live in the state Redis, so ``report`` finds
+    them through ``CASS_STATE_REDIS_URL`` (else ``REDIS_URL``) as the backend does."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("CASS_STATE_REDIS_URL", redis_url)
+    assert main(["report", "--project", "99", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["project"] == "99"

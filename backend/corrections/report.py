@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from backend.corrections.agreement import summarize
@@ -91,12 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", required=True, help="Label Studio project id")
     parser.add_argument("--png", help="write the per-label IoU chart to this PNG file")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line instead")
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="default: $REDIS_URL")
+    parser.add_argument("--redis-url", help="the state Redis (default: $CASS_STATE_REDIS_URL, else $REDIS_URL)")
     args = parser.parse_args(argv)
     if not args.redis_url:
-        print("report: REDIS_URL is not set. The agreement totals are in Redis when the backend runs with "
-              "REDIS_URL; without it they live only inside the serving process (GET /metrics, "
-              "cass_agreement_* gauges).", file=sys.stderr)
+        from backend.config import ConfigError, Settings
+
+        try:
+            args.redis_url = Settings.from_env().state_redis_url
+        except ConfigError as exc:
+            print(f"report: {exc}", file=sys.stderr)
+            return 2
+    if not args.redis_url:
+        print("report: REDIS_URL is not set (nor CASS_STATE_REDIS_URL). The agreement totals are in the state "
+              "Redis when the backend runs with one; without it they live only inside the serving process "
+              "(GET /metrics, cass_agreement_* gauges).", file=sys.stderr)
         return 2
     try:
         summary = summarize(store_for(args.redis_url).totals(args.project))
