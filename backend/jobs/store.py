@@ -28,6 +28,7 @@ import time
 from typing import Callable, TypeVar
 
 import redis
+import tenacity
 
 log = logging.getLogger("backend.jobs")
 
@@ -42,23 +43,21 @@ def job_key(job_id: str, part: str = "") -> str:
 
 def retrying(call: Callable[[], T], what: str, wait_s: float = 300.0, sleep=time.sleep) -> T:
     """``call()``, retried while Redis is unreachable (connection refused/reset, timeouts) for up to
-    ``wait_s`` seconds with backoff 0.5 s .. 5 s; then the last error is raised. A Redis outage
-    therefore pauses a worker instead of losing the chunk. (Not redis-py's ``Retry``: it counts
-    attempts, has no wall-clock budget and sleeps with ``time.sleep`` only; tenacity is not a
-    dependency.)"""
-    deadline = time.monotonic() + wait_s
-    delay, logged = 0.5, False
-    while True:
-        try:
-            return call()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            if not logged:
-                log.warning("Redis unreachable during %s (%s): waiting up to %.0fs", what, exc, wait_s)
-                logged = True
-            sleep(delay)
-            delay = min(delay * 2, 5.0)
+    ``wait_s`` seconds of wall-clock time with backoff 0.5 s .. 5 s (tenacity: no retry whose sleep
+    would end past the budget); then the last error is raised. A Redis outage therefore pauses a
+    worker instead of losing the chunk. One WARNING line per outage."""
+    logged = []
+
+    def warn(state: tenacity.RetryCallState) -> None:
+        if not logged:
+            log.warning("Redis unreachable during %s (%s): waiting up to %.0fs", what, state.outcome.exception(), wait_s)
+            logged.append(True)
+
+    retry = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=5.0), stop=tenacity.stop_before_delay(wait_s),
+        before_sleep=warn, sleep=sleep, reraise=True)
+    return retry(call)
 
 
 class JobStore:
