@@ -132,6 +132,40 @@ def test_dispatch_calls_every_listener_and_survives_a_failing_one():
     assert "last" not in events.listeners()
 
 
+def test_a_listener_that_cannot_reach_label_studio_logs_one_line_without_a_traceback(caplog):
+    """Issue 22: an expected failure (Label Studio unreachable or answering 404, an unusable stored
+    prediction) is one WARNING line naming it; only a bug gets a traceback at ERROR."""
+    import logging
+
+    from backend.corrections.annotations import AnnotationError
+    from backend.labelstudio.client import LabelStudioNotFound
+
+    def unreachable(event):
+        raise LabelStudioNotFound("GET http://ls/api/predictions/ answered HTTP 404")
+
+    def unusable(event):
+        raise AnnotationError("prediction 3 of task 1: an RLE of 2^31 values")
+
+    def bug(event):
+        raise KeyError("oops")
+
+    for fn, name in ((unreachable, "unreachable"), (unusable, "unusable"), (bug, "bug")):
+        register_listener(fn, name=name)
+    caplog.set_level(logging.WARNING, logger="backend.corrections")
+    try:
+        out = dispatch(*recorded("webhook_annotations_deleted.json"), controls_for)
+    finally:
+        for name in ("unreachable", "unusable", "bug"):
+            unregister_listener(name)
+    assert out["listeners"]["unreachable"] == {"error": "LabelStudioNotFound: GET http://ls/api/predictions/ "
+                                                        "answered HTTP 404"}
+    by_listener = {r.getMessage().split()[1]: r for r in caplog.records if r.getMessage().startswith("listener ")}
+    assert by_listener["unreachable"].levelno == by_listener["unusable"].levelno == logging.WARNING
+    assert by_listener["unreachable"].exc_info is None and by_listener["unusable"].exc_info is None
+    assert "HTTP 404" in by_listener["unreachable"].getMessage()
+    assert by_listener["bug"].levelno == logging.ERROR and by_listener["bug"].exc_info is not None
+
+
 def test_a_bad_payload_calls_no_listener():
     called = []
     register_listener(called.append, name="spy")

@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import redis
 
 from backend.corrections.annotations import AnnotationError, annotation_masks, result_size
+from backend.fetch.images import ImageFetchError
+from backend.labelstudio.client import LabelStudioError
 
 log = logging.getLogger("backend.corrections")
 
@@ -158,6 +161,11 @@ def parse_event(action: str, data: dict, controls_for: Callable[[dict], object],
     return [AnnotationEvent(kind, masks=masks, controls=controls, result=result, size=size, **common)]
 
 
+#: Failures a listener can meet in normal operation: one WARNING line each, no traceback.
+EXPECTED_FAILURES = (LabelStudioError, ImageFetchError, AnnotationError, redis.exceptions.ConnectionError,
+                     redis.exceptions.TimeoutError)
+
+
 def dispatch(action: str, data: dict, controls_for: Callable[[dict], object], max_pixels: int | None = None) -> dict:
     """Parse ``data`` once and call every listener on each event.
 
@@ -173,7 +181,12 @@ def dispatch(action: str, data: dict, controls_for: Callable[[dict], object], ma
         try:
             for event in events:
                 results.append(fn(event))
-        except Exception as exc:  # one listener's failure never stops the others
+        except EXPECTED_FAILURES as exc:  # Label Studio, an image or Redis away, an unusable prediction
+            log.warning("listener %s failed on %s (project %s): %s: %s", name, action,
+                        events[0].project if events else None, type(exc).__name__, exc)
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        except Exception as exc:  # a bug: the traceback belongs in the log; the others still run
             log.exception("listener %s failed on %s (project %s)", name, action, events[0].project if events else None)
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
