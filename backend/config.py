@@ -29,6 +29,7 @@ from backend.controls.labels import LabelConfigError, NothingRule, parse_thresho
 from backend.controls.limits import VocabularyLimits
 from backend.controls.region_options import MinArea, RegionDefaults
 from backend.fetch.images import MiB, parse_allowed_hosts
+from backend.fetch.policy import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S
 from backend.ops.allocator import DEFAULT_ARENAS
 
 
@@ -176,8 +177,8 @@ class Settings(BackendSettings):
                        BeforeValidator(_nothing)] = NothingRule()  # per project: cass_threshold, ...
     regions: Annotated[InstanceOf[RegionDefaults], Env("CASS_MIN_REGION_AREA"),
                        BeforeValidator(_regions)] = RegionDefaults()  # pixels or "0.05%" (docs/polygons.md)
-    fetch_timeout_s: Annotated[float, Env("CASS_FETCH_TIMEOUT_S"), Field(ge=0.1)] = 30.0  # per image download
-    max_image_bytes: Annotated[int, Env("CASS_MAX_IMAGE_MB"), MB, Field(ge=1)] = 64 * MiB
+    fetch_timeout_s: Annotated[float, Env("CASS_FETCH_TIMEOUT_S"), Field(ge=0.1)] = DEFAULT_TIMEOUT_S  # per image download
+    max_image_bytes: Annotated[int, Env("CASS_MAX_IMAGE_MB"), MB, Field(ge=1)] = DEFAULT_MAX_BYTES
     predict_budget_s: Annotated[float, Env("CASS_PREDICT_BUDGET_S"), Field(ge=1)] = 80.0  # then stop
                                                                                 # starting tasks
     warmup: Annotated[Flag, Env("CASS_WARMUP")] = True  # one tiny image through the engine at start
@@ -223,6 +224,11 @@ class Settings(BackendSettings):
             raise ConfigError("BASIC_AUTH_USER and BASIC_AUTH_PASS go together: set both (basic auth on every "
                               "endpoint but /health) or neither")
         return self
+
+    @classmethod
+    def default(cls, name: str):
+        """The default of field ``name`` (components that take a setting as an argument default to it)."""
+        return cls.model_fields[name].default
 
     @property
     def state_redis_url(self) -> str | None:

@@ -132,6 +132,11 @@ def address_kind(address: str) -> str | None:
     return None if ip.is_global else "non-public"
 
 
+#: Defaults of the download policy (also ``Settings``' CASS_FETCH_TIMEOUT_S and CASS_MAX_IMAGE_MB).
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_BYTES = 64 * MiB
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
     """Which URLs may be downloaded, and within which bounds.
@@ -149,8 +154,8 @@ class FetchPolicy:
     ``local_files_root``: ``file://`` URLs are read from below this directory (None: refused).
     """
 
-    timeout_s: float = 30.0
-    max_bytes: int = 64 * MiB
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_bytes: int = DEFAULT_MAX_BYTES
     max_redirects: int = 5
     schemes: frozenset[str] = field(default_factory=lambda: frozenset({"http", "https"}))
     allowed_hosts: tuple[str, ...] | None = None

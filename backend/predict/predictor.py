@@ -21,6 +21,7 @@ from cass.features import FeaturesFormatError
 from cass.images import ImageError
 from cass.vocabulary import Vocabulary, VocabularyError
 
+from backend.config import Settings
 from backend.predict.errors import error_entry, task_error
 from backend.predict.faults import TaskOutOfMemory, is_out_of_memory, recover_from_oom
 from backend.fetch.images import ImageFetchError
@@ -68,8 +69,8 @@ class Predictor:
     """
 
     def __init__(self, engine: Engine, cache: "FeatureCache | None" = None, *,
-                 predict_budget_s: float = 80.0, clock: Callable[[], float] = time.monotonic,
-                 slots: InferenceSlots | None = None, text_budget_s: float = 30.0,
+                 predict_budget_s: float = Settings.default("predict_budget_s"), clock: Callable[[], float] = time.monotonic,
+                 slots: InferenceSlots | None = None, text_budget_s: float = Settings.default("text_budget_s"),
                  max_background_text: int = 1):
         self.engine = engine
         self.cache = cache if cache is not None else NoCache()  # backend.predict.loading

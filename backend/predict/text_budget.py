@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Callable, Sequence
 
+from backend.config import Settings
+
 log = logging.getLogger("backend.predict.text_budget")
 
 #: Prompts encoded per inference slot turn (80 templates each through the CLIP text tower).
@@ -46,7 +48,8 @@ class TextPreparer:
     ``slots``: the predictor's :class:`~backend.predict.slots.InferenceSlots` (used as ``with slots:``);
     ``clock``: seconds (the predictor's; a fake one in unit tests)."""
 
-    def __init__(self, slots, *, budget_s: float = 30.0, request_budget_s: float = 80.0,
+    def __init__(self, slots, *, budget_s: float = Settings.default("text_budget_s"),
+                 request_budget_s: float = Settings.default("predict_budget_s"),
                  clock: Callable[[], float] = time.monotonic, max_background: int = 1,
                  chunk: int = TEXT_CHUNK):
         if budget_s <= 0 or max_background < 0 or chunk < 1:

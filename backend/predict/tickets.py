@@ -22,10 +22,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
 
+from backend.config import Settings
+
 #: What a ticket id looks like (``secrets.token_urlsafe``); anything else is refused by the HTTP edge.
 TICKET_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 #: Seconds a reservation stays valid after it falls due (or after its place was held, if later).
-DEFAULT_GRACE_S = 5.0
+DEFAULT_GRACE_S = Settings.default("reservation_grace_s")
 
 
 class Busy(Exception):

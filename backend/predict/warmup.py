@@ -15,6 +15,8 @@ import queue
 import threading
 from typing import Any, Callable, Hashable, Mapping
 
+from backend.config import Settings
+
 log = logging.getLogger("cass.warmup")
 
 _STOP = object()
@@ -39,7 +41,7 @@ class Warmer:
         size: ``item -> bytes`` it holds while it waits (default: ``len`` of str/bytes items, else 0).
     """
 
-    def __init__(self, cache, model, fetch_bytes: Callable[[Any], bytes], max_queue: int = 1000,
+    def __init__(self, cache, model, fetch_bytes: Callable[[Any], bytes], max_queue: int = Settings.default("warmup_queue"),
                  workers: int = 1, *, encode: Callable[[bytes], Any] | None = None,
                  name: str = "cass-warmup", max_bytes: int | None = None,
                  size: Callable[[Any], int] | None = None):
