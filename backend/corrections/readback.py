@@ -21,7 +21,7 @@ import logging
 from typing import Callable
 
 from backend.labelstudio.client import LabelStudioError, LabelStudioNotFound, Projects
-from backend.predict.projects import setup_project_key
+from backend.predict.projects import setup_project_key, valid_id
 
 log = logging.getLogger("backend.corrections")
 
@@ -33,10 +33,6 @@ MAX_DELETED = 1000
 
 class Refused(Exception):
     """A webhook this backend does not act on; ``str(exc)`` is the whole answer (ids only)."""
-
-
-def _id(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _read(call: Callable[[], object], what: str) -> dict:
@@ -69,7 +65,7 @@ class ReadBack:
     def resolve(self, action: str, data) -> dict:
         """The payload of ``action`` rebuilt from Label Studio's answers; raises :class:`Refused`."""
         project = data.get("project") if isinstance(data, dict) else None
-        pid = _id(project.get("id")) if isinstance(project, dict) else None
+        pid = valid_id(project.get("id")) if isinstance(project, dict) else None
         if pid is None:
             raise Refused("the webhook names no project this backend was set up for")
         if not self.projects.known(project):
@@ -79,12 +75,12 @@ class ReadBack:
             trusted = self._project(client, project, pid)
             return {"project": trusted, "annotations": [{"id": i} for i in self._gone(client, data, pid)]}
         annotation = data.get("annotation")
-        aid = _id(annotation.get("id")) if isinstance(annotation, dict) else None
+        aid = valid_id(annotation.get("id")) if isinstance(annotation, dict) else None
         if aid is None:
             raise Refused(f"the webhook names no annotation of project {pid}")
         what = f"annotation {aid}"
         found = _read(lambda: client.annotation(aid), what)
-        task_id = _id(found.get("task"))
+        task_id = valid_id(found.get("task"))
         if task_id is None or found.get("project") not in (None, pid):
             raise Refused(f"{what} is not in project {pid}")
         task = _read(lambda: client.task(task_id), what)
@@ -115,7 +111,7 @@ class ReadBack:
     def _gone(self, client: Projects, data: dict, pid: int) -> list[int]:
         """The ids of an ``ANNOTATIONS_DELETED`` that Label Studio confirms are gone (404)."""
         items = data.get("annotations")
-        ids = [_id(item.get("id") if isinstance(item, dict) else item) for item in items] \
+        ids = [valid_id(item.get("id") if isinstance(item, dict) else item) for item in items] \
             if isinstance(items, list) else []
         gone = []
         for aid in [i for i in ids if i is not None][:MAX_DELETED]:

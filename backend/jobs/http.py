@@ -19,6 +19,7 @@ from flask import Blueprint, current_app, jsonify, request
 from backend.labelstudio.client import LabelStudioError
 from backend.jobs.queue import JobConflict, JobNotFound
 from backend.jobs.spec import JobSpec, JobSpecError
+from backend.predict.projects import task_ids
 
 log = logging.getLogger("backend.jobs")
 
@@ -116,7 +117,7 @@ def auto_preannotate(app, data: dict, known: Callable[[dict], bool]) -> dict | N
         return None
     project = data.get("project") if isinstance(data, dict) else None
     tasks = data.get("tasks") if isinstance(data, dict) else None
-    ids = tuple(t["id"] for t in tasks or () if isinstance(t, dict) and isinstance(t.get("id"), int))
+    ids = tuple(task_ids(tasks))
     if not isinstance(project, dict) or not isinstance(project.get("id"), int) or not ids:
         return {"error": "no project id or task ids in the webhook"}
     if not known(project):

@@ -32,7 +32,7 @@ from redis.exceptions import LockError
 
 from backend.fetch.images import ImageFetchError
 from backend.controls.labels import LabelConfigError, TaskDataError
-from backend.predict.errors import error_prediction, task_error
+from backend.predict.errors import error_prediction, is_error_version, task_error
 from backend.predict.predictor import TASK_ERRORS, TaskInfo
 from backend.predict.projects import Connection
 from backend.jobs.batching import Prefill, prefill
@@ -86,8 +86,7 @@ class ChunkRun:
     def __init__(self, ctx: WorkerContext, job_id: str, task_ids: list[int]):
         self.ctx, self.job_id, self.task_ids = ctx, job_id, task_ids
         self.counts = {"done": 0, "skipped": 0, "failed": 0, "cancelled": False}
-        self.pending: list[dict] = []
-        self.error_posts: set[int] = set()  # tasks in ``pending`` with a visible error prediction
+        self.pending: list[dict] = []  # predictions and visible error predictions for the next bulk post
 
     def redis(self, call, what: str):
         return retrying(call, what, self.ctx.redis_wait_s)
@@ -170,14 +169,12 @@ class ChunkRun:
                         log.exception("job %s: task %s: no prediction: unexpected %s", self.job_id, task["id"],
                                       type(exc).__name__)
                     self.failed_task(task, task_error(exc), version)
-                    if len(self.pending) >= self.ctx.post_every:
-                        self.post(project, version)
-                    continue
-                log.info("job %s: task %s: %d regions, %s, %.2fs", self.job_id, task["id"],
-                         len(prediction["result"]), info.describe(), time.perf_counter() - t0)
-                self.pending.append({"task": task["id"], "result": prediction["result"],
-                                     "score": prediction["score"], "model_version": version})
-                self.mark(computed=[task["id"]])  # progress per task; the post below is in bulk
+                else:
+                    log.info("job %s: task %s: %d regions, %s, %.2fs", self.job_id, task["id"],
+                             len(prediction["result"]), info.describe(), time.perf_counter() - t0)
+                    self.pending.append({"task": task["id"], "result": prediction["result"],
+                                         "score": prediction["score"], "model_version": version})
+                    self.mark(computed=[task["id"]])  # progress per task; the post below is in bulk
                 if len(self.pending) >= self.ctx.post_every:
                     self.post(project, version)
         self.post(project, version)
@@ -191,7 +188,10 @@ class ChunkRun:
         if shown is None or any(p.get("model_version") == shown["model_version"] for p in task.get("predictions", ())):
             return
         self.pending.append({k: shown[k] for k in ("task", "result", "score", "model_version")})
-        self.error_posts.add(task["id"])
+
+    def pending_errors(self) -> set[int]:
+        """The tasks whose entry in ``pending`` is a visible error prediction (not a computed task)."""
+        return {p["task"] for p in self.pending if is_error_version(p["model_version"])}
 
     def prefill(self, group: list[dict[str, Future]]) -> Prefill:
         """Batch-encode the cache misses among the downloaded images of ``group`` (see :mod:`.batching`);
@@ -232,7 +232,7 @@ class ChunkRun:
         finally:
             for lock in held:
                 self.unlock(lock)
-        errors, self.error_posts = self.error_posts, set()  # posted, or not (the task has a current prediction)
+        errors = self.pending_errors()  # posted, or not (the task has a current prediction): failed already
         self.pending = []
         self.mark(done=[p["task"] for p in fresh if p["task"] not in errors], skipped=sorted(already - errors))
 
@@ -276,7 +276,7 @@ class ChunkRun:
 
         job = get_current_job()
         if job is not None:
-            posting = len(self.pending) - len(self.error_posts)  # predicted, waiting for the bulk post
+            posting = len(self.pending) - len(self.pending_errors())  # predicted, waiting for the bulk post
             job.meta.update(self.counts, done=self.counts["done"] + posting, posting=posting,
                             size=len(self.task_ids))
             self.redis(job.save_meta, "saving chunk progress")

@@ -55,6 +55,11 @@ def visible_error(entry: dict) -> dict:
             "model_version": f"{ERROR_VERSION_PREFIX}{reason} ({entry.get('model_version')})"}
 
 
+def is_error_version(model_version) -> bool:
+    """Whether ``model_version`` is that of a visible error prediction (:func:`visible_error`)."""
+    return isinstance(model_version, str) and model_version.startswith(ERROR_VERSION_PREFIX)
+
+
 def error_prediction(task_id, message: str, version: str) -> dict | None:
     """The visible error prediction of a task that failed with ``message`` (what a job posts), or None
     for a "retry later" error (nothing to post)."""

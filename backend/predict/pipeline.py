@@ -21,7 +21,7 @@ from backend.controls.smart import ContextError, Refiner
 from backend.fetch.images import ImageFetchError
 from backend.labelstudio.client import LabelStudioError, Projects
 from backend.predict.errors import visible_error
-from backend.predict.projects import Connection, ProjectRegistry, setup_project_key
+from backend.predict.projects import Connection, ProjectRegistry, setup_project_key, task_ids, valid_id
 
 log = logging.getLogger("backend.predict.pipeline")
 
@@ -136,30 +136,28 @@ class Pipeline:
             return None
         return self.warmer.submit_tasks(tasks, ctx.controls, ctx.fetch, ctx.origin)
 
-    def warm_created(self, project, payload_tasks, read_back: Callable[[str, str], Projects] | None = None) -> dict | None:
+    def warm_created(self, project, payload_tasks) -> dict | None:
         """``TASKS_CREATED`` is a notification: for a project set up with this backend, the tasks it
         names are read back from Label Studio by id (at most the warm-up queue's size, the rest
         counted as ``unread``; the project's
         own credentials) and their images queued with the controls of the project's ``/setup``. The
         payload's task data and label config are never used. None when warm-up is off; raises
         :class:`Refused` (ids only in its text) for a project not set up, or a Label Studio that can't
-        be read. ``read_back(url, key)``: the Label Studio client (default :class:`Projects`)."""
-        pid = project.get("id") if isinstance(project, dict) else None
-        if not isinstance(pid, int) or isinstance(pid, bool) or not self.projects.known(project):
-            raise Refused(f"project {pid if isinstance(pid, int) else '?'} was not set up with this backend")
+        be read."""
+        pid = valid_id(project.get("id")) if isinstance(project, dict) else None
+        if pid is None or not self.projects.known(project):
+            raise Refused(f"project {pid if pid is not None else '?'} was not set up with this backend")
         if self.warmer is None:
             return None
         connection = self.projects.recall(project)
         if not connection.controls:
             return None
-        ids = [t["id"] for t in payload_tasks if isinstance(t, dict) and isinstance(t.get("id"), int)
-               and not isinstance(t["id"], bool)] if isinstance(payload_tasks, list) else []
+        ids = task_ids(payload_tasks)
         unread = max(0, len(ids) - self.warmer.max_queue)  # beyond the queue's size: not read, not warmed
         ids = ids[:self.warmer.max_queue]
         url, key = self.projects.credentials(project)
         try:
-            client = (read_back or (lambda u, k: Projects(u, k, timeout_s=READ_BACK_TIMEOUT_S)))(url, key)
-            tasks = client.tasks(pid, ids) if ids else []
+            tasks = Projects(url, key, timeout_s=READ_BACK_TIMEOUT_S).tasks(pid, ids) if ids else []
         except LabelStudioError as exc:
             log.warning("warm-up of project %s: its new tasks could not be read back: %s", pid, exc)
             raise Refused(f"Label Studio could not be read for the tasks of project {pid}") from None

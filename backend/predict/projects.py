@@ -41,6 +41,19 @@ class Connection:
     digest: str | None = None
 
 
+def valid_id(value) -> int | None:
+    """A Label Studio object id as a webhook names it: a non-negative int (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def task_ids(tasks) -> list[int]:
+    """The valid ids (:func:`valid_id`) of the task objects of a webhook's ``tasks`` list, in order."""
+    if not isinstance(tasks, list):
+        return []
+    ids = (valid_id(t.get("id")) for t in tasks if isinstance(t, dict))
+    return [i for i in ids if i is not None]
+
+
 def setup_project_key(project: dict) -> str:
     """The ``project`` string of ``/setup`` and ``/predict`` (``"<id>.<created_at as Unix seconds>"``,
     Label Studio 1.23.2) for a webhook's project object; ``"<id>"`` if ``created_at`` is unreadable."""
