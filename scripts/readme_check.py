@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.e2e.conftest import (  # noqa: E402  (the e2e helpers and Label Studio's settings)
-    ADMIN_PASSWORD, ADMIN_USER, LS_VENV, TINY_WEIGHTS, stop, tail, wait_until_healthy,
+    ADMIN_PASSWORD, ADMIN_USER, LS_VENV, TINY_WEIGHTS, start_label_studio, stop, tail, wait_until_healthy,
 )
 from tests.e2e.label_studio_api import OFFLINE_SETTINGS, create_personal_access_token, login  # noqa: E402
 
@@ -78,20 +78,6 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def start_label_studio(root: Path, port: int) -> tuple[subprocess.Popen, Path]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LABEL_STUDIO_", "ML_", "SSRF_", "LOCAL_FILES_", "DJANGO_"))}
-    env.update(OFFLINE_SETTINGS, ML_BLOCK_LOCAL_IP="false", SSRF_PROTECTION_ENABLED="false",
-               LABEL_STUDIO_USERNAME=ADMIN_USER, LABEL_STUDIO_PASSWORD=ADMIN_PASSWORD)
-    (root / "data").mkdir(parents=True)
-    log = root / "label_studio.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(LS_VENV / "bin" / "label-studio"), "start", "--no-browser", "--internal-host",
-                                 "127.0.0.1", "--port", str(port), "--data-dir", str(root / "data")],
-                                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log
 
 
 def png(seed: int) -> bytes:
@@ -150,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["bash", "-c", commands[args.install]], cwd=args.repo, check=True)
             report["install"] = {"command": commands[args.install], "seconds": round(time.monotonic() - started)}
         port = 8080 if port_free(8080) else int(socket.create_server(("127.0.0.1", 0)).getsockname()[1])
-        ls_proc, ls_log = start_label_studio(root / "ls", port)
+        readme_settings = {**OFFLINE_SETTINGS, "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false"}
+        ls_url, ls_proc, ls_log, _ = start_label_studio(LS_VENV / "bin" / "label-studio", root / "ls", port=port,
+                                                        settings=readme_settings)
         procs.append(ls_proc)
-        ls_url = f"http://127.0.0.1:{port}"
         wait_until_healthy(f"{ls_url}/health", ls_proc, ls_log, 300, "Label Studio")
         headers = login(ls_url, ADMIN_USER, ADMIN_PASSWORD)
         token = create_personal_access_token(ls_url, headers)

@@ -122,13 +122,15 @@ def label_studio_settings(files: Path, without: str | None = None) -> dict[str, 
 _LS_ENV_PREFIXES = ("LABEL_STUDIO_", "ML_", "SSRF_", "LOCAL_FILES_", "DJANGO_", "SENTRY_", "COLLECT_", "LATEST_")
 
 
-def start_label_studio(exe: Path, root: Path, without: str | None = None,
-                       data_from: Path | None = None) -> tuple[str, subprocess.Popen, Path, Path]:
+def start_label_studio(exe: Path, root: Path, without: str | None = None, data_from: Path | None = None, *,
+                       port: int | None = None,
+                       settings: dict[str, str] | None = None) -> tuple[str, subprocess.Popen, Path, Path]:
     """Start Label Studio ``exe`` on 127.0.0.1 with a fresh data dir under ``root`` (admin user
     ``ADMIN_USER``/``ADMIN_PASSWORD``, local files under ``root/files``) and
     :func:`label_studio_settings` (less ``without``); not yet healthy. ``data_from``: a data dir to
     copy the database of (same users, tokens, projects; skips the migrations). Returns url, process,
-    log, local-files root."""
+    log, local-files root. ``port``: that port instead of a free one; ``settings``: these instead of
+    :func:`label_studio_settings` (a user's own choice, e.g. only the README's)."""
     data, files = root / "data", root / "files"
     files.mkdir(parents=True)
     if data_from is None:
@@ -138,10 +140,10 @@ def start_label_studio(exe: Path, root: Path, without: str | None = None,
         with sqlite3.connect(data_from / "label_studio.sqlite3") as src, \
                 sqlite3.connect(data / "label_studio.sqlite3") as dst:
             src.backup(dst)
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(_LS_ENV_PREFIXES)}
-    env.update(label_studio_settings(files, without), LABEL_STUDIO_USERNAME=ADMIN_USER,
+    env.update(label_studio_settings(files, without) if settings is None else settings, LABEL_STUDIO_USERNAME=ADMIN_USER,
                LABEL_STUDIO_PASSWORD=ADMIN_PASSWORD)
     log = root / "label_studio.log"
     with open(log, "wb") as out:
