@@ -84,6 +84,7 @@ def run_clients(args, url: str, deadline: float, auth) -> list[dict]:
                     rec["busy"] = str(resp.json().get("error", "")).startswith("busy")
             except requests.RequestException as exc:
                 rec["error"] = type(exc).__name__
+                rec["error_detail"] = str(exc)[:300]
             rec["latency"] = time.monotonic() - t0
             with lock:
                 records.append(rec)

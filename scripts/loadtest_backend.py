@@ -124,8 +124,10 @@ def start_backend(args, images_url: str, log_path: Path) -> tuple[subprocess.Pop
         key, _, value = item.partition("=")
         env[key] = value
     if args.server == "gunicorn":
-        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-               "--threads", str(args.threads), "--timeout", "300", "backend._wsgi:app"]
+        # the Docker image's own command and settings (backend.http.gunicorn_conf: the deadline worker,
+        # keep-alive 5 s), bound to loopback
+        env.update(GUNICORN_BIND=f"127.0.0.1:{port}", WORKERS="1", THREADS=str(args.threads))
+        cmd = [sys.executable, "-m", "gunicorn", "-c", "python:backend.http.gunicorn_conf", "backend._wsgi:app"]
     else:
         cmd = [sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(port)]
     log = open(log_path, "wb")

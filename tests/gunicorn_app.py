@@ -12,3 +12,8 @@ from tests.backend_fixtures import FakeEngine
 
 setup_logging()
 app = create_app(Settings.from_env(), Predictor(FakeEngine()))
+
+
+@app.route("/_test/closing")
+def closing():  # an answer that asks to close its connection (as a busy 503 does), for test_connection_deadlines
+    return "bye", 200, {"Connection": "close"}

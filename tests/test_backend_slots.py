@@ -372,6 +372,9 @@ def test_requests_beyond_the_queue_get_503_busy_with_retry_after(ls, caplog):
     assert third.status_code == 503
     assert third.get_json()["error"].startswith("busy: 2 prediction requests are being served or waiting")
     assert 1 <= int(third.headers["Retry-After"]) <= 60
+    # told to come back later: the connection is not kept for a client that waits (a kept-alive one
+    # would be closed by the server's keep-alive timeout just as the client reuses it)
+    assert third.headers["Connection"] == "close"
     assert "POST /predict refused: busy" in caplog.text
     health = app.test_client().get("/health")
     assert health.status_code == 200 and health.get_json()["status"] == "UP"

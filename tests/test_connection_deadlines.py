@@ -5,6 +5,7 @@ werkzeug server (:func:`backend.http.deadlines.serve_werkzeug`). Real server pro
 with the fake engine (tests/gunicorn_app.py); every loop is bounded and the servers are stopped."""
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -136,3 +137,27 @@ def test_a_stalled_body_is_cut_after_the_idle_timeout(server):
     print(f'{{"body_stall_closed_after_s": {elapsed:.2f}}}')
     assert elapsed < BODY_IDLE_S + 4
     assert requests.get(f"{url}/health", timeout=5).status_code == 200
+
+
+
+def _will_close(port: int, path: str) -> bool:
+    """GET ``path`` asking for keep-alive; whether the answer says the connection ends with it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Connection": "keep-alive"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.status
+        resp.read()
+        return resp.will_close
+    finally:
+        conn.close()
+
+
+def test_an_answer_with_connection_close_closes_the_connection(server, request):
+    """Both servers honour an answer's ``Connection: close`` (the busy 503 sends it, so a client waiting
+    its Retry-After never reuses a connection the server's keep-alive timeout is about to close). The
+    Werkzeug server speaks HTTP/1.0 and closes after every answer anyway; gunicorn keeps connections
+    alive and dropped the app's header before :class:`backend.http.gworker.DeadlineThreadWorker`."""
+    port, _ = server
+    assert _will_close(port, "/_test/closing")
+    assert _will_close(port, "/health") is (request.node.callspec.params["server"] == "werkzeug")

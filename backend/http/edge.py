@@ -75,7 +75,9 @@ def install(app: Flask, settings, predictor) -> Flask:
                 resp = app.make_response(original())
         except Busy as exc:
             log.warning("POST /predict refused: %s (Retry-After %ds)", exc, exc.retry_after_s)
-            headers = {"Retry-After": str(exc.retry_after_s)}
+            # the client is told to wait: its connection is closed rather than kept alive across the wait
+            # (a kept-alive one would meet the server's keep-alive timeout just as it is reused)
+            headers = {"Retry-After": str(exc.retry_after_s), "Connection": "close"}
             if exc.ticket:
                 headers[TICKET_HEADER] = exc.ticket
             resp = _answer(503, str(exc), headers)
